@@ -1,0 +1,77 @@
+"""SAT's cost: epoch time of SAT(f) relative to full PGD-AT, against the simple model f + (1-f)*clean/AT.
+
+Everything is measured in this one process, interleaved over rounds (clean, AT, SAT(f) for each f),
+so machine noise hits every method alike; ratios of medians are printed, not absolute times.
+
+    .venv/bin/python bench/sat_cost.py [--dataset mnist5k] [--rounds 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from satune import runtime
+from satune.attacks import Attack
+from satune.data import load_data
+from satune.methods import build_method
+from satune.models import create_model
+from satune.specs import parse_trial
+from satune.train import fit
+
+FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="mnist5k")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = runtime.resolve_device(args.device)
+    spec = parse_trial({
+        "data": {"dataset": args.dataset},
+        "threat": {"norm": "l2", "eps": 1.5, "steps": 7},
+        "method": {"kind": "at"},
+        "train": {"epochs": 1, "batch_size": 128},
+    })  # fmt: skip
+    data = load_data(spec.data, runtime.cache_dir(spec.runtime), device)
+    n = len(data.train)
+    attack = Attack.from_threat(spec.threat)
+    methods = {"clean": torch.zeros(n, dtype=torch.bool), "at": torch.ones(n, dtype=torch.bool)}
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    for f in FRACTIONS:
+        in_a = torch.zeros(n, dtype=torch.bool)
+        in_a[perm[: round(f * n)]] = True
+        methods[f"sat{f}"] = in_a
+
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    evals: dict[str, float] = {}
+    for r in range(args.rounds + 1):  # round 0 warms up and is not counted
+        for name, in_a in methods.items():
+            torch.manual_seed(0)
+            model = create_model(spec.model, data.shape, [data.num_classes], data.mean, data.std)
+            method = build_method(spec.method, attack, n, device, None)
+            method.in_A = in_a.to(device)
+            result = fit(model, method, data.train, spec.train, seed=r, device=device)
+            if r:
+                times[name].append(result.history[0]["time/epoch_s"])
+                evals[name] = result.history[0]["train/grad_evals"]
+
+    t = {k: statistics.median(v) for k, v in times.items()}
+    print(f"dataset {args.dataset}, {n} training images, L2 PGD-7, batch 128, {args.threads} thread(s), "
+          f"device {device}, median of {args.rounds} rounds")  # fmt: skip
+    print(f"clean/AT epoch-time ratio: {t['clean'] / t['at']:.3f}")
+    print(f"{'f':>5} {'SAT/AT time':>12} {'f+(1-f)c/AT':>12} {'grad_evals SAT/AT':>18}")
+    for f in FRACTIONS:
+        predicted = f + (1 - f) * t["clean"] / t["at"]
+        print(f"{f:5.1f} {t[f'sat{f}'] / t['at']:12.3f} {predicted:12.3f} {evals[f'sat{f}'] / evals['at']:18.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Datasets for trials: a training source (with indices) and the select / final validation slices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from satune.data.catalog import DataError, load_raw
+from satune.data.sources import FolderSource, TensorSource
+from satune.data.splits import restrict_classes, select_final, stratified_split
+from satune.specs import DataSpec
+
+__all__ = ["DataBundle", "DataError", "load_data", "TensorSource", "FolderSource"]
+
+_AUTO_AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop", "imagefolder": "crop_flip"}
+
+
+@dataclass
+class DataBundle:
+    train: TensorSource | FolderSource
+    select: TensorSource  # checkpoint selection (first share of the permuted validation set)
+    final: TensorSource  # final numbers (the rest)
+    classes: tuple[str, ...]
+    shape: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]  # per-channel statistics of the training images, for the model's input layer
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def augmentation(spec: DataSpec) -> str:
+    return _AUTO_AUGMENT.get(spec.dataset, "none") if spec.augment == "auto" else spec.augment
+
+
+def load_data(spec: DataSpec, cache: Path, device: torch.device) -> DataBundle:
+    if spec.dataset == "imagefolder":
+        return _load_folder(spec, device)
+    raw = load_raw(spec, cache)
+    tx, ty, vx, vy, classes = raw.train_x, raw.train_y, raw.test_x, raw.test_y, raw.classes
+    if spec.classes is not None:
+        keep = tuple(spec.classes)
+        tx, ty = restrict_classes(tx, ty, classes, keep)
+        if vx is not None:
+            vx, vy = restrict_classes(vx, vy, classes, keep)
+        classes = keep
+    if vx is None:  # no test split: hold out a stratified share of the training set
+        kept, held = stratified_split(ty, spec.val_fraction, spec.split_seed)
+        tx, ty, vx, vy = tx[kept], ty[kept], tx[held], ty[held]
+    if spec.train_size is not None and spec.train_size < len(ty):
+        _, subset = stratified_split(ty, spec.train_size / len(ty), spec.split_seed + 1)
+        tx, ty = tx[subset], ty[subset]
+    sel, fin = select_final(len(vy), spec.select_fraction, spec.split_seed)
+    mean, std = _stats(tx)
+    return DataBundle(
+        train=TensorSource(tx, ty, augmentation(spec)).to(device),
+        select=TensorSource(vx[sel], vy[sel]).to(device),
+        final=TensorSource(vx[fin], vy[fin]).to(device),
+        classes=tuple(classes),
+        shape=tuple(tx.shape[1:]),
+        mean=mean,
+        std=std,
+    )
+
+
+def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    xf = x.float().div(255).transpose(0, 1).flatten(1)
+    return tuple(xf.mean(1).tolist()), tuple(xf.std(1).clamp_min(1e-3).tolist())
+
+
+def _load_folder(spec: DataSpec, device: torch.device) -> DataBundle:
+    """`root/train/<class>/*` and `root/val/<class>/*` (torchvision ImageFolder layout)."""
+    from torchvision import datasets, transforms
+
+    root = Path(spec.root)
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise DataError(f"trial.data.root: {root} needs {sub}/<class>/<image> folders (ImageFolder layout)")
+    size = spec.image_size
+    augment = augmentation(spec)
+    train_tf = [transforms.RandomResizedCrop(size)] + ([transforms.RandomHorizontalFlip()] if augment != "none" else [])
+    train = datasets.ImageFolder(root / "train", transform=transforms.Compose(train_tf + [transforms.ToTensor()]))
+    val_tf = transforms.Compose(
+        [transforms.Resize(round(size * 8 / 7)), transforms.CenterCrop(size), transforms.PILToTensor()]
+    )
+    val = datasets.ImageFolder(root / "val", transform=val_tf)
+    classes = tuple(train.classes)
+    if spec.classes is not None:
+        missing = [c for c in spec.classes if c not in classes]
+        if missing:
+            raise DataError(f"trial.data.classes: {missing} not found under {root / 'train'}")
+        for ds in (train, val):
+            _keep_folder_classes(ds, tuple(spec.classes))
+        classes = tuple(spec.classes)
+    vx = torch.stack([val[i][0] for i in range(len(val))])
+    vy = torch.tensor(val.targets, dtype=torch.int64)
+    sel, fin = select_final(len(vy), spec.select_fraction, spec.split_seed)
+    imagenet_mean, imagenet_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return DataBundle(
+        train=FolderSource(train, spec.num_workers),
+        select=TensorSource(vx[sel], vy[sel]).to(device),
+        final=TensorSource(vx[fin], vy[fin]).to(device),
+        classes=classes,
+        shape=(3, size, size),
+        mean=imagenet_mean,
+        std=imagenet_std,
+    )
+
+
+def _keep_folder_classes(ds, keep: tuple[str, ...]) -> None:
+    index = {ds.classes[i]: i for i in range(len(ds.classes))}
+    remap = {index[c]: j for j, c in enumerate(keep)}
+    ds.samples = [(p, remap[t]) for p, t in ds.samples if t in remap]
+    ds.targets = [t for _, t in ds.samples]
+    ds.imgs = ds.samples
+    ds.classes = list(keep)

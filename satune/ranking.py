@@ -1,0 +1,131 @@
+"""Difficulty rankings for SAT: entropy of a clean model's training predictions, averaged over epochs.
+
+A non-robust model of the trial's architecture is trained with clean cross-entropy on the trial's
+recipe; every training forward records each example's softmax entropy (training-mode BN, augmented
+input, as in SAT's code). The mean over all epochs is the difficulty score. Scores are computed once
+per (data, architecture, recipe, ranking seed) and cached as a tensor file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from satune.attacks import Attack
+from satune.data import DataBundle
+from satune.methods import SubsetAdversarial
+from satune.models import create_model
+from satune.runtime import derive_seed
+from satune.specs import SatSpec, TrainSpec, TrialSpec, class_count
+from satune.train import fit
+
+log = logging.getLogger("satune")
+
+
+class EntropyRecorder:
+    """Wraps a method and adds up each example's prediction entropy over the training passes."""
+
+    def __init__(self, inner, n: int, device: torch.device):
+        self.inner = inner
+        self.total = torch.zeros(n, dtype=torch.float64, device=device)
+        self.count = torch.zeros(n, dtype=torch.float64, device=device)
+
+    def step(self, model, x, y, idx, gen):
+        out = self.inner.step(model, x, y, idx, gen)
+        with torch.no_grad():
+            logp = F.log_softmax(out["logits"].float(), dim=1)
+            entropy = -(logp.exp() * logp).sum(1)
+            self.total.index_add_(0, idx, entropy.double())
+            self.count.index_add_(0, idx, torch.ones_like(entropy, dtype=torch.float64))
+        return out
+
+    def __getattr__(self, name):  # start_epoch, summarize, state_dict...
+        return getattr(self.inner, name)
+
+    def scores(self) -> torch.Tensor:
+        return (self.total / self.count.clamp_min(1)).float().cpu()
+
+
+def ranking_key(spec: TrialSpec) -> str:
+    """What determines the clean model's predictions: data, architecture, recipe, seed."""
+    m = spec.method
+    assert isinstance(m, SatSpec)
+    data = spec.data.model_dump(exclude={"root", "download", "num_workers"})
+    parts = {"data": data, "arch": spec.model.arch, "train": _recipe(spec).model_dump(), "seed": m.ranking_seed, "v": 1}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _recipe(spec: TrialSpec) -> TrainSpec:
+    epochs = spec.method.ranking_epochs or spec.train.epochs
+    return TrainSpec.model_validate({**spec.train.model_dump(), "epochs": epochs})
+
+
+def difficulty_scores(spec: TrialSpec, data: DataBundle, device: torch.device, cache: Path) -> torch.Tensor:
+    """Mean training entropy per training example (higher = harder), cached under `cache/rankings`."""
+    path = cache / "rankings" / f"{ranking_key(spec)}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    m = spec.method
+    epochs = m.ranking_epochs or spec.train.epochs
+    log.info("ranking: clean %s fit for %d epochs to score example difficulty (cached)", spec.model.arch, epochs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(m.ranking_seed, "ranking-model"))
+        model = create_model(spec.model, data.shape, [data.num_classes], data.mean, data.std)
+    n = len(data.train)
+    clean = SubsetAdversarial(Attack.from_threat(spec.threat), torch.zeros(n, dtype=torch.bool, device=device))
+    recorder = EntropyRecorder(clean, n, device)
+    fit(
+        model, recorder, data.train, _recipe(spec), derive_seed(m.ranking_seed, "ranking"), device, amp=spec.runtime.amp
+    )
+    scores = recorder.scores()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    torch.save(scores, tmp)
+    tmp.replace(path)  # concurrent trials may both compute it; the rename keeps the file whole
+    return scores
+
+
+def example_order(scores: torch.Tensor, ranking: str, seed: int) -> torch.Tensor:
+    """Training indices, first = first into A."""
+    if ranking == "random":
+        return torch.randperm(len(scores), generator=torch.Generator().manual_seed(derive_seed(seed, "random-ranking")))
+    return torch.argsort(scores, descending=ranking == "entropy_hardest", stable=True)
+
+
+def class_order(scores: torch.Tensor, labels: torch.Tensor, n_classes: int, ranking: str, seed: int) -> torch.Tensor:
+    """Class indices by the mean difficulty of their examples, first = first into A."""
+    if ranking == "random":
+        return torch.randperm(n_classes, generator=torch.Generator().manual_seed(derive_seed(seed, "random-ranking")))
+    means = torch.stack([scores[labels == c].mean() for c in range(n_classes)])
+    return torch.argsort(means, descending=ranking == "entropy_hardest", stable=True)
+
+
+def membership(
+    spec: TrialSpec, data: DataBundle, device: torch.device, cache: Path
+) -> tuple[torch.Tensor, list[int] | None]:
+    """SAT's A: a bool per training index, and the A class indices for a class split (else None)."""
+    m = spec.method
+    assert isinstance(m, SatSpec)
+    labels = data.train.labels
+    n = len(labels)
+    if m.split == "class":
+        if m.classes is not None:
+            a_classes = [data.classes.index(c) for c in m.classes]
+        else:
+            scores = None if m.ranking == "random" else difficulty_scores(spec, data, device, cache)
+            scores = scores if scores is not None else torch.zeros(n)
+            order = class_order(scores, labels, data.num_classes, m.ranking, m.ranking_seed)
+            a_classes = order[: class_count(m.fraction, data.num_classes)].tolist()
+        in_a = torch.isin(labels, torch.tensor(a_classes))
+        return in_a.to(device), sorted(a_classes)
+    scores = torch.zeros(n) if m.ranking == "random" else difficulty_scores(spec, data, device, cache)
+    order = example_order(scores, m.ranking, m.ranking_seed)
+    in_a = torch.zeros(n, dtype=torch.bool)
+    in_a[order[: round(m.fraction * n)]] = True
+    return in_a.to(device), None

@@ -1,0 +1,142 @@
+"""fit(): the epoch loop. SGD with a per-epoch schedule, per-epoch metrics, checkpoint selection on
+the select slice, and a checkpoint after every epoch that resumes bit-exactly.
+
+No Ray and no MLflow here: `on_epoch(metrics, checkpoint_dir)` is the one hook, and the caller
+(the CLI or the Tune trainable) decides what to do with each epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from satune.methods import Method
+from satune.runtime import autocast, generator, rng_state, set_rng_state
+from satune.specs import TrainSpec
+
+CHECKPOINT_FILE = "state.pt"
+OnEpoch = Callable[[dict, Path | None], None]
+SelectFn = Callable[[nn.Module], dict]
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None  # None when no selection ran: the last state is the result
+    best_score: float = -math.inf
+    best_state: dict | None = None
+
+
+def lr_factor(spec: TrainSpec, epoch: int) -> float:
+    """Multiplier of the base LR during `epoch` (0-based)."""
+    progress = epoch / spec.epochs
+    if spec.schedule == "step":
+        return spec.gamma ** sum(progress >= m for m in spec.milestones)
+    if spec.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def fit(
+    model: nn.Module,
+    method: Method,
+    source,
+    spec: TrainSpec,
+    seed: int,
+    device: torch.device,
+    *,
+    select: SelectFn | None = None,
+    select_metric: str = "select/pgd_acc",
+    select_every: int = 1,
+    on_epoch: OnEpoch | None = None,
+    workdir: Path | None = None,
+    resume_from: Path | None = None,
+    amp: bool = False,
+) -> FitResult:
+    """Train `model` with `method` on `source`; checkpoints go to `workdir/checkpoint` when given."""
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(spec, e))
+    result = FitResult()
+    grad_evals, start = 0.0, 0
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        set_rng_state(state["rng"])
+        start, grad_evals = state["epoch"] + 1, state["grad_evals"]
+        result = FitResult(state["history"], state["best_epoch"], state["best_score"], state["best_state"])
+
+    for epoch in range(start, spec.epochs):
+        t0 = time.perf_counter()
+        # Generators derived from (seed, epoch): a resumed epoch sees the same batches and attacks.
+        data_gen, attack_gen = generator(seed, "data", epoch), generator(seed, "attack", epoch)
+        method.start_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = defaultdict(float)
+        lr = opt.param_groups[0]["lr"]
+        for x, y, idx in source.batches(spec.batch_size, data_gen):
+            x, y, idx = x.to(device, non_blocking=True), y.to(device, non_blocking=True), idx.to(device)
+            with autocast(device, amp):
+                out = method.step(model, x, y, idx, attack_gen)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            for k, v in out["stats"].items():
+                sums[k] += v
+        sched.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        grad_evals += sums["grad_evals"]
+        metrics = {"epoch": epoch, **method.summarize(sums), "train/grad_evals": grad_evals, "train/lr": lr}
+        metrics["time/epoch_s"] = time.perf_counter() - t0  # the training pass alone
+
+        if select is not None and ((epoch + 1) % select_every == 0 or epoch == spec.epochs - 1):
+            metrics.update(select(model))
+            score = metrics[select_metric]
+            if score > result.best_score:
+                result.best_epoch, result.best_score = epoch, score
+                result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        result.history.append(metrics)
+
+        ckpt = None
+        if workdir is not None:
+            ckpt = _save(Path(workdir), model, opt, sched, method, epoch, grad_evals, result)
+        if on_epoch is not None:
+            on_epoch(metrics, ckpt)
+    return result
+
+
+def _save(workdir: Path, model, opt, sched, method, epoch: int, grad_evals: float, result: FitResult) -> Path:
+    """Write the checkpoint aside, then swap it in: a crash mid-write never leaves a torn one."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "method": method.state_dict(),
+        "rng": rng_state(),
+        "epoch": epoch,
+        "grad_evals": grad_evals,
+        "history": copy.deepcopy(result.history),
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "best_state": result.best_state,
+    }
+    final, tmp = workdir / "checkpoint", workdir / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / CHECKPOINT_FILE)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final

@@ -1,0 +1,48 @@
+from satune.specs import parse_trial
+from satune.trial import run_trial
+
+
+def digits_trial(method):
+    return parse_trial(
+        {
+            "seed": 0,
+            "data": {"dataset": "digits"},
+            "threat": {"norm": "linf", "eps": 0.1, "steps": 5},
+            "method": method,
+            "train": {"epochs": 6, "batch_size": 64, "lr": 0.05},
+            "eval": {"pgd_steps": 10, "autoattack": {"n": 60, "version": "custom", "attacks": ["apgd-ce"]}},
+            "runtime": {"threads": 1},
+        }
+    )
+
+
+def test_sat_on_digits_is_more_robust_than_clean_training():
+    clean = run_trial(digits_trial({"kind": "clean"})).metrics
+    sat = run_trial(digits_trial({"kind": "sat", "fraction": 0.5, "ranking": "entropy_hardest"})).metrics
+    assert sat["eval/pgd_acc"] > clean["eval/pgd_acc"] + 0.2, (sat["eval/pgd_acc"], clean["eval/pgd_acc"])
+    assert sat["eval/aa_acc"] > clean["eval/aa_acc"] + 0.2, (sat["eval/aa_acc"], clean["eval/aa_acc"])
+    assert sat["eval/clean_acc"] > 0.9
+    assert sat["train/grad_evals"] > 0 == clean["train/grad_evals"]
+
+
+def test_result_carries_the_design_metric_names():
+    result = run_trial(digits_trial({"kind": "sat", "split": "class", "classes": [3, 8]}))
+    m = result.metrics
+    for key in (
+        "eval/clean_acc",
+        "eval/pgd_acc",
+        "eval/aa_acc",
+        "eval/pgd_acc_A",
+        "eval/aa_acc_B",
+        "eval/class_aa_acc/3",
+        "train/grad_evals",
+        "train/attacked_fraction",
+        "time/epoch_s",
+        "time/total_s",
+    ):
+        assert key in m, key
+    assert 0.15 < m["train/attacked_fraction"] < 0.25  # two of ten classes
+    assert m["eval/aa_acc"] <= m["eval/clean_acc"]
+    out = result.to_json()
+    assert set(out) == {"spec", "metrics", "history"} and len(out["history"]) == 6
+    assert out["spec"]["method"]["classes"] == ["3", "8"]
