@@ -9,17 +9,16 @@ so machine noise hits every method alike; ratios of medians are printed, not abs
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
+from timing import epoch_times
 
 from satune import runtime
 from satune.attacks import Attack
 from satune.data import load_data
-from satune.methods import build_method
+from satune.methods import SubsetAdversarial
 from satune.models import create_model
 from satune.specs import parse_trial
-from satune.train import fit
 
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -50,20 +49,14 @@ def main() -> None:
         in_a[perm[: round(f * n)]] = True
         methods[f"sat{f}"] = in_a
 
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    evals: dict[str, float] = {}
-    for r in range(args.rounds + 1):  # round 0 warms up and is not counted
-        for name, in_a in methods.items():
-            torch.manual_seed(0)
+    def variant(in_a):
+        def build():
             model = create_model(spec.model, data.shape, [data.num_classes], data.mean, data.std)
-            method = build_method(spec.method, attack, n, device, None)
-            method.in_A = in_a.to(device)
-            result = fit(model, method, data.train, spec.train, seed=r, device=device)
-            if r:
-                times[name].append(result.history[0]["time/epoch_s"])
-                evals[name] = result.history[0]["train/grad_evals"]
+            return model, SubsetAdversarial(attack, in_a.to(device))
 
-    t = {k: statistics.median(v) for k, v in times.items()}
+        return build
+
+    t, evals = epoch_times({k: variant(v) for k, v in methods.items()}, data.train, spec.train, device, args.rounds)
     print(f"dataset {args.dataset}, {n} training images, L2 PGD-7, batch 128, {args.threads} thread(s), "
           f"device {device}, median of {args.rounds} rounds")  # fmt: skip
     print(f"clean/AT epoch-time ratio: {t['clean'] / t['at']:.3f}")

@@ -108,12 +108,15 @@ class Attack:
         y: torch.Tensor | None = None,
         loss_fn: LossFn | None = None,
         gen: torch.Generator | None = None,
+        start: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Adversarial versions of x: cross-entropy on `y` unless a per-example `loss_fn` is
+        given; `start` replaces the random start (TRADES starts at 0.001 * N(0, I))."""
         if loss_fn is None:
             loss_fn = ce_loss(model, y)
         with attack_mode(model, self.bn_mode):
-            return pgd(x, loss_fn, threat_step(self.norm, self.eps, self.alpha), self.steps,
-                       self.random_start, self.best_iterate, gen)  # fmt: skip
+            step = threat_step(self.norm, self.eps, self.alpha)
+            return pgd(x, loss_fn, step, self.steps, self.random_start, self.best_iterate, gen, start)
 
 
 def ce_loss(model: nn.Module, y: torch.Tensor) -> LossFn:
@@ -128,6 +131,7 @@ def pgd(
     random_start: bool = False,
     best_iterate: bool = False,
     gen: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Maximise `loss_fn` within the threat ball around x; returns detached adversarial images.
 
@@ -136,7 +140,10 @@ def pgd(
     can never hand back the clean image.
     """
     x = x.detach()
-    delta = step.init(x, gen) if random_start else torch.zeros_like(x)
+    if start is not None:
+        delta = step.project(start)
+    else:
+        delta = step.init(x, gen) if random_start else torch.zeros_like(x)
     delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
     best_x, best_loss = None, None
     for _ in range(steps):

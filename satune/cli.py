@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from satune.specs import SpecError, apply_overrides, load_sweep, parse_trial
 
@@ -39,13 +40,18 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except SpecError as exc:
             for line in str(exc).splitlines():
-                err.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+                _error(line)
             raise typer.Exit(2) from None
         except UserError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            _error(str(exc))
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _error(line: str) -> None:
+    # Text, not markup: paths like aux[0] must print as they are.
+    err.print(Text("error: ", style="red") + Text(line), highlight=False, soft_wrap=True)
 
 
 def _logging(verbose: bool) -> None:
@@ -66,10 +72,10 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Sweep files to ch
         except SpecError as exc:
             failed = True
             for line in str(exc).splitlines():
-                err.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+                _error(line)
             continue
         out.print(f"{f}: ok ({sweep.trial.method.kind}, {len(sweep.search.space)} searched, "
-                  f"{sweep.search.num_samples} trials)", highlight=False)  # fmt: skip
+                  f"{sweep.search.trial_count} trials)", highlight=False)  # fmt: skip
     if failed:
         raise typer.Exit(2)
 
@@ -97,17 +103,113 @@ def run(
     _logging(verbose)
 
     from satune.data import DataError
+    from satune.runtime import DeviceUnavailable
     from satune.trial import run_trial
 
     try:
         result = run_trial(trial, on_epoch=_progress(trial.train.epochs), checkpoint=checkpoint if resume else None,
                            workdir=target)  # fmt: skip
-    except DataError as exc:
+    except (DataError, DeviceUnavailable) as exc:
         raise UserError(str(exc)) from None
     target.mkdir(parents=True, exist_ok=True)
     (target / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     _summary(result.metrics)
     out.print(f"result: {target / 'result.json'}", highlight=False)
+
+
+@app.command()
+@user_errors
+def sweep(
+    file: Annotated[Path, typer.Argument(help="The sweep file.")],
+    resume: Annotated[
+        bool, typer.Option(help="Continue the newest unfinished run of this sweep from storage.")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Join this Ray cluster (default: SATUNE_RAY_ADDRESS, else a private local Ray).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and print the trial plan; start nothing.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Run a sweep: Ray Tune runs the trials, Optuna proposes them, MLflow records them."""
+    spec = load_sweep(file)
+    from satune.tune.driver import plan_lines
+
+    for line in plan_lines(spec):
+        out.print(line, highlight=False)
+    if dry_run:
+        return
+    _logging(verbose)
+    from satune.tracking import TrackingError
+    from satune.tune.cluster import ClusterError
+    from satune.tune.driver import SweepError, reproduce_command, run_sweep
+
+    try:
+        result = run_sweep(spec, file, resume=resume, address=address)
+    except (SweepError, TrackingError, ClusterError) as exc:
+        raise UserError(str(exc)) from None
+    _sweep_table(spec, result)
+    if result.interrupted:
+        err.print(f"interrupted: continue with `satune sweep {file} --resume`", highlight=False)
+        raise typer.Exit(130)
+    if result.best is not None:
+        threads = None if spec.trial.runtime.threads is not None else max(1, int(spec.resources.cpu))
+        out.print(f"best trial {result.best.trial_id}; reproduce it without Ray or MLflow:", highlight=False)
+        out.print("  " + reproduce_command(file, result.best, threads), highlight=False, soft_wrap=True)
+    out.print(f"compare the trials in the MLflow UI: satune ui {file}", highlight=False)
+    if any(r.status == "ERROR" for r in result.rows):
+        raise typer.Exit(1)
+
+
+def _sweep_table(spec, result) -> None:
+    metrics = list(dict.fromkeys(spec.search.metrics + ["eval/clean_acc", "eval/pgd_acc", "eval/aa_acc"]))
+    keys = list(spec.search.space)
+    table = Table(title=f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})")
+    table.add_column("trial")
+    table.add_column("status")
+    for col in [*keys, *metrics]:
+        table.add_column(col.split("/", 1)[-1] if col in metrics else col, justify="right")
+    sign = 1 if spec.search.modes[0] == "max" else -1
+    rows = sorted(result.rows, key=lambda r: -sign * r.metrics.get(spec.search.metrics[0], -sign * float("inf")))
+    for r in rows:
+        best = result.best is not None and r.trial_id == result.best.trial_id
+        cells = (
+            [r.trial_id, ("best " if best else "") + r.status.lower()]
+            + [_cell(r.config.get(k)) for k in keys]
+            + [_cell(r.metrics.get(m)) for m in metrics]
+        )
+        table.add_row(*cells)
+    out.print(table)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+@user_errors
+def ui(
+    file: Annotated[Path, typer.Argument(help="A sweep file: serves the MLflow store under its storage.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+) -> None:
+    """Serve the MLflow UI of a sweep's local store to compare its trials."""
+    import os
+
+    from satune.tracking import server_command, server_env, store_paths
+
+    spec = load_sweep(file)
+    if spec.tracking.uri is not None:
+        out.print(f"this sweep logs to {spec.tracking.uri}: open that in a browser", highlight=False)
+        return
+    db, artifacts = store_paths(Path(spec.storage))
+    if not db.exists():
+        raise UserError(f"no MLflow store at {db}: run `satune sweep {file}` first")
+    out.print(f"MLflow UI: http://{host}:{port}  (Ctrl-C stops it)", highlight=False)
+    os.execvpe(sys.executable, server_command(db, artifacts, host, port), server_env())
 
 
 def _progress(epochs: int) -> Callable:

@@ -18,6 +18,10 @@ import torch
 from satune.specs import RuntimeSpec
 
 
+class DeviceUnavailable(RuntimeError):
+    """The spec asks for a device this node does not have."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -26,7 +30,9 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but torch sees no CUDA device on this node")
+        raise DeviceUnavailable("trial.runtime.device: 'cuda' but torch sees no CUDA device on this node")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceUnavailable("trial.runtime.device: 'mps' but torch sees no MPS device on this machine")
     return torch.device(name)
 
 

@@ -42,6 +42,9 @@ DATASET_CLASSES: dict[str, tuple[str, ...] | None] = {
     "imagefolder": None,
 }
 EMBEDDED_DATASETS = frozenset({"digits", "mnist5k"})
+# Auxiliary data for BiaMAT may also be uniform noise with random labels: a set unrelated to any task.
+AUX_CLASSES: dict[str, tuple[str, ...] | None] = {**DATASET_CLASSES, "noise": DIGITS}
+AuxDatasetName = Literal["digits", "mnist5k", "noise", "cifar10", "cifar100", "svhn"]
 DatasetName = Literal["digits", "mnist5k", "cifar10", "cifar100", "svhn", "imagefolder"]
 
 
@@ -223,7 +226,129 @@ class SatSpec(Spec):
         return "custom" if (self.w_A is not None or self.w_B is not None) else "vanilla"
 
 
-MethodSpec = Annotated[CleanSpec | AtSpec | SatSpec, Field(discriminator="kind")]
+class TradesSpec(Spec):
+    """TRADES (Zhang et al., 2019): clean CE + beta * KL(clean || adversarial), KL-maximising attack."""
+
+    kind: Literal["trades"] = "trades"
+    beta: Positive = 6.0
+
+
+def _aux_shorthand(value: Any) -> Any:
+    """'mnist5k[5-9]' / 'cifar10[cat,dog]' / 'digits' -> {dataset, classes}."""
+    if not isinstance(value, str):
+        return value
+    m = re.fullmatch(r"\s*([\w-]+)\s*(?:\[(.*)\])?\s*", value)
+    if m is None:
+        return value
+    name, inner = m.groups()
+    if inner is None:
+        return {"dataset": name}
+    rng = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", inner)
+    if rng:
+        classes = [str(i) for i in range(int(rng.group(1)), int(rng.group(2)) + 1)]
+    else:
+        classes = [c.strip() for c in inner.split(",") if c.strip()]
+    return {"dataset": name, "classes": classes}
+
+
+class AuxSpec(Spec):
+    """One auxiliary source. In YAML a string works too: `digits`, `mnist5k[5-9]`, `cifar100`."""
+
+    dataset: AuxDatasetName
+    classes: list[ClassName] | None = None  # keep only these classes of the source
+    root: str | None = None  # torchvision sets: where the files are (default: trial.data.root)
+    download: bool = False
+    size: PositiveInt | None = None  # keep this many images (stratified); noise: how many to draw (default 5000)
+    name: (
+        Annotated[str, _check("letters, digits, '-', '_' or '.'", lambda v: bool(re.fullmatch(r"[\w.-]+", v)))] | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _rules(self):
+        problems = []
+        known = AUX_CLASSES[self.dataset]
+        if self.dataset == "noise" and self.classes is not None:
+            problems.append(("classes", "noise has random labels over 10 classes; it takes no classes"))
+        for c in self.classes or []:
+            if known is not None and c not in known:
+                problems.append(("classes", f"'{c}' is not a class of {self.dataset} ({_names(known)})"))
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            problems.append(("classes", f"must not repeat a class, got {self.classes}"))
+        _raise_if(problems)
+        return self
+
+    @property
+    def label(self) -> str:
+        """The source's name in metric keys (biamat/hi_ratio/<label>)."""
+        if self.name is not None:
+            return self.name
+        return self.dataset + ("_" + "_".join(self.classes) if self.classes else "")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes) if self.classes is not None else len(AUX_CLASSES[self.dataset])
+
+
+AuxItem = Annotated[AuxSpec, BeforeValidator(_aux_shorthand)]
+
+
+class BiamatSpec(Spec):
+    """BiaMAT (Lee & Lee, WACV 2023): adversarial training with auxiliary data, a second head, and
+    a confidence gate. Defaults follow the official code per variant (see docs/methods.md)."""
+
+    kind: Literal["biamat"] = "biamat"
+    aux: Annotated[list[AuxItem], BeforeValidator(lambda v: v if isinstance(v, list) else [v])]
+    variant: Literal["at", "trades"] = "at"
+    alpha: NonNegative | None = None  # weight of the auxiliary loss (default: at 1.0, trades 0.5)
+    pi: Positive | None = None  # threshold factor: omega = pi * mean primary confidence (at 0.55, trades 0.5)
+    gate: Literal["biamat", "naive", "all_uniform"] = "biamat"
+    warmup_epochs: NonNegativeInt = 5
+    warmup_mode: Literal["primary_only", "naive"] = "primary_only"
+    omega_mode: Literal["fixed_after_warmup", "per_batch"] = "fixed_after_warmup"
+    beta: Positive | None = None  # TRADES variant only (default 6)
+    aux_hi_loss: Literal["trades", "ce"] | None = None  # TRADES variant: loss of high-confidence aux images
+    aux_batch_size: PositiveInt | None = None  # auxiliary images per step (default: train.batch_size)
+    aux_head: PositiveInt | None = None  # size of the auxiliary head; must match the auxiliary classes
+
+    @model_validator(mode="after")
+    def _rules(self):
+        problems = []
+        if not self.aux:
+            problems.append(("aux", "must name at least one auxiliary dataset"))
+        if self.variant != "trades":
+            for name in ("beta", "aux_hi_loss"):
+                if getattr(self, name) is not None:
+                    problems.append((name, f"only used with variant: trades (variant is {self.variant})"))
+        labels = [a.label for a in self.aux]
+        if len(set(labels)) != len(labels):
+            problems.append(("aux", f"sources need distinct names, got {labels} (set aux[i].name)"))
+        if self.aux_head is not None and self.aux and self.aux_head != self.aux_classes:
+            sizes = ", ".join(f"{a.label}: {a.n_classes}" for a in self.aux)
+            problems.append(
+                ("aux_head", f"{self.aux_head} does not match the {self.aux_classes} auxiliary classes ({sizes})")
+            )
+        _raise_if(problems)
+        return self
+
+    @property
+    def aux_classes(self) -> int:
+        """The auxiliary head's size: the sources' label spaces side by side."""
+        return sum(a.n_classes for a in self.aux)
+
+    @property
+    def resolved_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else (1.0 if self.variant == "at" else 0.5)
+
+    @property
+    def resolved_pi(self) -> float:
+        return self.pi if self.pi is not None else (0.55 if self.variant == "at" else 0.5)
+
+    @property
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else 6.0
+
+
+MethodSpec = Annotated[CleanSpec | AtSpec | SatSpec | TradesSpec | BiamatSpec, Field(discriminator="kind")]
 
 
 class TrainSpec(Spec):
@@ -270,7 +395,7 @@ class EvalSpec(Spec):
 class RuntimeSpec(Spec):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: PositiveInt | None = None  # torch intra-op threads (None: torch's default / Tune's cpu share)
-    amp: bool = False  # bfloat16/float16 autocast on accelerators
+    amp: bool = False  # bfloat16 autocast on CUDA GPUs that support it (ignored elsewhere)
     cache_dir: str | None = None  # rankings and embedded data (default ~/.cache/satune)
 
 
@@ -298,8 +423,30 @@ class TrialSpec(Spec):
         if isinstance(m, SatSpec) and m.split == "class" and m.fraction is not None and names is not None:
             if class_count(m.fraction, len(names)) >= len(names) and m.fraction < 1:
                 problems.append(("method.fraction", f"puts every class of {len(names)} into A; use kind: at"))
+        if isinstance(m, BiamatSpec):
+            if m.warmup_epochs >= self.train.epochs:
+                problems.append(
+                    (
+                        "method.warmup_epochs",
+                        f"must be below train.epochs ({self.train.epochs}): the gate would never run",
+                    )
+                )
+            for i, a in enumerate(m.aux):
+                if a.dataset == self.data.dataset and _overlap(a.classes, self.data.classes, names):
+                    problems.append((f"method.aux[{i}]", f"shares classes with the primary {a.dataset}: its images would be "
+                                     "trained on twice, or validation images trained on (give it other classes)"))  # fmt: skip
+                if a.dataset not in EMBEDDED_DATASETS | {"noise"} and a.root is None and self.data.root is None:
+                    problems.append(
+                        (f"method.aux[{i}].root", f"required for dataset '{a.dataset}' (or set trial.data.root)")
+                    )
         _raise_if(problems)
         return self
+
+
+def _overlap(aux: list[str] | None, primary: list[str] | None, all_names) -> bool:
+    a = set(aux if aux is not None else all_names or ())
+    p = set(primary if primary is not None else all_names or ())
+    return bool(a & p)
 
 
 def class_count(fraction: float, n_classes: int) -> int:
@@ -323,9 +470,14 @@ PER_EPOCH_METRICS = (
 )
 
 
+FINAL_ONLY = frozenset({"time/total_s", "train/selected_epoch"})  # besides eval/*
+
+
 def reported_metrics(trial: TrialSpec) -> set[str]:
     """Every metric key a trial with this spec reports (per epoch or at the end)."""
     keys = set(PER_EPOCH_METRICS) | {"eval/clean_acc", "eval/pgd_acc", "time/total_s", "train/selected_epoch"}
+    if isinstance(trial.method, CleanSpec):
+        keys -= {"train/adv_acc"}  # nothing is attacked
     names = trial.data.class_names() or ()
     aa = trial.eval.autoattack.n > 0
     if aa:
@@ -335,6 +487,10 @@ def reported_metrics(trial: TrialSpec) -> set[str]:
         keys |= {f"eval/class_{k}_acc/{c}" for k in kinds}
     if isinstance(trial.method, SatSpec) and trial.method.split == "class":
         keys |= {f"eval/{k}_acc_{s}" for k in kinds for s in "AB"}
+    if isinstance(trial.method, BiamatSpec):
+        keys |= {"biamat/hi_ratio"} | ({"biamat/omega"} if trial.method.gate == "biamat" else set())
+        if len(trial.method.aux) > 1:
+            keys |= {f"biamat/hi_ratio/{a.label}" for a in trial.method.aux}
     return keys
 
 
@@ -400,6 +556,15 @@ class SearchSpec(Spec):
     @property
     def metrics(self) -> list[str]:
         return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def trial_count(self) -> int:
+        """Trials the search will run: num_samples, times the grid's size for algorithm: grid."""
+        n = self.num_samples
+        if self.algorithm == "grid":
+            for dom in self.space.values():
+                n *= len(dom.value)
+        return n
 
     @property
     def modes(self) -> list[str]:
@@ -482,10 +647,9 @@ class SweepSpec(Spec):
             if metric not in known:
                 where = "search.metric" if isinstance(self.search.metric, str) else f"search.metric[{i}]"
                 problems.append((where, _unknown_metric(metric, known)))
-        if self.scheduler.kind != "none" and self.scheduler.metric not in PER_EPOCH_METRICS:
-            problems.append(
-                ("scheduler.metric", _unknown_metric(self.scheduler.metric, set(PER_EPOCH_METRICS), "per-epoch "))
-            )
+        per_epoch = {m for m in known if not m.startswith("eval/") and m not in FINAL_ONLY}
+        if self.scheduler.kind != "none" and self.scheduler.metric not in per_epoch:
+            problems.append(("scheduler.metric", _unknown_metric(self.scheduler.metric, per_epoch, "per-epoch ")))
         _raise_if(problems)
         return self
 
@@ -755,4 +919,9 @@ def absolutize(spec: SweepSpec, base: Path) -> SweepSpec:
         trial["data"]["root"] = str((base / spec.trial.data.root).resolve())
     if spec.trial.runtime.cache_dir is not None:
         trial["runtime"]["cache_dir"] = str((base / spec.trial.runtime.cache_dir).resolve())
+    if isinstance(spec.trial.method, BiamatSpec):
+        trial["method"]["aux"] = [
+            a.model_dump(exclude_unset=True) | ({"root": str((base / a.root).resolve())} if a.root else {})
+            for a in spec.trial.method.aux
+        ]
     return SweepSpec.model_validate(data)

@@ -16,12 +16,13 @@ import torch
 
 from satune import runtime
 from satune.attacks import Attack
-from satune.data import load_data
+from satune.data import augmentation, load_data
+from satune.data.aux import load_aux
 from satune.evaluate import final_metrics, select_metrics
 from satune.methods import build_method
 from satune.models import create_model
 from satune.ranking import membership
-from satune.specs import SatSpec, TrialSpec
+from satune.specs import BiamatSpec, SatSpec, TrialSpec
 from satune.train import FitResult, OnEpoch, fit
 
 log = logging.getLogger("satune")
@@ -67,10 +68,22 @@ def run_trial(
         log.info("SAT: %d of %d training examples in A%s", int(in_a.sum()), len(in_a),
                  f" (classes {[data.classes[c] for c in a_classes]})" if a_classes else "")  # fmt: skip
 
+    aux = None
+    if isinstance(spec.method, BiamatSpec):
+        aux = load_aux(spec.method.aux, data.shape, augmentation(spec.data), cache, device, spec.data.root)
+        log.info(
+            "BiaMAT: %d auxiliary images from %s, %d auxiliary classes",
+            len(aux.source),
+            ", ".join(aux.labels),
+            aux.n_classes,
+        )
+
+    heads = [data.num_classes] + ([aux.n_classes] if aux is not None else [])
     with torch.random.fork_rng(devices=[]):  # initial weights depend on the trial seed alone
         torch.manual_seed(runtime.derive_seed(spec.seed, "model"))
-        model = create_model(spec.model, data.shape, [data.num_classes], data.mean, data.std)
-    method = build_method(spec.method, Attack.from_threat(spec.threat), len(data.train), device, in_a)
+        model = create_model(spec.model, data.shape, heads, data.mean, data.std)
+    method = build_method(spec.method, Attack.from_threat(spec.threat), len(data.train), device, in_a, aux,
+                          spec.train.batch_size, spec.seed)  # fmt: skip
 
     def select(m):
         return select_metrics(m, data.select, spec.threat, spec.eval, runtime.derive_seed(spec.seed, "select"))
