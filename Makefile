@@ -3,22 +3,34 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+.PHONY: install sweep run ui test test-unit lint bench clean
 
-$(BIN)/satune: pyproject.toml
+$(BIN)/satune: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 install: $(BIN)/satune
 
-# The base trial of the main job, without Ray or MLflow.
+# The main job: SAT's w_A sweep on Ray Tune + Optuna + MLflow, on the embedded default.
+sweep: install
+	$(BIN)/satune sweep sweeps/wA.yaml
+
+# Its base trial alone, without Ray or MLflow.
 run: install
 	$(BIN)/satune run sweeps/wA.yaml
 
+# Compare the trials of the sweeps in runs/ in the MLflow UI (http://127.0.0.1:5000).
+ui: install
+	$(BIN)/satune ui sweeps/wA.yaml
+
+# Unit tests, integration tests (real Ray, real MLflow server on 127.0.0.1), GPU tests where CUDA exists.
 test: install
 	$(BIN)/ruff check satune tests bench
 	$(BIN)/python -m pytest -q
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: install
 	$(BIN)/ruff check satune tests bench
@@ -26,6 +38,8 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/sat_cost.py
+	$(BIN)/python bench/biamat_cost.py
+	$(BIN)/python bench/sweep_overhead.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -547,11 +547,14 @@ class DomainSpec(Spec):
 
 
 class SearchSpec(Spec):
-    algorithm: Literal["tpe", "gp", "cmaes", "random", "grid"] = "tpe"
+    algorithm: Literal["tpe", "gp", "cmaes", "qmc", "random", "grid"] = "tpe"
     metric: str | list[str] = "eval/pgd_acc"
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
     num_samples: PositiveInt = 8  # trials (grid: repeats of the whole grid)
     space: dict[str, DomainSpec] = {}
+    # shared: every trial trains with the same seed (per repeat), so trials differ by their values
+    # alone; per_config: the seed also depends on the sampled values.
+    seeds: Literal["shared", "per_config"] = "shared"
 
     @property
     def metrics(self) -> list[str]:
@@ -586,6 +589,8 @@ class SearchSpec(Spec):
                 problems.append((f"space.{key}", "grid values need algorithm: grid"))
         if self.algorithm == "cmaes" and any(d.kind in ("choice",) for d in self.space.values()):
             problems.append(("algorithm", "cmaes searches numeric ranges only; use tpe for choices"))
+        if self.algorithm == "cmaes" and len(self.metrics) > 1:
+            problems.append(("algorithm", "cmaes optimises one metric; use tpe, gp, qmc or random for several"))
         _raise_if(problems)
         return self
 

@@ -1,0 +1,278 @@
+"""MLflow: the local tracking server's lifecycle, the sweep's parent run, one child run per trial.
+
+The only module that imports mlflow. Everything goes through `MlflowClient` with explicit run ids
+and an http:// tracking URI: trials run in other processes (and directories) than the driver, and
+MLflow's default URI is a SQLite file in the *current* directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("satune")
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "satune.trial_id"
+SWEEP_TAG = "satune.sweep"
+
+
+class TrackingError(Exception):
+    """The tracking server cannot be started or reached; a one-line message for the user."""
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any compute, when an MLflow server does not answer."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+            raise TrackingError(f"tracking.uri: {uri} answered {resp.status} on /health; is it an MLflow server?")
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"tracking.uri: cannot reach the MLflow server at {uri} ({reason})") from None
+
+
+def store_paths(storage: Path) -> tuple[Path, Path]:
+    """The local store under `storage`: the SQLite database and the artifact root."""
+    root = Path(storage) / "mlflow"
+    return root / "mlflow.db", root / "artifacts"
+
+
+def server_command(db: Path, artifacts: Path, host: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{db}",
+        "--artifacts-destination", str(artifacts),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def server_env() -> dict[str, str]:
+    # Without the job runner the server is 2 processes and ~0.5 GB instead of ~2.3 GB.
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL,
+    so a killed sweep never leaves an orphaned server behind. (A no-op elsewhere.)"""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 15)
+
+
+class LocalServer:
+    """`mlflow server` on 127.0.0.1 with a SQLite store under `storage`, for one sweep."""
+
+    def __init__(self, storage: Path, host: str = "127.0.0.1", port: int | None = None):
+        self.db, self.artifacts = store_paths(storage)
+        self.host, self.port = host, port or free_port(host)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.db.parent / "server.log"
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> LocalServer:
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - the server writes here for its lifetime
+        self.proc = subprocess.Popen(
+            server_command(self.db, self.artifacts, self.host, self.port),
+            stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        logf.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TrackingError(f"the local MLflow server exited at start; see {self.log_path}")
+            try:
+                check_reachable(self.uri, timeout=1.0)
+                return self
+            except TrackingError:
+                time.sleep(0.3)
+        self.stop()
+        raise TrackingError(f"the local MLflow server did not answer within {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, 15)  # the server and its worker
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, 9)
+        self.proc = None
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = value
+    return out
+
+
+def _params(tree: Mapping) -> dict[str, str]:
+    # MLflow params are strings of at most 6000 characters; lists are shown as JSON.
+    return {k: (json.dumps(v) if isinstance(v, (list, tuple)) else str(v))[:6000] for k, v in flatten(tree).items()}
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create the experiment on the driver (trials creating it at once would race)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return c.create_experiment(name)
+
+
+def start_parent(uri: str, experiment_id: str, name: str, params: Mapping, tags: Mapping[str, str]) -> str:
+    c = client(uri)
+    run = c.create_run(experiment_id, run_name=name, tags={SWEEP_TAG: name, **tags})
+    c.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _params(params).items()])
+    return run.info.run_id
+
+
+def reopen(uri: str, run_id: str) -> None:
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    """status: FINISHED | FAILED | KILLED."""
+    client(uri).set_terminated(run_id, status=status)
+
+
+def run_status(uri: str, run_id: str) -> str:
+    return client(uri).get_run(run_id).info.status
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+    for i in range(0, len(rows), 1000):  # the REST API takes at most 1000 metrics per batch
+        client(uri).log_batch(run_id, metrics=rows[i : i + 1000])
+
+
+def log_dict(uri: str, run_id: str, data: Any, name: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        client(uri).log_artifact(run_id, str(path))
+
+
+def log_file(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def _param(key: str, value: str):
+    from mlflow.entities import Param
+
+    return Param(key, value)
+
+
+def trial_run(
+    uri: str, experiment_id: str, parent_id: str, trial_id: str, name: str, spec: Mapping, run_id: str | None
+) -> str:
+    """The child run of a trial: the one in its checkpoint, else the one tagged with its id, else new.
+
+    Looking up by tag too means a trial retried before its first checkpoint still continues its
+    own run: never two runs for one trial.
+    """
+    c = client(uri)
+    if run_id is None:
+        found = c.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
+        run_id = found[0].info.run_id if found else None
+    if run_id is not None:
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    run = c.create_run(experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id})
+    c.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _params(spec).items()])
+    return run.info.run_id
+
+
+def child_runs(uri: str, experiment_id: str, parent_id: str) -> list:
+    return client(uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000
+    )
+
+
+def provenance() -> dict[str, str]:
+    """Git commit and package versions, for the parent run's tags."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {}
+    for pkg in ("satune", "torch", "ray", "optuna", "mlflow", "pyautoattack"):
+        try:
+            tags[f"version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    git = shutil.which("git")
+    if git:
+        here = Path(__file__).resolve().parent
+        sha = subprocess.run([git, "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
+        if sha.returncode == 0:
+            tags["git.sha"] = sha.stdout.strip()
+            dirty = subprocess.run([git, "status", "--porcelain"], cwd=here, capture_output=True, text=True)
+            tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
+    return tags

@@ -1,0 +1,101 @@
+"""The Tune trainable: one trial in its own actor, wrapping trial.run_trial with reporting.
+
+It validates its sampled config back into a TrialSpec (model_validate, never model_copy), derives
+the trial's seed, opens (or re-opens) the trial's MLflow child run, restores from Tune's checkpoint,
+and reports every epoch to Tune and MLflow. The MLflow run id travels inside each checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from satune import tracking
+from satune.runtime import derive_seed
+from satune.specs import TrialSpec, set_path
+from satune.tune.space import REPEAT_KEY
+
+META_FILE = "meta.json"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by fault-injection tests (SATUNE_FAIL_AT_EPOCH)."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs from the driver (small and picklable)."""
+
+    base: dict  # the base trial, as given in the sweep file
+    sweep_seed: int
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    threads: int
+    seeds: str = "shared"  # search.seeds
+    fail_at_epoch: int | None = None  # fault injection: raise once after this epoch's report
+
+
+def resolve_trial(ctx: TrialContext, config: dict[str, Any]) -> TrialSpec:
+    """The sampled values merged into the base trial, with the trial's seed and thread count."""
+    config = dict(config)
+    repeat = config.pop(REPEAT_KEY, 0)
+    trial = ctx.base
+    for key, value in sorted(config.items()):
+        trial = set_path(trial, key, value)
+    if "seed" not in config:  # a searched seed (seed replicates) is used as it is
+        values = json.dumps(config, sort_keys=True) if ctx.seeds == "per_config" else ""
+        trial = set_path(trial, "seed", derive_seed(ctx.sweep_seed, values, repeat))
+    if ctx.base.get("runtime", {}).get("threads") is None:
+        trial = set_path(trial, "runtime.threads", ctx.threads)
+    return TrialSpec.model_validate(trial)
+
+
+def run(config: dict[str, Any], ctx: TrialContext) -> None:
+    # Imported here: the driver imports this module too, and never needs torch.
+    import torch
+    from ray import tune
+
+    from satune.trial import run_trial
+
+    spec = resolve_trial(ctx, config)
+    trial_id = tune.get_context().get_trial_id()
+    checkpoint = tune.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="satune-trial-") as tmp:
+        restored, meta = None, {}
+        if checkpoint is not None:
+            restored = Path(checkpoint.to_directory(str(Path(tmp) / "restored")))
+            meta = json.loads((restored / META_FILE).read_text())
+        uri = ctx.tracking_uri
+        run_id = tracking.trial_run(uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
+                                    f"trial-{trial_id}", spec.model_dump(mode="json"), meta.get("run_id"))  # fmt: skip
+        if restored is not None:
+            tracking.set_tags(uri, run_id, {"satune.resumed_after_epoch": meta["epoch"]})
+        fail_at = ctx.fail_at_epoch if restored is None else None
+
+        def on_epoch(metrics: dict, ckpt_dir: Path) -> None:
+            meta = {"run_id": run_id, "trial_id": trial_id, "epoch": metrics["epoch"]}
+            (ckpt_dir / META_FILE).write_text(json.dumps(meta))
+            tracking.log_metrics(uri, run_id, metrics, step=metrics["epoch"])
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+            if fail_at is not None and metrics["epoch"] == fail_at:
+                raise InjectedFailure(f"injected failure after epoch {fail_at}")
+
+        try:
+            result = run_trial(spec, on_epoch=on_epoch, checkpoint=restored, workdir=Path(tmp) / "work")
+        except Exception:
+            tracking.end_run(uri, run_id, "FAILED")
+            raise
+        final = {**result.metrics, "epoch": spec.train.epochs - 1}
+        last = result.history[-1] if result.history else {}
+        final_only = {k: v for k, v in result.metrics.items() if k not in last}  # eval/*, time/total_s, ...
+        tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs)
+        tracking.log_dict(uri, run_id, result.to_json(), "result.json")
+        weights = Path(tmp) / "model.pt"
+        torch.save(result.model.state_dict(), weights)
+        tracking.log_file(uri, run_id, weights, "model")
+        tune.report(final)
+        tracking.end_run(uri, run_id, "FINISHED")

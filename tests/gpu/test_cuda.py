@@ -1,0 +1,48 @@
+"""GPU paths: run where CUDA exists, skipped elsewhere (the CPU suite covers the logic)."""
+
+import pytest
+import torch
+
+from satune.attacks import Attack
+from satune.models import create_model
+from satune.specs import ModelSpec, parse_trial
+from satune.trial import run_trial
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+
+def trial(**runtime):
+    return parse_trial({
+        "data": {"dataset": "digits"},
+        "threat": {"norm": "linf", "eps": 0.1, "steps": 3},
+        "method": {"kind": "sat", "fraction": 0.5, "ranking": "random"},
+        "train": {"epochs": 2, "batch_size": 64},
+        "eval": {"pgd_steps": 5, "autoattack": {"n": 50, "version": "custom", "attacks": ["apgd-ce"]}},
+        "runtime": {"device": "cuda", **runtime},
+    })  # fmt: skip
+
+
+def test_trial_runs_on_cuda():
+    result = run_trial(trial())
+    assert next(result.model.parameters()).is_cuda
+    assert 0 < result.metrics["eval/clean_acc"] <= 1 and "eval/aa_acc" in result.metrics
+
+
+def test_trial_runs_with_bfloat16_autocast():
+    result = run_trial(trial(amp=True))
+    assert result.metrics["eval/clean_acc"] > 0.5
+
+
+def test_cuda_runs_are_repeatable():
+    a, b = run_trial(trial()), run_trial(trial())
+    assert a.metrics["eval/pgd_acc"] == b.metrics["eval/pgd_acc"]
+
+
+def test_attack_follows_the_models_device():
+    model = create_model(ModelSpec(), (1, 8, 8), [10], [0.3], [0.3]).cuda()
+    x, y = torch.rand(8, 1, 8, 8, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    x_adv = Attack("l2", 0.5, 0.2, 3, random_start=True)(model, x, y, gen=torch.Generator().manual_seed(0))
+    assert x_adv.is_cuda and ((x_adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()

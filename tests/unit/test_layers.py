@@ -1,0 +1,45 @@
+"""The import rules of design.md, checked on the source: imports flow one way, left to right, and
+each heavy dependency has one home."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "satune"
+ORDER = ["specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
+         "tracking", "tune", "report", "cli"]  # fmt: skip
+HOMES = {"mlflow": {"tracking"}, "ray": {"tune"}, "pyautoattack": {"evaluate"}, "autoattack": {"evaluate"}}
+
+
+def layer(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    return rel.parts[0]
+
+
+def imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+SOURCES = sorted(p for p in PKG.rglob("*.py") if p.name != "__init__.py" or p.parent != PKG)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_flow_left_to_right(path):
+    me = layer(path)
+    for name in imports(path):
+        top = name.split(".")[0]
+        if top == "satune" and "." in name:
+            other = name.split(".")[1]
+            assert ORDER.index(other) <= ORDER.index(me), f"{me} imports {name}, which is to its right"
+        if top in HOMES:
+            assert me in HOMES[top], f"{me} imports {top}; only {HOMES[top]} may"
+
+
+def test_specs_imports_stdlib_pydantic_and_yaml_only():
+    allowed = {"__future__", "copy", "difflib", "math", "re", "types", "typing", "pathlib", "yaml", "pydantic"}
+    assert {n.split(".")[0] for n in imports(PKG / "specs.py")} <= allowed
