@@ -1,0 +1,1 @@
+"""The only package that imports Ray: the sweep driver, its trainable, search spaces, the cluster."""
