@@ -7,10 +7,8 @@ The paper measured 1.66x AT and < 1 % for the gate (WRN-28-10, CIFAR-10 + ImageN
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from timing import epoch_times
+from timing import epoch_times, setup
 
 from satune import runtime
 from satune.attacks import Attack
@@ -22,14 +20,7 @@ from satune.specs import BiamatSpec, parse_trial
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    device = runtime.resolve_device(args.device)
+    args, device = setup(__doc__)
     spec = parse_trial({
         "data": {"dataset": "mnist5k", "classes": [0, 1, 2, 3, 4]},
         "threat": {"norm": "l2", "eps": 1.5, "steps": 7},

@@ -8,10 +8,8 @@ so machine noise hits every method alike; ratios of medians are printed, not abs
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from timing import epoch_times
+from timing import epoch_times, setup
 
 from satune import runtime
 from satune.attacks import Attack
@@ -24,15 +22,7 @@ FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="mnist5k")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    device = runtime.resolve_device(args.device)
+    args, device = setup(__doc__)
     spec = parse_trial({
         "data": {"dataset": args.dataset},
         "threat": {"norm": "l2", "eps": 1.5, "steps": 7},

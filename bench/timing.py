@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Callable
 
 import torch
 
+from satune import runtime
 from satune.train import fit
+
+
+def setup(doc: str | None) -> tuple[argparse.Namespace, torch.device]:
+    """The benchmarks' common options (--rounds, --threads, --device), applied."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dataset", default="mnist5k", help="(sat_cost only)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, runtime.resolve_device(args.device)
 
 
 def epoch_times(

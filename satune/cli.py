@@ -25,8 +25,8 @@ from satune.specs import SpecError, apply_overrides, load_sweep, parse_trial
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweeps for adversarial-training research (SAT, BiaMAT) on Ray Tune, Optuna and MLflow.")  # fmt: skip
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 class UserError(Exception):

@@ -94,6 +94,20 @@ class FieldProblems(ValueError):
         super().__init__("\n".join(f"[{path}] {msg}" for path, msg in problems))
 
 
+def _class_problems(
+    field: str, classes: list[str] | None, known, owner: str, repeats: bool = True
+) -> list[tuple[str, str]]:
+    """A class list's problems: repeats, and names `known` lacks (None: known only from the files)."""
+    if classes is None:
+        return []
+    problems = []
+    if repeats and len(set(classes)) != len(classes):
+        problems.append((field, f"must not repeat a class, got {classes}"))
+    if known is not None:
+        problems += [(field, f"'{c}' is not a class of {owner} ({_names(known)})") for c in classes if c not in known]
+    return problems
+
+
 def _raise_if(problems: list[tuple[str, str]]) -> None:
     if problems:
         raise FieldProblems(problems)
@@ -126,15 +140,9 @@ class DataSpec(Spec):
         known = DATASET_CLASSES[self.dataset]
         if self.dataset not in EMBEDDED_DATASETS and self.root is None:
             problems.append(("root", f"required for dataset '{self.dataset}' (the folder that holds its files)"))
-        if self.classes is not None:
-            if len(self.classes) < 2:
-                problems.append(("classes", f"must name at least 2 classes, got {self.classes}"))
-            if len(set(self.classes)) != len(self.classes):
-                problems.append(("classes", f"must not repeat a class, got {self.classes}"))
-            if known is not None:
-                for c in self.classes:
-                    if c not in known:
-                        problems.append(("classes", f"'{c}' is not a class of {self.dataset} ({_names(known)})"))
+        if self.classes is not None and len(self.classes) < 2:
+            problems.append(("classes", f"must name at least 2 classes, got {self.classes}"))
+        problems += _class_problems("classes", self.classes, known, self.dataset)
         _raise_if(problems)
         return self
 
@@ -208,8 +216,7 @@ class SatSpec(Spec):
             problems.append(("fraction", "a class split takes exactly one of fraction or classes"))
         if self.classes is not None and "ranking" in self.model_fields_set:
             problems.append(("ranking", "unused when classes are listed; remove it or use fraction"))
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            problems.append(("classes", f"must not repeat a class, got {self.classes}"))
+        problems += _class_problems("classes", self.classes, None, "")
         custom = self.weighting in (None, "custom")
         for name in ("w_A", "w_B"):
             if not custom and getattr(self, name) is not None:
@@ -269,11 +276,7 @@ class AuxSpec(Spec):
         known = AUX_CLASSES[self.dataset]
         if self.dataset == "noise" and self.classes is not None:
             problems.append(("classes", "noise has random labels over 10 classes; it takes no classes"))
-        for c in self.classes or []:
-            if known is not None and c not in known:
-                problems.append(("classes", f"'{c}' is not a class of {self.dataset} ({_names(known)})"))
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
-            problems.append(("classes", f"must not repeat a class, got {self.classes}"))
+        problems += _class_problems("classes", self.classes, known, self.dataset)
         _raise_if(problems)
         return self
 
@@ -415,9 +418,8 @@ class TrialSpec(Spec):
         names = self.data.class_names()
         m = self.method
         if isinstance(m, SatSpec) and m.classes is not None and names is not None:
-            for c in m.classes:
-                if c not in names:
-                    problems.append(("method.classes", f"'{c}' is not a class of this trial's data ({_names(names)})"))
+            # (repeats were reported by SatSpec itself)
+            problems += _class_problems("method.classes", m.classes, names, "this trial's data", repeats=False)
             if len(m.classes) >= len(names):
                 problems.append(("method.classes", "must leave at least one class in B"))
         if isinstance(m, SatSpec) and m.split == "class" and m.fraction is not None and names is not None:
