@@ -8,7 +8,6 @@ MLflow's default URI is a SQLite file in the *current* directory.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import socket
@@ -21,8 +20,6 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger("satune")
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "satune.trial_id"
@@ -189,10 +186,6 @@ def reopen(uri: str, run_id: str) -> None:
 def end_run(uri: str, run_id: str, status: str) -> None:
     """status: FINISHED | FAILED | KILLED."""
     client(uri).set_terminated(run_id, status=status)
-
-
-def run_status(uri: str, run_id: str) -> str:
-    return client(uri).get_run(run_id).info.status
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:

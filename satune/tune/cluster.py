@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger("satune")
 
 
 class ClusterError(Exception):
     """Ray cannot give this sweep what it needs; a one-line message for the user."""
 
 
-@dataclass
-class RayInfo:
-    address: str
-    dashboard_url: str | None
-    joined: bool  # an existing cluster, not a private instance
-
-
 def token_path() -> Path:
     return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
 
 
-def start(address: str | None = None, num_cpus: int | None = None) -> RayInfo:
-    """Join `address` (or SATUNE_RAY_ADDRESS), else start a private Ray for this process.
+def start(address: str | None = None, num_cpus: int | None = None) -> str | None:
+    """Join `address` (or SATUNE_RAY_ADDRESS), else start a private Ray for this process; returns
+    the dashboard's URL (None without one).
 
     `address="local"` always starts a new instance: a plain ray.init() may try to join a stale one.
     """
@@ -46,17 +37,16 @@ def start(address: str | None = None, num_cpus: int | None = None) -> RayInfo:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ClusterError(f"cannot start or join {where}: {str(exc).splitlines()[0]}") from None
-    url = ctx.dashboard_url
-    return RayInfo(ctx.address_info.get("address", address or "local"), f"http://{url}" if url else None, bool(address))
+    return f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
 
 
-def dashboard_hint(info: RayInfo) -> str:
-    if not info.dashboard_url:
+def dashboard_hint(url: str | None) -> str:
+    if not url:
         return "Ray dashboard: not running (install ray[default])"
     auth = os.environ.get("RAY_AUTH_MODE", "token").lower()
     if auth == "disabled":
-        return f"Ray dashboard: {info.dashboard_url} (token authentication disabled by RAY_AUTH_MODE)"
-    return (f"Ray dashboard: {info.dashboard_url}  (token auth on: sign in with the token that "
+        return f"Ray dashboard: {url} (token authentication disabled by RAY_AUTH_MODE)"
+    return (f"Ray dashboard: {url}  (token auth on: sign in with the token that "
             f"`ray get-auth-token` prints, stored in {token_path()})")  # fmt: skip
 
 

@@ -9,7 +9,6 @@ One sweep run lives in `storage/<name>/<timestamp>/`: the sweep file and resolve
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -30,12 +30,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from satune import tracking
-from satune.specs import SweepSpec
+from satune.specs import SatSpec, SweepSpec
 from satune.tune import cluster
 from satune.tune.space import REPEAT_KEY, grid_space, optuna_space, sampler
 from satune.tune.trainable import TrialContext, resolve_trial, run
 
-log = logging.getLogger("satune")
 STATE_FILE = "sweep.json"
 JOURNAL_FILE = "optuna.journal"
 # What may change between a sweep and its --resume: how it runs, not what it computes.
@@ -62,8 +61,6 @@ class SweepResult:
     best: TrialRow | None
     pareto: list[TrialRow] = field(default_factory=list)
     interrupted: bool = False
-    parent_run_id: str | None = None
-    tracking_uri: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,9 +211,9 @@ def run_sweep(
 
         # 2. Ray: a private instance or the given cluster; stop at once if no node fits a trial.
         try:
-            info = cluster.start(address)
+            dashboard = cluster.start(address)
             stack.callback(cluster.stop)
-            echo(cluster.dashboard_hint(info))
+            echo(cluster.dashboard_hint(dashboard))
             cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu)
             _prepare_ranking(sweep, echo)
             result = _fit(sweep, run_dir, uri, experiment_id, parent, resume, echo)
@@ -227,7 +224,6 @@ def run_sweep(
             raise
 
         # 3. The summary goes into the parent run.
-        result.parent_run_id, result.tracking_uri = parent, uri
         _summarize(sweep, result, uri, parent)
         status = "KILLED" if result.interrupted else "FINISHED"
         tracking.end_run(uri, parent, status)
@@ -239,13 +235,9 @@ def run_sweep(
 def _prepare_ranking(sweep: SweepSpec, echo) -> None:
     """SAT's difficulty ranking is one clean fit shared by every trial: compute it once, on a Ray
     worker with one trial's resources, before the trials start (they would all compute it at once)."""
-    from satune.specs import SatSpec
-
     method = sweep.trial.method
     if not isinstance(method, SatSpec) or method.ranking == "random" or method.classes is not None:
         return
-    import ray
-
     echo("SAT ranking: one clean fit for the difficulty scores (cached for every trial)")
     task = ray.remote(num_cpus=sweep.resources.cpu, num_gpus=sweep.resources.gpu)(_warm_ranking)
     ray.get(task.remote(sweep.trial.model_dump(mode="json", by_alias=True), max(1, int(sweep.resources.cpu))))
