@@ -6,6 +6,7 @@ import torch
 from satune.attacks import Attack
 from satune.models import create_model
 from satune.specs import ModelSpec, parse_trial
+from satune.train import CHECKPOINT_FILE
 from satune.trial import run_trial
 
 pytestmark = [
@@ -39,6 +40,26 @@ def test_trial_runs_with_bfloat16_autocast():
 def test_cuda_runs_are_repeatable():
     a, b = run_trial(trial()), run_trial(trial())
     assert a.metrics["eval/pgd_acc"] == b.metrics["eval/pgd_acc"]
+
+
+def test_cuda_resume_continues_identically(tmp_path):
+    """A trial checkpointed on CUDA resumes on CUDA and ends bit-identically (Ray restarts, --resume)."""
+    full = run_trial(trial(), workdir=tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(metrics, checkpoint):
+        assert (checkpoint / CHECKPOINT_FILE).exists()
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_trial(trial(), on_epoch=stop_after_first, workdir=tmp_path / "cut")
+    torch.manual_seed(12345)
+    resumed = run_trial(trial(), checkpoint=tmp_path / "cut" / "checkpoint", workdir=tmp_path / "resumed")
+    assert resumed.metrics["eval/pgd_acc"] == full.metrics["eval/pgd_acc"]
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
 def test_attack_follows_the_models_device():
