@@ -53,11 +53,13 @@ class EntropyRecorder:
 
 
 def ranking_key(spec: TrialSpec) -> str:
-    """What determines the clean model's predictions: data, architecture, recipe, seed."""
+    """What determines the clean model's predictions: data (which files, too: two image folders
+    with the same settings are two datasets), architecture, recipe and its precision, seed."""
     m = spec.method
     assert isinstance(m, SatSpec)
-    data = spec.data.model_dump(exclude={"root", "download", "num_workers"})
-    parts = {"data": data, "arch": spec.model.arch, "train": _recipe(spec).model_dump(), "seed": m.ranking_seed, "v": 1}
+    data = spec.data.model_dump(exclude={"download", "num_workers"})
+    parts = {"data": data, "arch": spec.model.arch, "train": _recipe(spec).model_dump(), "amp": spec.runtime.amp,
+             "seed": m.ranking_seed, "v": 2}  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -10,8 +10,10 @@ import copy
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -63,6 +65,16 @@ def _number(value: Any) -> Any:
     return value
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as it appears in an error line: its repr, cut to `limit` characters (a YAML alias
+    can expand a few bytes of file into megabytes of value)."""
+    return _cut(_REPR.repr(value), limit)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 60, 60
+
+
 def _check(rule: str, ok):
     def check(v):
         if not ok(v):
@@ -79,6 +91,25 @@ OpenFraction = Annotated[float, BeforeValidator(_number), _check("in (0, 1)", la
 Momentum = Annotated[float, _check("in [0, 1)", lambda v: 0 <= v < 1)]
 PositiveInt = Annotated[int, _check(">= 1", lambda v: v >= 1)]
 NonNegativeInt = Annotated[int, _check(">= 0", lambda v: v >= 0)]
+
+
+def _int_in(low: int, high: int) -> Any:
+    return Annotated[int, _check(f"in [{low}, {high}]", lambda v: low <= v <= high)]
+
+
+# Seeds given by a user reach numpy and Optuna, whose generators take 32-bit seeds; a trial's own
+# seed is derived (63 bits) unless the sweep file sets it.
+Seed = _int_in(0, 2**32 - 1)
+TrialSeed = _int_in(0, 2**63 - 1)
+# Counts of processes and threads: above these, a typo that would exhaust the machine.
+LoaderWorkers = _int_in(0, 64)
+Threads = _int_in(1, 1024)
+Concurrency = _int_in(1, 1024)
+# Names that become directory names, MLflow run names and metric keys: short, plain, never "." or "..".
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+Name = Annotated[str, _check("1-64 letters, digits, '-', '_' or '.', starting with a letter or digit",
+                             lambda v: bool(_NAME.fullmatch(v)))]  # fmt: skip
+ExperimentName = Annotated[str, _check("1-200 printable characters", lambda v: 0 < len(v) <= 200 and v.isprintable())]
 ClassName = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
 
 
@@ -102,9 +133,10 @@ def _class_problems(
         return []
     problems = []
     if repeats and len(set(classes)) != len(classes):
-        problems.append((field, f"must not repeat a class, got {classes}"))
+        problems.append((field, f"must not repeat a class, got {shown(classes)}"))
     if known is not None:
-        problems += [(field, f"'{c}' is not a class of {owner} ({_names(known)})") for c in classes if c not in known]
+        owned = f"a class of {owner} ({_names(known)})"
+        problems += [(field, f"{shown(c)} is not {owned}") for c in classes if c not in known]
     return problems
 
 
@@ -129,10 +161,10 @@ class DataSpec(Spec):
     train_size: PositiveInt | None = None  # stratified subset of the training split (quick runs)
     val_fraction: OpenFraction = 0.2  # held-out share for sets without a test split
     select_fraction: OpenFraction = 0.1  # the validation set's select slice (SAT protocol: 10 %)
-    split_seed: int = 90622  # fixed permutation of the validation set (SAT's seed)
+    split_seed: Seed = 90622  # fixed permutation of the validation set (SAT's seed)
     augment: Literal["auto", "none", "crop", "crop_flip", "sat"] = "auto"
     image_size: PositiveInt = 224  # imagefolder: training crops and validation centre crops
-    num_workers: NonNegativeInt = 0  # imagefolder: DataLoader worker processes
+    num_workers: LoaderWorkers = 0  # imagefolder: DataLoader worker processes
 
     @model_validator(mode="after")
     def _rules(self):
@@ -141,7 +173,7 @@ class DataSpec(Spec):
         if self.dataset not in EMBEDDED_DATASETS and self.root is None:
             problems.append(("root", f"required for dataset '{self.dataset}' (the folder that holds its files)"))
         if self.classes is not None and len(self.classes) < 2:
-            problems.append(("classes", f"must name at least 2 classes, got {self.classes}"))
+            problems.append(("classes", f"must name at least 2 classes, got {shown(self.classes)}"))
         problems += _class_problems("classes", self.classes, known, self.dataset)
         _raise_if(problems)
         return self
@@ -202,7 +234,7 @@ class SatSpec(Spec):
     w_A: Positive | None = None
     w_B: NonNegative | None = None
     ranking_epochs: PositiveInt | None = None  # epochs of the clean fit that scores difficulty
-    ranking_seed: int = 0  # one ranking per sweep, not one per trial
+    ranking_seed: Seed = 0  # one ranking per sweep, not one per trial
 
     @model_validator(mode="after")
     def _rules(self):
@@ -266,9 +298,7 @@ class AuxSpec(Spec):
     root: str | None = None  # torchvision sets: where the files are (default: trial.data.root)
     download: bool = False
     size: PositiveInt | None = None  # keep this many images (stratified); noise: how many to draw (default 5000)
-    name: (
-        Annotated[str, _check("letters, digits, '-', '_' or '.'", lambda v: bool(re.fullmatch(r"[\w.-]+", v)))] | None
-    ) = None
+    name: Name | None = None
 
     @model_validator(mode="after")
     def _rules(self):
@@ -324,7 +354,7 @@ class BiamatSpec(Spec):
                     problems.append((name, f"only used with variant: trades (variant is {self.variant})"))
         labels = [a.label for a in self.aux]
         if len(set(labels)) != len(labels):
-            problems.append(("aux", f"sources need distinct names, got {labels} (set aux[i].name)"))
+            problems.append(("aux", f"sources need distinct names, got {shown(labels)} (set aux[i].name)"))
         if self.aux_head is not None and self.aux and self.aux_head != self.aux_classes:
             sizes = ", ".join(f"{a.label}: {a.n_classes}" for a in self.aux)
             problems.append(
@@ -367,7 +397,7 @@ class TrainSpec(Spec):
     @model_validator(mode="after")
     def _rules(self):
         if sorted(self.milestones) != list(self.milestones):
-            raise FieldProblems([("milestones", f"must be increasing, got {self.milestones}")])
+            raise FieldProblems([("milestones", f"must be increasing, got {shown(self.milestones)}")])
         return self
 
 
@@ -375,7 +405,7 @@ class AutoAttackSpec(Spec):
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks: list[Literal["apgd-ce", "apgd-t", "fab", "fab-t", "square", "apgd-dlr"]] | None = None
     n: NonNegativeInt = 1000  # examples of the final slice; 0 skips AutoAttack
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _rules(self):
@@ -397,13 +427,13 @@ class EvalSpec(Spec):
 
 class RuntimeSpec(Spec):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    threads: PositiveInt | None = None  # torch intra-op threads (None: torch's default / Tune's cpu share)
+    threads: Threads | None = None  # torch intra-op threads (None: torch's default / Tune's cpu share)
     amp: bool = False  # bfloat16 autocast on CUDA GPUs that support it (ignored elsewhere)
     cache_dir: str | None = None  # rankings and embedded data (default ~/.cache/satune)
 
 
 class TrialSpec(Spec):
-    seed: int = 0
+    seed: TrialSeed = 0
     data: DataSpec
     model: ModelSpec = ModelSpec()
     threat: ThreatSpec
@@ -605,28 +635,40 @@ class SchedulerSpec(Spec):
     reduction_factor: Annotated[int, _check(">= 2", lambda v: v >= 2)] = 2
 
 
+def _ray_quantity(high: int, zero: bool):
+    """Ray takes fractions of one unit or whole units; a share below 1 % or a huge count is a typo."""
+    rule = f"{'0, ' if zero else ''}a fraction in [0.01, 1] or a whole number up to {high}"
+    return _check(rule, lambda v: (zero and v == 0) or 0.01 <= v <= 1 or (1 < v <= high and float(v).is_integer()))
+
+
 class ResourcesSpec(Spec):
-    cpu: Positive = 1
-    gpu: NonNegative = 0  # fractions share a GPU between trials (bookkeeping only: size batches to fit)
-    max_concurrent: PositiveInt = 2
+    cpu: Annotated[float, BeforeValidator(_number), _ray_quantity(1024, zero=False)] = 1
+    # fractions share a GPU between trials (bookkeeping only: size batches to fit)
+    gpu: Annotated[float, BeforeValidator(_number), _ray_quantity(64, zero=True)] = 0
+    max_concurrent: Concurrency = 2
 
 
 class TrackingSpec(Spec):
     uri: str | None = None  # None: satune starts a local MLflow server on SQLite under storage
-    experiment: str | None = None  # default: the sweep's name
+    experiment: ExperimentName | None = None  # default: the sweep's name
 
     @model_validator(mode="after")
     def _rules(self):
-        if self.uri is not None and not re.match(r"https?://", self.uri):
-            raise FieldProblems([("uri", f"must be an http(s):// MLflow server, got '{self.uri}'")])
+        if self.uri is None:
+            return self
+        if not re.match(r"https?://", self.uri):
+            raise FieldProblems([("uri", f"must be an http(s):// MLflow server, got {shown(self.uri)}")])
+        url = urllib.parse.urlsplit(self.uri)
+        if "@" in url.netloc or url.query or url.fragment:
+            # Never echoed: the value may hold a password. MLflow reads credentials from its own variables.
+            raise FieldProblems([("uri", "must not hold credentials or a query (user:password@, ?token=): set "
+                                  "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")])  # fmt: skip
         return self
 
 
 class SweepSpec(Spec):
-    name: Annotated[
-        str, _check("a name of letters, digits, '-', '_' or '.'", lambda v: bool(re.fullmatch(r"[\w.-]+", v)))
-    ]
-    seed: int = 0
+    name: Name
+    seed: Seed = 0
     trial: TrialSpec
     search: SearchSpec = SearchSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -640,7 +682,9 @@ class SweepSpec(Spec):
     def _seed_flows_into_trial(cls, data: Any):
         # The sweep seed is the base trial's seed unless the trial sets its own.
         if isinstance(data, dict) and isinstance(data.get("trial"), dict) and "seed" not in data["trial"]:
-            data = {**data, "trial": {**data["trial"], "seed": data.get("seed", 0)}}
+            seed = data.get("seed", 0)
+            if isinstance(seed, int) and 0 <= seed < 2**32:  # else `seed` itself is reported, once
+                data = {**data, "trial": {**data["trial"], "seed": seed}}
         return data
 
     @model_validator(mode="after")
@@ -740,7 +784,7 @@ def _check_search_key(base: dict, key: str, dom: DomainSpec) -> list[str]:
             TrialSpec.model_validate(set_path(base, key, value))
         except ValidationError as exc:
             for line in _problem_lines(exc):
-                problems.append(f"value {value!r} of the {dom.kind} is invalid for trial.{line}")
+                problems.append(f"value {shown(value)} of the {dom.kind} is invalid for trial.{line}")
             break
     return problems
 
@@ -761,9 +805,12 @@ def apply_overrides(trial: dict, overrides: list[str]) -> dict:
             problems.append(f"--set {item}: {why}")
             continue
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+            value = parse_yaml(raw)
+        except _NotYaml:
+            value = raw  # the text as it is
+        except SpecError as exc:
+            problems.append(f"--set {key}: {exc.problems[0].removeprefix('(yaml): ')}")
+            continue
         trial = set_path(trial, key, value)
     if problems:
         raise SpecError(problems)
@@ -775,13 +822,24 @@ def apply_overrides(trial: dict, overrides: list[str]) -> dict:
 
 
 class SpecError(Exception):
-    """A user mistake in a sweep file or override: one line per problem, each naming its path."""
+    """A user mistake in a sweep file or override: one short line per problem, each naming its path.
+
+    At most MAX_PROBLEMS lines of at most MAX_LINE characters: a hostile file gets a bounded answer.
+    """
+
+    MAX_PROBLEMS, MAX_LINE = 20, 300
 
     def __init__(self, problems: list[str], source: str | None = None):
-        self.problems = problems
-        self.source = source
         prefix = f"{source}: " if source else ""
-        super().__init__("\n".join(prefix + p for p in problems))
+        lines = [_cut(prefix + p, self.MAX_LINE) for p in problems[: self.MAX_PROBLEMS]]
+        if len(problems) > self.MAX_PROBLEMS:
+            lines.append(f"{prefix}... and {len(problems) - self.MAX_PROBLEMS} more problems")
+        self.problems, self.source = problems, source
+        super().__init__("\n".join(lines))
+
+
+def _cut(line: str, limit: int) -> str:
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _loc(parts) -> str:
@@ -828,7 +886,7 @@ def _problem_lines(exc: ValidationError) -> list[str]:
         elif kind == "missing":
             msg = "required key is missing"
         elif kind == "union_tag_invalid":
-            msg = f"must be one of {err['ctx']['expected_tags']}, got {err['ctx']['tag']!r}"
+            msg = f"must be one of {err['ctx']['expected_tags']}, got {shown(err['ctx']['tag'])}"
             loc = loc + ["kind"]
         elif kind == "union_tag_not_found":
             msg = "required key is missing"
@@ -838,9 +896,9 @@ def _problem_lines(exc: ValidationError) -> list[str]:
         elif kind == "literal_error":
             msg = f"must be one of {err['ctx']['expected']}"
         if kind not in ("missing", "extra_forbidden", "union_tag_invalid", "union_tag_not_found", "model_type"):
-            msg += f", got {err['input']!r}"
+            msg += f", got {shown(err['input'])}"
         elif kind == "model_type":
-            msg = f"must be a mapping, got {err['input']!r}"
+            msg = f"must be a mapping, got {shown(err['input'])}"
         lines.append(f"{_loc(loc) or '(top level)'}: {msg}")
     return lines
 
@@ -891,21 +949,62 @@ def parse_trial(data: Any, source: str | None = None) -> TrialSpec:
         raise SpecError(["trial." + line for line in _problem_lines(exc)], source) from None
 
 
+MAX_FILE_BYTES = 1 << 20  # sweep files are a few kB
+MAX_DEPTH = 32  # nesting of mappings and lists
+MAX_VALUES = 100_000  # values after YAML aliases are expanded
+
+
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SpecError([f"larger than {MAX_FILE_BYTES >> 20} MiB; a sweep file is a few kB"], str(path))
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(["file not found"], str(path)) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError([f"cannot read the file ({exc.__class__.__name__})"], str(path)) from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
+    except SpecError as exc:
+        raise SpecError(exc.problems, str(path)) from None
+
+
+def parse_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing what no sweep needs and what would exhaust the validator: deep
+    nesting (a RecursionError in the parser) and aliases that expand into millions of values."""
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise SpecError([f"(yaml): nested deeper than {MAX_DEPTH} levels"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError([f"(yaml): {where}{problem}"], str(path)) from None
+        raise _NotYaml([f"(yaml): {where}{_cut(problem, 120)}"]) from None
+    _check_size(data)
+    return data
+
+
+class _NotYaml(SpecError):
+    """The text does not parse as YAML."""
+
+
+def _check_size(data: Any) -> None:
+    """Walk the loaded tree as the validator will (an alias counts each time it is used), stopping
+    at the first limit crossed: the walk itself never exceeds MAX_VALUES steps."""
+    stack, count = [(data, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError([f"(yaml): expands to more than {MAX_VALUES} values (anchors and aliases?)"])
+        if depth > MAX_DEPTH:
+            raise SpecError([f"(yaml): nested deeper than {MAX_DEPTH} levels"])
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for item in node.items() for child in item)
+        elif isinstance(node, (list, tuple)):
+            stack.extend((child, depth + 1) for child in node)
 
 
 def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpec:
@@ -918,17 +1017,35 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpe
     return absolutize(spec, Path(base_dir or Path.cwd()))
 
 
+_PATH_KEYS = ("data.root", "runtime.cache_dir")  # trial fields that name folders
+
+
+def _abs(path: str, base: Path) -> str:
+    """`~` expanded, relative to `base`, absolute: trials run in other working directories."""
+    return str((base / Path(path).expanduser()).resolve())
+
+
 def absolutize(spec: SweepSpec, base: Path) -> SweepSpec:
     data = spec.model_dump(exclude_unset=True, by_alias=True)
-    data["storage"] = str((base / spec.storage).resolve())
-    trial = data["trial"]
-    if spec.trial.data.root is not None:
-        trial["data"]["root"] = str((base / spec.trial.data.root).resolve())
-    if spec.trial.runtime.cache_dir is not None:
-        trial["runtime"]["cache_dir"] = str((base / spec.trial.runtime.cache_dir).resolve())
-    if isinstance(spec.trial.method, BiamatSpec):
-        trial["method"]["aux"] = [
-            a.model_dump(exclude_unset=True) | ({"root": str((base / a.root).resolve())} if a.root else {})
-            for a in spec.trial.method.aux
-        ]
+    data["storage"] = _abs(spec.storage, base)
+    data["trial"] = absolutize_trial(spec.trial, base).model_dump(exclude_unset=True, by_alias=True)
+    for key, dom in spec.search.space.items():  # a searched folder is a folder too
+        if key in _PATH_KEYS and dom.kind in ("choice", "grid"):
+            values = [_abs(v, base) if isinstance(v, str) else v for v in dom.value]
+            data["search"]["space"][key] = {dom.kind: values}
     return SweepSpec.model_validate(data)
+
+
+def absolutize_trial(trial: TrialSpec, base: Path) -> TrialSpec:
+    data = trial.model_dump(exclude_unset=True, by_alias=True)
+    for key in _PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(trial, section), name)
+        if value is not None:
+            data[section][name] = _abs(value, base)
+    if isinstance(trial.method, BiamatSpec):
+        data["method"]["aux"] = [
+            a.model_dump(exclude_unset=True) | ({"root": _abs(a.root, base)} if a.root else {})
+            for a in trial.method.aux
+        ]
+    return TrialSpec.model_validate(data)

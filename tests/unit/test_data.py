@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -109,4 +107,7 @@ def test_imagefolder_reads_train_and_val(tmp_path):
     assert b.classes == ("ant", "bee") and b.shape == (3, 16, 16)
     x, y, idx = next(b.train.batches(4, torch.Generator().manual_seed(0)))
     assert x.shape == (4, 3, 16, 16) and len(b.select) + len(b.final) == 8
-    assert Path(tmp_path).exists()
+    # labels follow the folders: bee images are the blue ones, in training and in validation
+    assert torch.equal(y, (x[:, 2].mean((1, 2)) > 0.5).long()) and torch.equal(b.train.labels[idx], y)
+    vx, vy = b.final.tensors()
+    assert torch.equal(vy, (vx[:, 2].mean((1, 2)) > 0.5).long())

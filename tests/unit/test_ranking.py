@@ -48,6 +48,19 @@ def test_entropy_scores_are_computed_once_and_cached():
     assert ranking_key(spec(fraction=0.3, ranking_epochs=3)) != ranking_key(s)
 
 
+def test_two_image_folders_get_two_rankings(tmp_path):
+    def folder(root, amp=False):
+        return parse_trial({
+            "data": {"dataset": "imagefolder", "root": str(tmp_path / root)},
+            "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "sat", "fraction": 0.5},
+            "runtime": {"amp": amp},
+        })  # fmt: skip
+
+    assert ranking_key(folder("a")) != ranking_key(folder("b"))  # same settings, other images
+    assert ranking_key(folder("a")) == ranking_key(folder("a"))
+    assert ranking_key(folder("a", amp=True)) != ranking_key(folder("a"))  # bf16 predictions differ
+
+
 def test_membership_sizes():
     cpu = torch.device("cpu")
     for method, expected in (

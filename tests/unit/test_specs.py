@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,14 +41,49 @@ def test_every_sweep_file_validates(path):
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.name)
-def test_broken_file_exits_2_with_one_line_naming_the_path(path):
+def test_broken_file_exits_2_with_one_short_line_naming_the_path(path):
+    """The corpus: every malformed or hostile form is refused at once, in one bounded line."""
     expected = path.read_text().splitlines()[0].removeprefix("# error: ")
+    start = time.monotonic()
     result = runner.invoke(app, ["validate", str(path)])
+    took = time.monotonic() - start
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"error: {path}: {expected}"), lines[0]
+    assert len(result.output) <= 400, len(result.output)
     assert "Traceback" not in result.output
+    assert took < 5, f"{took:.1f}s"  # a guard against exponential blow-ups, not a benchmark
+
+
+def test_a_password_in_the_tracking_uri_is_never_echoed():
+    result = runner.invoke(
+        app, ["validate", str(Path(__file__).parent / "broken_sweeps" / "tracking_credentials.yaml")]
+    )
+    assert result.exit_code == 2 and "s3cret" not in result.output and "alice" not in result.output
+
+
+def test_many_problems_are_capped():
+    data = {"name": "x", "trial": base_trial(), **{f"key{i}": i for i in range(50)}}
+    with pytest.raises(SpecError) as exc:
+        parse_sweep(data)
+    lines = str(exc.value).splitlines()
+    assert len(lines) == SpecError.MAX_PROBLEMS + 1 and lines[-1] == "... and 30 more problems"
+
+
+def test_home_in_paths_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    sweep = tmp_path / "s.yaml"
+    trial = base_trial()
+    trial["data"] = {"dataset": "cifar10", "root": "~/data"}
+    trial["runtime"] = {"cache_dir": "~/cache"}
+    sweep.write_text(yaml.safe_dump({"name": "h", "storage": "~/runs", "trial": trial,
+                                     "search": {"space": {"data.root": {"choice": ["~/a", "b"]}}}}))  # fmt: skip
+    spec = load_sweep(sweep, base_dir=tmp_path / "elsewhere")
+    assert spec.storage == str(tmp_path / "runs")
+    assert spec.trial.data.root == str(tmp_path / "data")
+    assert spec.trial.runtime.cache_dir == str(tmp_path / "cache")
+    assert spec.search.space["data.root"].value == [str(tmp_path / "a"), str(tmp_path / "elsewhere" / "b")]
 
 
 def test_cli_user_mistakes_never_show_a_traceback(tmp_path):
