@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from satune.specs import SpecError, apply_overrides, load_sweep, parse_trial
+from satune.specs import SpecError, absolutize_trial, apply_overrides, load_sweep, parse_trial
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweeps for adversarial-training research (SAT, BiaMAT) on Ray Tune, Optuna and MLflow.")  # fmt: skip
@@ -93,13 +94,14 @@ def run(
 ) -> None:
     """Run one trial without Ray or MLflow and write DIR/result.json."""
     sweep = load_sweep(file)
-    trial = parse_trial(
-        apply_overrides(sweep.trial.model_dump(exclude_unset=True, by_alias=True), set_ or []), str(file)
-    )
-    target = (out_dir or Path(sweep.storage) / sweep.name / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
+    overridden = apply_overrides(sweep.trial.model_dump(exclude_unset=True, by_alias=True), set_ or [])
+    trial = absolutize_trial(parse_trial(overridden, str(file)), Path.cwd())
+    target = (out_dir or Path(sweep.storage) / sweep.name / time.strftime("run-%Y%m%d-%H%M%S")).expanduser().resolve()
     checkpoint = target / "checkpoint"
     if resume and not (checkpoint / "state.pt").exists():
         raise UserError(f"--resume: no checkpoint in {target}")
+    if not resume and any((target / name).exists() for name in ("checkpoint", "result.json")):
+        raise UserError(f"--out {target} holds an earlier run: continue it with --resume, or choose another --out")
     _logging(verbose)
 
     from satune.data import DataError
@@ -111,6 +113,11 @@ def run(
                            workdir=target)  # fmt: skip
     except (DataError, DeviceUnavailable) as exc:
         raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        sets = [arg for item in set_ or [] for arg in ("--set", item)]
+        again = shlex.join(["satune", "run", str(file), *sets, "--out", str(target), "--resume"])
+        err.print(f"interrupted: continue from the last finished epoch with `{again}`", highlight=False)
+        raise typer.Exit(130) from None
     target.mkdir(parents=True, exist_ok=True)
     (target / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     _summary(result.metrics)
@@ -143,16 +150,26 @@ def sweep(
     _logging(verbose)
     from satune.tracking import TrackingError
     from satune.tune.cluster import ClusterError
-    from satune.tune.driver import SweepError, reproduce_command, run_sweep
+    from satune.tune.driver import SweepInterrupted, reproduce_command, run_sweep
+    from satune.tune.rundir import SweepError
 
+    again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:
         result = run_sweep(spec, file, resume=resume, address=address)
     except (SweepError, TrackingError, ClusterError) as exc:
         raise UserError(str(exc)) from None
+    except (SweepInterrupted, KeyboardInterrupt) as exc:
+        started = isinstance(exc, SweepInterrupted) and exc.run_dir is not None
+        err.print(f"interrupted: {again}" if started else "interrupted before the sweep started; nothing to resume",
+                  highlight=False)  # fmt: skip
+        raise typer.Exit(130) from None
     _sweep_table(spec, result)
     if result.interrupted:
-        err.print(f"interrupted: continue with `satune sweep {file} --resume`", highlight=False)
+        err.print(f"interrupted: {again}", highlight=False)
         raise typer.Exit(130)
+    if result.pareto:
+        out.print(f"Pareto front ({', '.join(spec.search.metrics)}): {', '.join(r.trial_id for r in result.pareto)}",
+                  highlight=False)  # fmt: skip
     if result.best is not None:
         threads = None if spec.trial.runtime.threads is not None else max(1, int(spec.resources.cpu))
         out.print(f"best trial {result.best.trial_id}; reproduce it without Ray or MLflow:", highlight=False)
@@ -172,10 +189,13 @@ def _sweep_table(spec, result) -> None:
         table.add_column(col.split("/", 1)[-1] if col in metrics else col, justify="right")
     sign = 1 if spec.search.modes[0] == "max" else -1
     rows = sorted(result.rows, key=lambda r: -sign * r.metrics.get(spec.search.metrics[0], -sign * float("inf")))
+    front = {r.trial_id for r in result.pareto}
     for r in rows:
         best = result.best is not None and r.trial_id == result.best.trial_id
+        marks = ("best " if best else "") + ("pareto " if r.trial_id in front else "")
+        status = r.status.lower() if r.finished else "unfinished"
         cells = (
-            [r.trial_id, ("best " if best else "") + r.status.lower()]
+            [r.trial_id, marks + status]
             + [_cell(r.config.get(k)) for k in keys]
             + [_cell(r.metrics.get(m)) for m in metrics]
         )

@@ -106,16 +106,24 @@ class LocalServer:
             preexec_fn=_die_with_parent,
         )  # fmt: skip
         logf.close()
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:  # Ctrl-C while it starts too: no server outlives the sweep
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise TrackingError(f"the local MLflow server exited at start; see {self.log_path}")
             try:
                 check_reachable(self.uri, timeout=1.0)
-                return self
+                return
             except TrackingError:
                 time.sleep(0.3)
-        self.stop()
         raise TrackingError(f"the local MLflow server did not answer within {timeout:.0f}s; see {self.log_path}")
 
     def stop(self) -> None:
@@ -242,6 +250,11 @@ def trial_run(
     run = c.create_run(experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id})
     c.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _params(spec).items()])
     return run.info.run_id
+
+
+def metric_steps(uri: str, run_id: str, key: str) -> set[int]:
+    """The steps at which `run_id` has logged `key`."""
+    return {m.step for m in client(uri).get_metric_history(run_id, key)}
 
 
 def child_runs(uri: str, experiment_id: str, parent_id: str) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 
 
@@ -13,6 +14,29 @@ class ClusterError(Exception):
 
 def token_path() -> Path:
     return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def _token_auth() -> bool:
+    return os.environ.get("RAY_AUTH_MODE", "token").lower() == "token"
+
+
+def ensure_private_token() -> None:
+    """Token auth needs a token file; Ray writes one with the default umask (readable by every
+    user of the machine), so satune writes it first, readable by its owner alone, and tightens
+    one it finds open. The token is Ray's format: 32 random bytes in hex."""
+    if not _token_auth() or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = token_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+            logging.getLogger("satune").warning("made the Ray token %s readable by its owner only", path)
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
 
 
 def start(address: str | None = None, num_cpus: int | None = None) -> str | None:
@@ -28,10 +52,12 @@ def start(address: str | None = None, num_cpus: int | None = None) -> str | None
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": False}
     try:
         if address:
+            _token_auth_like_ray_start()
             ctx = ray.init(address=address, **common)
         else:
             from satune.tracking import free_port
 
+            ensure_private_token()
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                            dashboard_port=free_port(), **common)  # fmt: skip
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -40,11 +66,22 @@ def start(address: str | None = None, num_cpus: int | None = None) -> str | None
     return f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
 
 
+def _token_auth_like_ray_start() -> None:
+    """`ray start` turns token auth on when a token exists, but a client that joins it does not
+    (it fails after 20 s of InvalidAuthToken warnings): decide as `ray start` does. Ray reads
+    RAY_AUTH_MODE into its config when imported, so the config is read again, as Ray itself does."""
+    if "RAY_AUTH_MODE" in os.environ or not (os.environ.get("RAY_AUTH_TOKEN") or token_path().exists()):
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+
+
 def dashboard_hint(url: str | None) -> str:
     if not url:
         return "Ray dashboard: not running (install ray[default])"
-    auth = os.environ.get("RAY_AUTH_MODE", "token").lower()
-    if auth == "disabled":
+    if not _token_auth():
         return f"Ray dashboard: {url} (token authentication disabled by RAY_AUTH_MODE)"
     return (f"Ray dashboard: {url}  (token auth on: sign in with the token that "
             f"`ray get-auth-token` prints, stored in {token_path()})")  # fmt: skip

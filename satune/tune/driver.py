@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
-import time
+import threading
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,17 +33,19 @@ from ray.tune.search.optuna import OptunaSearch
 from satune import tracking
 from satune.specs import SatSpec, SweepSpec
 from satune.tune import cluster
+from satune.tune.rundir import STATE_FILE, RunDir, prepare, writable_by_others
 from satune.tune.space import REPEAT_KEY, grid_space, optuna_space, sampler
 from satune.tune.trainable import TrialContext, resolve_trial, run
 
-STATE_FILE = "sweep.json"
 JOURNAL_FILE = "optuna.journal"
-# What may change between a sweep and its --resume: how it runs, not what it computes.
-RESUMABLE_CHANGES = {"resources", "max_failures"}
 
 
-class SweepError(Exception):
-    """The sweep cannot start or resume as asked; a one-line message for the user."""
+class SweepInterrupted(Exception):
+    """Ctrl-C or SIGTERM: the run is saved and ended, resumable (run_dir None: nothing was written)."""
+
+    def __init__(self, run_dir: Path | None):
+        self.run_dir = run_dir
+        super().__init__(f"interrupted ({run_dir})")
 
 
 @dataclass
@@ -52,6 +55,7 @@ class TrialRow:
     config: dict[str, Any]
     metrics: dict[str, float]
     seed: int | None = None
+    finished: bool = True  # completed, stopped by the scheduler, or failed for good
 
 
 @dataclass
@@ -61,58 +65,6 @@ class SweepResult:
     best: TrialRow | None
     pareto: list[TrialRow] = field(default_factory=list)
     interrupted: bool = False
-
-
-# --------------------------------------------------------------------------------------------
-# Where a sweep lives
-
-
-def sweep_root(sweep: SweepSpec) -> Path:
-    return Path(sweep.storage) / sweep.name
-
-
-def latest_run_dir(sweep: SweepSpec) -> Path | None:
-    root = sweep_root(sweep)
-    runs = sorted(p for p in root.glob("*") if (p / STATE_FILE).exists()) if root.exists() else []
-    return runs[-1] if runs else None
-
-
-def _comparable(sweep: SweepSpec) -> dict:
-    data = sweep.model_dump(mode="json", by_alias=True)
-    return {k: v for k, v in data.items() if k not in RESUMABLE_CHANGES}
-
-
-def _changed_keys(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
-def prepare(sweep: SweepSpec, source: Path, resume: bool) -> tuple[Path, dict]:
-    """The run directory and its state: a new one (created by the first save_state), or the
-    newest unfinished one for --resume."""
-    if resume:
-        run_dir = latest_run_dir(sweep)
-        if run_dir is None:
-            raise SweepError(f"--resume: no earlier run of sweep '{sweep.name}' in {sweep_root(sweep)}")
-        state = json.loads((run_dir / STATE_FILE).read_text())
-        if state["status"] == "finished":
-            raise SweepError(f"--resume: the last run of '{sweep.name}' ({run_dir.name}) finished; nothing to resume")
-        changed = _changed_keys(state["spec"], _comparable(sweep))
-        if changed:
-            raise SweepError(f"--resume: the sweep file changed in {', '.join(changed)} since {run_dir.name}; "
-                             "only resources and max_failures may change (run without --resume to start anew)")  # fmt: skip
-        return run_dir, state
-    run_dir = sweep_root(sweep) / time.strftime("%Y%m%d-%H%M%S")
-    while run_dir.exists():  # two sweeps started within a second
-        run_dir = run_dir.with_name(run_dir.name + "-1")
-    state = {"spec": _comparable(sweep), "file": source.read_text(), "status": "running"}
-    return run_dir, state
-
-
-def save_state(run_dir: Path, state: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(run_dir / STATE_FILE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,14 +90,22 @@ def plan_lines(sweep: SweepSpec) -> list[str]:
 
 
 def reproduce_command(source: Path, row: TrialRow, threads: int | None) -> str:
-    parts = [f"satune run {source}"]
+    """The `satune run` line that retrains `row` without Ray or MLflow, quoted for a POSIX shell:
+    its values come from a sweep file that someone else may have written."""
+    args = ["satune", "run", str(source)]
     for key, value in sorted(row.config.items()):
         if key != REPEAT_KEY:
-            parts.append(f"--set {key}={json.dumps(value)}")
-    parts.append(f"--set seed={row.seed}")
+            args += ["--set", f"{key}={_literal(value)}"]
+    args += ["--set", f"seed={row.seed}"]
     if threads is not None:
-        parts.append(f"--set runtime.threads={threads}")
-    return " ".join(parts)
+        args += ["--set", f"runtime.threads={threads}"]
+    return shlex.join(args)
+
+
+def _literal(value: Any) -> str:
+    """A value as `--set` reads it back (YAML): JSON, but PyYAML reads 1e-05 as text, 1.0e-05 as a float."""
+    text = json.dumps(value)
+    return text.replace("e", ".0e", 1) if isinstance(value, float) and "e" in text and "." not in text else text
 
 
 def pareto_front(rows: list[TrialRow], metrics: list[str], modes: list[str]) -> list[TrialRow]:
@@ -183,53 +143,116 @@ def run_sweep(
     address: str | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> SweepResult:
+    """Run (or resume) a sweep. An interrupt at any point (Ctrl-C, SIGTERM) ends with the state
+    saved, the parent run KILLED and unfinished trials' runs KILLED: `--resume` continues it."""
     echo = echo or echo_stderr
-    run_dir, state = prepare(sweep, source, resume)  # checks --resume; writes nothing yet
+    run = prepare(sweep, source, resume)  # checks --resume; writes nothing
     experiment = sweep.tracking.experiment or sweep.name
-    with ExitStack() as stack:
-        # 1. MLflow: reach it (or start it) before anything computes or is written.
-        if sweep.tracking.uri is None:
-            server = stack.enter_context(tracking.LocalServer(Path(sweep.storage)))
-            uri = server.uri
-            echo(f"MLflow: local server {uri} (store {server.db.parent}); `satune ui {source}` serves it later")
-        else:
-            uri = sweep.tracking.uri
-            tracking.check_reachable(uri)
-            echo(f"MLflow: {uri}")
-        experiment_id = tracking.ensure_experiment(uri, experiment)
-        if resume:
-            parent = state["parent_run_id"]
-            tracking.reopen(uri, parent)
-        else:
-            parent = tracking.start_parent(uri, experiment_id, f"{sweep.name}-{run_dir.name}",
-                                           _parent_params(sweep), tracking.provenance())  # fmt: skip
-            tracking.log_file(uri, parent, source)
-            tracking.log_dict(uri, parent, sweep.model_dump(mode="json", by_alias=True), "resolved_spec.json")
-        state |= {"parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri, "status": "running"}
-        save_state(run_dir, state)
-        echo(f"MLflow parent run {parent} in experiment '{experiment}'")
-
-        # 2. Ray: a private instance or the given cluster; stop at once if no node fits a trial.
+    uri, parent = sweep.tracking.uri, run.state.get("parent_run_id")
+    with _sigterm_as_sigint(), ExitStack() as stack:
         try:
+            if uri is not None:  # a server the user runs must answer before anything is written
+                tracking.check_reachable(uri)
+            run_dir = run.claim()
+            shared = writable_by_others(run_dir)
+            if shared is not None:
+                echo(f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
+                     "it: anyone who can write there can run code as you (docs/trust.md)")  # fmt: skip
+
+            # 1. MLflow: start the local server (or use the given one) and open the parent run.
+            if uri is None:
+                server = stack.enter_context(tracking.LocalServer(Path(sweep.storage)))
+                uri = server.uri
+                echo(f"MLflow: local server {uri} (store {server.db.parent}); `satune ui {source}` serves it later")
+            else:
+                echo(f"MLflow: {uri}")
+            experiment_id = tracking.ensure_experiment(uri, experiment)
+            if parent is None:
+                parent = tracking.start_parent(uri, experiment_id, f"{sweep.name}-{run_dir.name}",
+                                               _parent_params(sweep), tracking.provenance())  # fmt: skip
+            else:
+                tracking.reopen(uri, parent)
+            run.save(parent_run_id=parent, experiment_id=experiment_id, tracking_uri=uri, status="running")
+            tracking.log_file(uri, parent, source)  # (again on --resume: the same files)
+            tracking.log_dict(uri, parent, sweep.model_dump(mode="json", by_alias=True), "resolved_spec.json")
+            echo(f"MLflow parent run {parent} in experiment '{experiment}'")
+
+            # 2. Ray: a private instance or the given cluster; stop at once if no node fits a trial.
             dashboard = cluster.start(address)
             stack.callback(cluster.stop)
+            _sigterm_to_sigint()  # again: ray.init replaced it
+            _injected_interrupt("startup")
             echo(cluster.dashboard_hint(dashboard))
             cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu)
             _prepare_ranking(sweep, echo)
             result = _fit(sweep, run_dir, uri, experiment_id, parent, resume, echo)
-        except BaseException:
-            tracking.end_run(uri, parent, "FAILED")
-            state["status"] = "failed"
-            save_state(run_dir, state)
-            raise
 
-        # 3. The summary goes into the parent run.
-        _summarize(sweep, result, uri, parent)
-        status = "KILLED" if result.interrupted else "FINISHED"
-        tracking.end_run(uri, parent, status)
-        state["status"] = "interrupted" if result.interrupted else "finished"
-        save_state(run_dir, state)
+            # 3. The summary goes into the parent run.
+            _injected_interrupt("summary")
+            _summarize(sweep, result, uri, parent)
+        except KeyboardInterrupt:
+            _end_interrupted(run, echo)
+            raise SweepInterrupted(run.path) from None
+        except BaseException:
+            if run.path is not None:
+                run.save(status="failed")
+            if parent is not None and uri is not None:
+                tracking.end_run(uri, parent, "FAILED")
+            raise
+        if result.interrupted:
+            _end_interrupted(run, echo)
+        else:
+            tracking.end_run(uri, parent, "FINISHED")
+            run.save(status="finished")
         return result
+
+
+def _injected_interrupt(phase: str) -> None:
+    """Fault injection for tests: SATUNE_INTERRUPT_AT=<phase>[:SIGTERM] sends this process a real
+    SIGINT (or SIGTERM) at that point, where no test could time a signal from outside."""
+    where, _, name = os.environ.get("SATUNE_INTERRUPT_AT", "").partition(":")
+    if where == phase:
+        os.kill(os.getpid(), getattr(signal, name or "SIGINT"))
+
+
+@contextmanager
+def _sigterm_as_sigint():
+    """SIGTERM (`kill`, a job scheduler) ends a sweep the way Ctrl-C does, in every phase: Tune
+    saves its state while it runs, and outside it KeyboardInterrupt unwinds every clean-up.
+    ray.init installs its own handler (sys.exit, which skips Tune's save): it is replaced again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    _sigterm_to_sigint()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_to_sigint() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+
+def _end_interrupted(run: RunDir, echo) -> None:
+    """The state first (it decides what --resume does), then MLflow: the parent and every trial
+    run still RUNNING end KILLED; a resumed trial re-opens its own run."""
+    if run.path is None:  # nothing was written yet: nothing to resume
+        return
+    run.save(status="interrupted")
+    state = run.state
+    if state.get("parent_run_id") is None:
+        return
+    uri, parent = state["tracking_uri"], state["parent_run_id"]
+    try:
+        for child in tracking.child_runs(uri, state["experiment_id"], parent):
+            if child.info.status == "RUNNING":
+                tracking.end_run(uri, child.info.run_id, "KILLED")
+        tracking.end_run(uri, parent, "KILLED")
+    except Exception as exc:  # the server may be what went away; the state already says what to do
+        echo(f"MLflow: could not mark the runs KILLED ({type(exc).__name__}); --resume will re-open them")
 
 
 def _prepare_ranking(sweep: SweepSpec, echo) -> None:
@@ -303,15 +326,17 @@ def _fit(sweep: SweepSpec, run_dir: Path, uri: str, experiment_id: str, parent: 
                 verbose=0,
             ),
         )
-    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    sigint = signal.getsignal(signal.SIGINT)
     try:
-        grid = tuner.fit()
+        grid = tuner.fit()  # Ctrl-C: Tune saves its state, stops the trials and returns
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    _fail_orphans(run_dir, sweep)
+        signal.signal(signal.SIGINT, sigint)  # Tune leaves its own handler behind, even after a normal end
     rows = [_row(ctx, t) for t in grid._experiment_analysis.trials]
-    done = sum(1 for r in rows if r.status in ("TERMINATED", "ERROR"))
-    interrupted = done < sweep.search.trial_count
+    # After an interrupt Tune marks the trials it stopped TERMINATED, like finished ones: only a
+    # trial's last result says whether it ran to its end (or the scheduler stopped it).
+    interrupted = len(rows) < sweep.search.trial_count or not all(r.finished for r in rows)
+    if not interrupted:
+        _fail_orphans(run_dir, sweep)
     best, front = best_of([r for r in rows if r.status == "TERMINATED"], sweep.search.metrics, sweep.search.modes)
     return SweepResult(run_dir, rows, best, front, interrupted)
 
@@ -369,6 +394,14 @@ class _FinalResultOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # A trial the scheduler stopped lacks the final metrics: Optuna records it PRUNED. (Told
+        # [None, None] for several metrics, Optuna would record a FAIL.)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if result is not None and any(result.get(m) is None for m in metrics):
+            result = None
+        super().on_trial_complete(trial_id, result, error)
+
 
 def _fail_orphans(run_dir: Path, sweep: SweepSpec) -> None:
     """Once Tune is done with every trial, an Optuna trial still RUNNING was asked for by a driver
@@ -387,16 +420,22 @@ def _row(ctx: TrialContext, trial) -> TrialRow:
     metrics = {k: v for k, v in last.items() if "/" in k and isinstance(v, (int, float))}
     config = dict(trial.config or {})
     seed = resolve_trial(ctx, config).seed if config else None
-    return TrialRow(trial.trial_id, trial.status, config, metrics, seed)
+    finished = trial.status == "ERROR" or (trial.status == "TERMINATED" and bool(last.get("done")))
+    return TrialRow(trial.trial_id, trial.status, config, metrics, seed, finished)
 
 
 def _summarize(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) -> None:
-    rows = [{"trial_id": r.trial_id, "status": r.status, "seed": r.seed, **r.config, **r.metrics} for r in result.rows]
-    tracking.log_dict(uri, parent, rows, "trials.json")
+    def record(r: TrialRow) -> dict:
+        return {"trial_id": r.trial_id, "status": r.status, "seed": r.seed, **r.config, **r.metrics}
+
+    tracking.log_dict(uri, parent, [record(r) for r in result.rows], "trials.json")
     tags = {"satune.trials": len(result.rows), "satune.errors": sum(r.status == "ERROR" for r in result.rows)}
     if result.best is not None:
         tags["satune.best_trial"] = result.best.trial_id
         tracking.log_metrics(uri, parent, {f"best/{m}": result.best.metrics[m] for m in sweep.search.metrics})
+    if result.pareto:
+        tags["satune.pareto_trials"] = ",".join(r.trial_id for r in result.pareto)
+        tracking.log_dict(uri, parent, [record(r) for r in result.pareto], "pareto.json")
     tracking.set_tags(uri, parent, tags)
 
 

@@ -76,11 +76,22 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             tracking.set_tags(uri, run_id, {"satune.resumed_after_epoch": meta["epoch"]})
         fail_at = ctx.fail_at_epoch if restored is None else None
 
+        # Every epoch reaches MLflow exactly once, whatever stopped an earlier attempt: epochs are
+        # logged after Tune has them; on a restart, epochs Tune has and MLflow lacks are filled in
+        # from the checkpoint, and re-run epochs MLflow already has (bit-identical) are not logged.
+        history: list[dict] = meta.get("history", [])
+        logged = tracking.metric_steps(uri, run_id, "train/loss")
+        for past in history:
+            if past["epoch"] not in logged:
+                tracking.log_metrics(uri, run_id, past, step=past["epoch"])
+
         def on_epoch(metrics: dict, ckpt_dir: Path) -> None:
-            meta = {"run_id": run_id, "trial_id": trial_id, "epoch": metrics["epoch"]}
+            history.append(metrics)
+            meta = {"run_id": run_id, "trial_id": trial_id, "epoch": metrics["epoch"], "history": history}
             (ckpt_dir / META_FILE).write_text(json.dumps(meta))
-            tracking.log_metrics(uri, run_id, metrics, step=metrics["epoch"])
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+            if metrics["epoch"] not in logged:
+                tracking.log_metrics(uri, run_id, metrics, step=metrics["epoch"])
             if fail_at is not None and metrics["epoch"] == fail_at:
                 raise InjectedFailure(f"injected failure after epoch {fail_at}")
 
@@ -92,7 +103,8 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         final = {**result.metrics, "epoch": spec.train.epochs - 1}
         last = result.history[-1] if result.history else {}
         final_only = {k: v for k, v in result.metrics.items() if k not in last}  # eval/*, time/total_s, ...
-        tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs)
+        if spec.train.epochs not in tracking.metric_steps(uri, run_id, "time/total_s"):
+            tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs)
         tracking.log_dict(uri, run_id, result.to_json(), "result.json")
         weights = Path(tmp) / "model.pt"
         torch.save(result.model.state_dict(), weights)

@@ -1,18 +1,27 @@
-"""Integration tests: a real MLflow server on 127.0.0.1 and real `satune sweep` processes, each
-of which starts a real private Ray. Nothing here is mocked."""
+"""Integration tests: a real MLflow server and a real Ray cluster on 127.0.0.1, and real `satune`
+processes. Nothing here is mocked.
 
+One Ray head (`ray start --head`, token auth on) serves the tests that join it with `--address`,
+as a user joins a cluster; the tests of local mode let satune start its own Ray and MLflow.
+"""
+
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from satune.tracking import LocalServer
+from satune.tracking import LocalServer, free_port
+from satune.tune.cluster import ensure_private_token
 
 ROOT = Path(__file__).resolve().parents[2]
+RAY = Path(sys.executable).with_name("ray")
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +29,38 @@ def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with a SQLite store, as a cluster would run it."""
     with LocalServer(tmp_path_factory.mktemp("mlflow-server")) as server:
         yield server.uri
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_token(tmp_path_factory):
+    """Every Ray of these tests (the shared head, each sweep's own) uses a token of the session,
+    never the user's ~/.ray/auth_token; satune processes inherit the variable."""
+    path = tmp_path_factory.mktemp("ray-token") / "auth_token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    os.environ.pop("RAY_AUTH_MODE", None)
+    ensure_private_token()  # what docs/cluster.md asks before `ray start`
+    yield path
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory, ray_token):
+    """A Ray head started the way users start one: `ray start --head`, token auth on."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+           "SATUNE_CACHE": str(tmp_path_factory.getbasetemp() / "satune-cache")}  # fmt: skip
+    port = free_port()
+    head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        status = [str(RAY), "status", "--address", address]
+        wait_until("the Ray head", lambda: subprocess.run(status, env={**env, "RAY_AUTH_MODE": "token"},
+                                                          capture_output=True).returncode == 0, timeout=60)  # fmt: skip
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head, its raylet and GCS: one process group
+        head.wait(timeout=60)
 
 
 def smoke_file(tmp_path: Path, name: str, uri: str | None, **over) -> Path:
@@ -44,7 +85,7 @@ def satune(*args, env=None, timeout=600, **kw) -> subprocess.CompletedProcess:
 
 
 def start_satune(*args, env=None) -> subprocess.Popen:
-    """In its own session, so the test can kill the driver and everything it started."""
+    """In its own session (as a terminal's foreground job), so the test can signal its whole group."""
     return subprocess.Popen([sys.executable, "-m", "satune.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
                             start_new_session=True)  # fmt: skip
@@ -56,3 +97,24 @@ def kill_session(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=60)
+
+
+def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen | None = None, timeout: float = 300):
+    """Poll until `ready()`; fail the test (never carry on) when the deadline passes or `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"satune exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        time.sleep(0.3)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def run_dir_of(tmp_path: Path, name: str) -> Path:
+    (run_dir,) = (tmp_path / "runs" / name).iterdir()
+    return run_dir
+
+
+def state_of(tmp_path: Path, name: str) -> dict:
+    return json.loads((run_dir_of(tmp_path, name) / "sweep.json").read_text())

@@ -3,17 +3,27 @@ import os
 import re
 import shlex
 import signal
+import subprocess
+import sys
 import time
 
 import optuna
 import pytest
-from conftest import kill_session, satune, smoke_file, start_satune
+from conftest import (
+    kill_session,
+    run_dir_of,
+    satune,
+    smoke_file,
+    start_satune,
+    state_of,
+    wait_until,
+)
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from satune.tracking import PARENT_TAG, SWEEP_TAG, LocalServer
+from satune.tracking import PARENT_TAG, SWEEP_TAG, TRIAL_TAG, LocalServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -32,15 +42,29 @@ def study_of(run_dir, name: str):
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def only_run_dir(tmp_path, name):
-    (run_dir,) = (tmp_path / "runs" / name).iterdir()
-    return run_dir
+def epochs_logged(client, run) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
 
 
-def test_smoke_sweep_end_to_end(tmp_path, mlflow_server):
-    sweep = smoke_file(tmp_path, "e2e", mlflow_server)
-    done = satune("sweep", sweep, cwd=tmp_path)
+def timeless(result: dict) -> dict:
+    """A result file without wall-clock times (the only values two runs may not share)."""
+
+    def drop(d):
+        return {k: v for k, v in d.items() if not k.startswith("time/")}
+
+    return {**result, "metrics": drop(result["metrics"]), "history": [drop(h) for h in result["history"]]}
+
+
+def test_smoke_sweep_end_to_end(tmp_path, mlflow_server, ray_address):
+    """On a cluster joined with --address: the SAT ranking warm-up and AutoAttack run under Ray,
+    and the printed line reproduces the printed best trial's whole result."""
+    sweep = smoke_file(tmp_path, "e2e", mlflow_server, **{
+        "trial.method.ranking": "entropy_hardest", "trial.method.ranking_epochs": 1,
+        "trial.eval.autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": 30},
+    })  # fmt: skip
+    done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "SAT ranking: one clean fit" in done.stderr
 
     client, parents, children = runs_of(mlflow_server, "e2e")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -48,86 +72,235 @@ def test_smoke_sweep_end_to_end(tmp_path, mlflow_server):
     assert all(c.data.tags[PARENT_TAG] == parents[0].info.run_id for c in children)
     for c in children:
         assert c.info.status == "FINISHED"
-        assert "method.w_A" in c.data.params and "eval/pgd_acc" in c.data.metrics
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "train/loss")]
-        assert steps == [0, 1]  # one point per epoch
+        assert "method.w_A" in c.data.params and {"eval/pgd_acc", "eval/aa_acc"} <= set(c.data.metrics)
+        assert epochs_logged(client, c) == [0, 1]  # one point per epoch
         assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"result.json", "model"}
 
     # Optuna's journal holds the same trials, with the same values
-    study = study_of(only_run_dir(tmp_path, "e2e"), "e2e")
+    study = study_of(run_dir_of(tmp_path, "e2e"), "e2e")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(study.trials) == len(complete) == 2
     by_param = {round(float(c.data.params["method.w_A"]), 9): c.data.metrics["eval/pgd_acc"] for c in children}
     assert {round(t.params["method.w_A"], 9): t.values[0] for t in complete} == pytest.approx(by_param)
 
-    # the printed command reproduces the best trial without Ray or MLflow
+    # the printed command reproduces the printed best trial without Ray or MLflow, to the last digit
+    best_id = re.search(r"best trial (\w+);", done.stdout).group(1)
+    (best,) = [c for c in children if c.data.tags[TRIAL_TAG] == best_id]
+    assert parents[0].data.tags["satune.best_trial"] == best_id
     line = next(ln for ln in done.stdout.splitlines() if ln.strip().startswith("satune run"))
-    args = shlex.split(line)[2:]
     out = tmp_path / "repro"
-    rerun = satune("run", *args, "--out", out, cwd=tmp_path)
+    rerun = satune(*shlex.split(line)[1:], "--out", out, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
-    metrics = json.loads((out / "result.json").read_text())["metrics"]
-    best = max(children, key=lambda c: c.data.metrics["eval/pgd_acc"])
-    for key in ("eval/pgd_acc", "eval/clean_acc", "train/loss"):
-        assert metrics[key] == pytest.approx(best.data.metrics[key], abs=1e-12), key
+    logged = json.loads(open(client.download_artifacts(best.info.run_id, "result.json", str(tmp_path))).read())
+    assert timeless(json.loads((out / "result.json").read_text())) == timeless(logged)
 
 
-def test_a_failing_trial_resumes_from_its_checkpoint_in_the_same_run(tmp_path, mlflow_server):
+def test_a_failing_trial_resumes_from_its_checkpoint_in_the_same_run(tmp_path, mlflow_server, ray_address):
     sweep = smoke_file(tmp_path, "retry", mlflow_server, **{"trial.train.epochs": 3})
-    done = satune("sweep", sweep, cwd=tmp_path, env={"SATUNE_FAIL_AT_EPOCH": "1"})
+    done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path, env={"SATUNE_FAIL_AT_EPOCH": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     client, parents, children = runs_of(mlflow_server, "retry")
     assert len(children) == 2  # never two runs for one trial
     for c in children:
         assert c.info.status == "FINISHED"
         assert c.data.tags["satune.resumed_after_epoch"] == "1"  # retried from epoch 1's checkpoint
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "train/loss")]
-        assert sorted(steps) == [0, 1, 2]  # epochs 0 and 1 once, then 2 after the retry
-    trials = study_of(only_run_dir(tmp_path, "retry"), "retry").trials
+        assert epochs_logged(client, c) == [0, 1, 2]  # epochs 0 and 1 once, then 2 after the retry
+    trials = study_of(run_dir_of(tmp_path, "retry"), "retry").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
 
 
+def test_a_trial_that_fails_for_good(tmp_path, mlflow_server, ray_address):
+    sweep = smoke_file(tmp_path, "doomed", mlflow_server, **{"search.num_samples": 1, "max_failures": 0})
+    done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path, env={"SATUNE_FAIL_AT_EPOCH": "0"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed for good" in done.stderr
+    _, parents, children = runs_of(mlflow_server, "doomed")
+    assert [c.info.status for c in children] == ["FAILED"]
+    assert parents[0].data.tags["satune.errors"] == "1"
+    assert [t.state for t in study_of(run_dir_of(tmp_path, "doomed"), "doomed").trials] == [TrialState.FAIL]
+
+
+def test_asha_in_a_multi_objective_search(tmp_path, mlflow_server, ray_address):
+    """QMC over the learning rate, ASHA on a per-epoch metric that depends on it alone (so that
+    which trials stop is decided by the sampler's seed, not by noise): stopped trials are PRUNED in
+    Optuna, and the Pareto front of the finished ones is printed and logged."""
+    sweep = smoke_file(tmp_path, "asha", mlflow_server, **{
+        "search": {"algorithm": "qmc", "metric": ["eval/clean_acc", "eval/pgd_acc"], "mode": ["max", "max"],
+                   "num_samples": 4, "space": {"train.lr": {"loguniform": [0.01, 0.1]}}},
+        "scheduler": {"kind": "asha", "metric": "train/lr", "mode": "max", "grace_period": 1},
+        "resources": {"cpu": 1, "max_concurrent": 1},
+    })  # fmt: skip
+    done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    client, parents, children = runs_of(mlflow_server, "asha")
+    stopped = {c.data.tags[TRIAL_TAG] for c in children if c.data.tags.get("satune.stopped_early") == "true"}
+    finished = {c.data.tags[TRIAL_TAG] for c in children} - stopped
+    assert len(children) == 4 and stopped and len(finished) >= 2
+    assert all(c.info.status == "FINISHED" for c in children)
+    states = [t.state for t in study_of(run_dir_of(tmp_path, "asha"), "asha").trials]
+    assert sorted(states, key=str) == sorted([TrialState.PRUNED] * len(stopped) + [TrialState.COMPLETE] * len(finished),
+                                             key=str)  # fmt: skip
+    front = parents[0].data.tags["satune.pareto_trials"].split(",")
+    assert front and set(front) <= finished
+    assert f"Pareto front (eval/clean_acc, eval/pgd_acc): {', '.join(front)}" in done.stdout
+    pareto = json.loads(open(client.download_artifacts(parents[0].info.run_id, "pareto.json", str(tmp_path))).read())
+    assert [p["trial_id"] for p in pareto] == front
+
+
+def test_grid_sweep_in_local_mode_then_satune_ui(tmp_path, ray_address):
+    sweep = smoke_file(tmp_path, "grid", None, **{
+        "search": {"algorithm": "grid", "num_samples": 1, "space": {"method.w_A": {"grid": [1.0, 2.0]}}},
+        "trial.train.epochs": 1,
+    })  # fmt: skip
+    done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "satune.cli", "ui", str(sweep), "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert ui.stdout.readline().strip() == f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it)"
+        uri = f"http://127.0.0.1:{port}"
+        wait_until("the MLflow UI", lambda: _answers(uri), ui, timeout=120)
+        _, parents, children = runs_of(uri, "grid")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert sorted(float(c.data.params["method.w_A"]) for c in children) == [1.0, 2.0]
+    finally:
+        kill_session(ui)
+
+
+def _answers(uri: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def test_killed_driver_resumes_with_every_trial_done_once(tmp_path):
-    """Local mode: satune starts its own MLflow server; the kill takes it down with everything else."""
+    """Local mode: satune starts its own Ray and MLflow server; the kill takes them down with it."""
     sweep = smoke_file(tmp_path, "killed", None, **{
-        "search.num_samples": 4, "resources.max_concurrent": 1, "trial.train.epochs": 3,
+        "search.num_samples": 3, "resources.max_concurrent": 1, "trial.train.epochs": 3,
     })  # fmt: skip
     proc = start_satune("sweep", sweep)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait until one trial finished and the next one runs
+
+    def one_finished_and_the_next_running() -> bool:
         state = next(iter(tmp_path.glob("runs/killed/*/sweep.json")), None)
-        if state is not None and "tracking_uri" in json.loads(state.read_text()):
-            _, _, children = runs_of(json.loads(state.read_text())["tracking_uri"], "killed")
-            if sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2:
-                break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(1)
+        uri = json.loads(state.read_text()).get("tracking_uri") if state else None
+        if uri is None:
+            return False
+        _, _, children = runs_of(uri, "killed")
+        return sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2
+
+    wait_until("one trial done and the next running", one_finished_and_the_next_running, proc)
     kill_session(proc)  # the driver, its Ray, its trials and its MLflow server: as if the machine went down
 
     resumed = satune("sweep", sweep, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     with LocalServer(tmp_path / "runs") as server:  # what `satune ui` serves
-        _, parents, children = runs_of(server.uri, "killed")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
-    run_dir = only_run_dir(tmp_path, "killed")
-    study = study_of(run_dir, "killed")
+        client, parents, children = runs_of(server.uri, "killed")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+        assert all(epochs_logged(client, c) == [0, 1, 2] for c in children)
+    study = study_of(run_dir_of(tmp_path, "killed"), "killed")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 4 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(complete) == 3 and len(study.trials) == 3
     mlflow_values = sorted(round(float(c.data.params["method.w_A"]), 9) for c in children)
     assert sorted(round(t.params["method.w_A"], 9) for t in complete) == mlflow_values
-    assert json.loads((run_dir / "sweep.json").read_text())["status"] == "finished"
+    assert state_of(tmp_path, "killed")["status"] == "finished"
     again = satune("sweep", sweep, "--resume", cwd=tmp_path)
     assert again.returncode == 2 and "nothing to resume" in again.stderr
+
+
+def test_an_interrupt_in_every_phase_then_resume_finishes_every_trial_once(tmp_path, mlflow_server, ray_address):
+    """Start-up, trials running with one pending, all launched (SIGTERM, as a scheduler sends),
+    the final summary (SIGTERM again, outside Tune): each ends with exit 130, the parent KILLED, no run left RUNNING, and a
+    state --resume continues; the last resume finishes every trial once in Tune, Optuna and MLflow."""
+    name, epochs = "phases", 4
+    sweep = smoke_file(tmp_path, name, mlflow_server, **{"search.num_samples": 3, "trial.train.epochs": epochs})
+    address = ["--address", ray_address]
+
+    def interrupted(proc, phase: str) -> None:
+        out = proc.stdout + proc.stderr if isinstance(proc, subprocess.CompletedProcess) else proc.stdout.read()
+        assert proc.returncode == 130, f"{phase}: {out}"
+        assert f"interrupted: continue with `satune sweep {sweep} --resume`" in out, phase
+        assert "Traceback" not in out, phase
+        _, parents, children = runs_of(mlflow_server, name)
+        assert [p.info.status for p in parents] == ["KILLED"], phase
+        assert not [c for c in children if c.info.status == "RUNNING"], phase
+        assert state_of(tmp_path, name)["status"] == "interrupted", phase
+
+    def trials_started(n: int):
+        def ready() -> bool:
+            client, _, children = runs_of(mlflow_server, name)
+            running = [c for c in children if c.info.status == "RUNNING"]
+            return len(children) >= n and any(epochs_logged(client, c) for c in running)
+
+        return ready
+
+    # 1. start-up: Ray has started, Tune has not
+    done = satune("sweep", sweep, *address, env={"SATUNE_INTERRUPT_AT": "startup"})
+    interrupted(done, "start-up")
+    assert not (run_dir_of(tmp_path, name) / "tune").exists()
+
+    # 2. Ctrl-C from a terminal (the whole process group) while two trials run and one waits
+    proc = start_satune("sweep", sweep, "--resume", *address)
+    wait_until("a trial's first epoch", trials_started(1), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=180)
+    interrupted(proc, "trials running")
+    assert len(runs_of(mlflow_server, name)[2]) < 3  # the third had not started
+
+    # 3. SIGTERM to the driver once every trial has launched (what used to "finish" the sweep)
+    proc = start_satune("sweep", sweep, "--resume", *address)
+    wait_until("the third trial's first epoch", trials_started(3), proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=180)
+    interrupted(proc, "all launched")
+
+    # 4. SIGTERM during the final summary, after every trial finished
+    done = satune("sweep", sweep, "--resume", *address, env={"SATUNE_INTERRUPT_AT": "summary:SIGTERM"})
+    interrupted(done, "summary")
+
+    # 5. the last resume finishes the sweep: every trial exactly once, everywhere
+    done = satune("sweep", sweep, "--resume", *address)
+    assert done.returncode == 0, done.stdout + done.stderr
+    client, parents, children = runs_of(mlflow_server, name)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert all(epochs_logged(client, c) == list(range(epochs)) for c in children)
+    study = study_of(run_dir_of(tmp_path, name), name)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    trial_ids = {c.data.tags[TRIAL_TAG] for c in children}
+    tune_dirs = {p.name for p in (run_dir_of(tmp_path, name) / "tune").iterdir() if p.is_dir()}
+    assert tune_dirs == trial_ids
+    assert state_of(tmp_path, name)["status"] == "finished"
+
+
+def test_ctrl_c_while_the_local_mlflow_server_starts(tmp_path, ray_address):
+    """Interrupted before any run exists: no server outlives satune, and --resume starts the sweep."""
+    sweep = smoke_file(tmp_path, "early", None, **{"search.num_samples": 1, "trial.train.epochs": 1})
+    proc = start_satune("sweep", sweep, "--address", ray_address)
+    log = tmp_path / "runs" / "mlflow" / "server.log"
+    wait_until("the MLflow server to be launched", log.exists, proc, timeout=60)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    assert "--resume" in out
+    db = str(tmp_path / "runs" / "mlflow" / "mlflow.db")
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", db], capture_output=True).returncode == 1  # no server left
+    assert state_of(tmp_path, "early")["status"] == "interrupted"
+    resumed = satune("sweep", sweep, "--resume", "--address", ray_address, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert state_of(tmp_path, "early")["status"] == "finished"
 
 
 def test_bad_sweep_file_starts_nothing(tmp_path, mlflow_server):
     sweep = smoke_file(tmp_path, "bad", mlflow_server, **{"trial.method.fraction": 1.5})
     code = ("import sys; from satune.cli import main; sys.argv = ['satune', 'sweep', sys.argv[1]]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'ray' in sys.modules, 'mlflow' in sys.modules)")  # fmt: skip
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == "exit 2 False False"
     assert proc.stderr.strip() == f"error: {sweep}: trial.method.fraction: must be in (0, 1], got 1.5"
@@ -145,38 +318,12 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_resources_no_node_has_fail_at_once(tmp_path, mlflow_server):
+def test_resources_no_node_has_fail_at_once(tmp_path, mlflow_server, ray_address):
     sweep = smoke_file(tmp_path, "nogpu", mlflow_server, **{"resources.gpu": 1})
     start = time.monotonic()
-    done = satune("sweep", sweep, cwd=tmp_path, timeout=180)
+    done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path, timeout=180)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "resources: a trial needs cpu 1, gpu 1 but no node has that" in done.stderr
     assert time.monotonic() - start < 120
     _, parents, children = runs_of(mlflow_server, "nogpu")
     assert parents[0].info.status == "FAILED" and children == []
-
-
-def test_ctrl_c_ends_the_parent_run_killed_and_resume_finishes_it(tmp_path, mlflow_server):
-    sweep = smoke_file(tmp_path, "sigint", mlflow_server, **{"search.num_samples": 3, "resources.max_concurrent": 1,
-                                                             "trial.train.epochs": 3})  # fmt: skip
-    proc = start_satune("sweep", sweep)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait until the first trial has reported an epoch
-        _, _, children = runs_of(mlflow_server, "sigint")
-        if children and MlflowClient(mlflow_server).get_metric_history(children[0].info.run_id, "train/loss"):
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.5)
-    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130, out
-    assert "--resume" in out
-    _, parents, _ = runs_of(mlflow_server, "sigint")
-    assert parents[0].info.status == "KILLED"
-    assert json.loads((only_run_dir(tmp_path, "sigint") / "sweep.json").read_text())["status"] == "interrupted"
-
-    resumed = satune("sweep", sweep, "--resume", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    _, parents, children = runs_of(mlflow_server, "sigint")
-    assert parents[0].info.status == "FINISHED"
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)

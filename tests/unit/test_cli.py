@@ -33,15 +33,45 @@ def test_run_writes_the_result_file(tmp_path):
     assert (out / "checkpoint" / "state.pt").exists()
 
 
-def test_run_resumes_from_its_checkpoint(tmp_path):
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    args = ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=3"]
+    whole = runner.invoke(app, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+
+    def interrupt_after_first_epoch(epochs):
+        def on_epoch(metrics, checkpoint):
+            if metrics["epoch"] == 0:
+                raise KeyboardInterrupt  # Ctrl-C, once epoch 0's checkpoint is on disk
+
+        return on_epoch
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        m.setattr("satune.cli._progress", interrupt_after_first_epoch)
+        cut = runner.invoke(app, [*args, "--out", str(out)])
+    assert cut.exit_code == 130 and "--resume" in cut.stderr and not (out / "result.json").exists()
+    assert runner.invoke(app, [*args, "--out", str(out), "--resume"]).exit_code == 0
+
+    def timeless(result):
+        drop = lambda d: {k: v for k, v in d.items() if not k.startswith("time/")}  # noqa: E731
+        return {**result, "metrics": drop(result["metrics"]), "history": [drop(h) for h in result["history"]]}
+
+    expected = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert timeless(json.loads((out / "result.json").read_text())) == timeless(expected)
+
+
+def test_run_never_overwrites_an_earlier_run(tmp_path):
     out = tmp_path / "out"
-    args = ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--out", str(out)]
+    args = ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=1", "--out", str(out)]
     assert runner.invoke(app, args).exit_code == 0
-    first = json.loads((out / "result.json").read_text())
-    assert runner.invoke(app, args + ["--resume"]).exit_code == 0  # all epochs done: evaluates again
-    again = json.loads((out / "result.json").read_text())
-    assert first["history"] == again["history"]
-    assert first["metrics"]["eval/pgd_acc"] == again["metrics"]["eval/pgd_acc"]
+    before = (out / "checkpoint" / "state.pt").read_bytes(), (out / "result.json").read_text()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2
+    assert (
+        again.stderr.strip()
+        == f"error: --out {out} holds an earlier run: continue it with --resume, or choose another --out"
+    )
+    assert ((out / "checkpoint" / "state.pt").read_bytes(), (out / "result.json").read_text()) == before
 
 
 def test_bad_override_exits_2_with_the_path(tmp_path):

@@ -1,20 +1,24 @@
 """The sweep driver's own logic, without starting Ray: plans, resume checks, best trials, seeds."""
 
 import json
+import stat
+import subprocess
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
-from satune.specs import parse_sweep
+from satune.specs import apply_overrides, parse_sweep
+from satune.tune import cluster, rundir
 from satune.tune.driver import (
-    STATE_FILE,
-    SweepError,
     TrialRow,
+    _tune_config,
     best_of,
     pareto_front,
     plan_lines,
-    prepare,
     reproduce_command,
 )
+from satune.tune.rundir import STATE_FILE, SweepError, latest_run_dir, prepare, writable_by_others
 from satune.tune.space import REPEAT_KEY, optuna_space
 from satune.tune.trainable import TrialContext, resolve_trial
 
@@ -48,10 +52,28 @@ def test_pareto_front_and_best():
 def test_reproduce_command_lists_values_seed_and_threads(tmp_path):
     r = TrialRow("a", "TERMINATED", {"method.w_A": 2.5, "method.split": "class", REPEAT_KEY: 1}, {}, seed=42)
     line = reproduce_command(tmp_path / "s.yaml", r, threads=1)
-    assert (
-        line
-        == f'satune run {tmp_path / "s.yaml"} --set method.split="class" --set method.w_A=2.5 --set seed=42 --set runtime.threads=1'
-    )
+    assert line == (f"satune run {tmp_path / 's.yaml'} --set 'method.split=\"class\"' --set method.w_A=2.5 "
+                    "--set seed=42 --set runtime.threads=1")  # fmt: skip
+
+
+def test_reproduce_command_survives_a_real_shell(tmp_path):
+    """Lists, spaces, tiny floats and a hostile value from a shared sweep file: bash hands satune
+    exactly the arguments it needs, runs nothing else, and --set reads back the same values."""
+    config = {"method.classes": ["3", "5"], "data.root": "/x/$(touch PWNED) `touch PWNED2`; y's",
+              "train.lr": 1e-05, "method.split": "class", "method.w_A": 2.0, "train.epochs": 3}  # fmt: skip
+    source = tmp_path / "my sweeps" / "s.yaml"
+    line = reproduce_command(source, TrialRow("a", "TERMINATED", config, {}, seed=7), threads=None)
+    shell = "satune() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"; }; " + line
+    argv = json.loads(subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
+                                     check=True).stdout)  # fmt: skip
+    assert not list(tmp_path.glob("PWNED*"))
+    assert argv[:2] == ["run", str(source)]
+    sets = argv[3::2]
+    assert argv[2::2] == ["--set"] * len(sets)
+    back = apply_overrides({"method": {"kind": "sat"}}, sets)
+    assert back["method"] == {"kind": "sat", "classes": ["3", "5"], "split": "class", "w_A": 2.0}
+    assert back["data"] == {"root": config["data.root"]} and back["seed"] == 7
+    assert back["train"] == {"lr": 1e-05, "epochs": 3} and isinstance(back["train"]["lr"], float)
 
 
 def test_trial_seeds(tmp_path):
@@ -85,13 +107,79 @@ def test_resume_refuses_what_cannot_resume(tmp_path):
     source.write_text("name: t\n")
     with pytest.raises(SweepError, match="no earlier run"):
         prepare(spec, source, resume=True)
-    run_dir, state = prepare(spec, source, resume=False)
-    assert not run_dir.exists()  # nothing is written before MLflow answered
-    run_dir.mkdir(parents=True)
-    (run_dir / STATE_FILE).write_text(json.dumps(state))
-    assert prepare(sweep(tmp_path, resources={"max_concurrent": 1}), source, resume=True)[0] == run_dir
+    run = prepare(spec, source, resume=False)
+    assert run.path is None and not (tmp_path / "runs").exists()  # nothing is written before it is claimed
+    run_dir = run.claim()
+    assert json.loads((run_dir / STATE_FILE).read_text())["status"] == "starting"
+    assert prepare(sweep(tmp_path, resources={"max_concurrent": 1}), source, resume=True).path == run_dir
     with pytest.raises(SweepError, match="changed in search"):
         prepare(sweep(tmp_path, search={"num_samples": 3}), source, resume=True)
-    (run_dir / STATE_FILE).write_text(json.dumps({**state, "status": "finished"}))
+    run.save(status="finished")
     with pytest.raises(SweepError, match="nothing to resume"):
         prepare(spec, source, resume=True)
+
+
+def test_runs_started_in_the_same_second_never_share_a_directory(tmp_path, monkeypatch):
+    spec = sweep(tmp_path)
+    source = tmp_path / "s.yaml"
+    source.write_text("name: t\n")
+    monkeypatch.setattr(rundir.time, "strftime", lambda fmt: "20261124-101010")
+    dirs = [prepare(spec, source, resume=False).claim() for _ in range(11)]
+    assert len(set(dirs)) == 11 and dirs[0].name == "20261124-101010" and dirs[1].name == "20261124-101010-2"
+    assert latest_run_dir(spec) == dirs[-1]  # -11 is newer than -2, although it sorts before it as text
+
+
+def test_storage_writable_by_others_is_noticed(tmp_path):
+    shared, sticky = tmp_path / "shared", tmp_path / "sticky"
+    for d, mode in ((shared, 0o777), (sticky, 0o1777)):
+        d.mkdir()
+        d.chmod(mode)
+        (d / "runs").mkdir()
+    tmp_path.chmod(0o700)
+    assert writable_by_others(shared / "runs") == shared
+    assert writable_by_others(sticky / "runs") is None  # like /tmp: others cannot replace our files
+
+
+def test_the_ray_token_is_private(tmp_path, monkeypatch):
+    token = tmp_path / "ray" / "auth_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    cluster.ensure_private_token()
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) == 64
+    first = token.read_text()
+    token.chmod(0o644)  # as Ray writes it
+    cluster.ensure_private_token()
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == first  # kept, made private
+
+
+def searcher(tmp_path, **search):
+    space = {"method.w_A": {"loguniform": [0.5, 4]}, "train.epochs": {"int": [1, 3]}}
+    spec = sweep(tmp_path, search={"num_samples": 12, "space": space, **search})
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return _tune_config(spec, tmp_path / "run").search_alg, spec
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "gp", "cmaes", "qmc", "random"])
+def test_every_sampler_proposes_inside_the_space_and_learns(tmp_path, algorithm):
+    search, spec = searcher(tmp_path, algorithm=algorithm)
+    for i in range(12):  # past every sampler's start-up trials
+        config = search.suggest(f"t{i}")
+        assert 0.5 <= config["method.w_A"] <= 4 and 1 <= config["train.epochs"] <= 3
+        search.on_trial_complete(f"t{i}", {"eval/pgd_acc": 1 / config["method.w_A"], "done": True})
+    study = optuna.load_study(study_name="t", storage=search._storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 12
+    assert study.best_value == max(1 / t.params["method.w_A"] for t in study.trials)
+
+
+@pytest.mark.parametrize("metric", ["eval/pgd_acc", ["eval/clean_acc", "eval/pgd_acc"]])
+def test_a_trial_the_scheduler_stopped_is_pruned_in_optuna(tmp_path, metric):
+    search, _ = searcher(tmp_path, metric=metric, mode="max", algorithm="random")
+    search.suggest("stopped")
+    search.on_trial_complete("stopped", {"select/pgd_acc": 0.3, "done": True})  # a rung's report, no eval/*
+    search.suggest("failed")
+    search.on_trial_complete("failed", None, error=True)
+    search.suggest("done")
+    search.on_trial_complete("done", {"eval/clean_acc": 0.9, "eval/pgd_acc": 0.5, "done": True})
+    study = optuna.load_study(study_name="t", storage=search._storage)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
