@@ -24,9 +24,10 @@ run: install
 ui: install
 	$(BIN)/satune ui sweeps/wA.yaml
 
-# Unit tests, integration tests (real Ray, real MLflow server on 127.0.0.1), GPU tests where CUDA exists.
+# Lint and types, then unit tests, integration tests (real Ray, real MLflow server on 127.0.0.1), GPU tests where CUDA exists.
 test: install
 	$(BIN)/ruff check satune tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-unit: install
@@ -35,6 +36,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check satune tests bench
 	$(BIN)/ruff format --check satune tests bench
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/sat_cost.py

@@ -62,7 +62,7 @@ def _norms(v: torch.Tensor) -> torch.Tensor:
 
 
 def threat_step(norm: str, eps: float, alpha: float) -> LinfStep | L2Step:
-    return {"linf": LinfStep, "l2": L2Step}[norm](eps, alpha)
+    return LinfStep(eps, alpha) if norm == "linf" else L2Step(eps, alpha)
 
 
 @contextlib.contextmanager
@@ -113,6 +113,7 @@ class Attack:
         """Adversarial versions of x: cross-entropy on `y` unless a per-example `loss_fn` is
         given; `start` replaces the random start (TRADES starts at 0.001 * N(0, I))."""
         if loss_fn is None:
+            assert y is not None, "the cross-entropy attack needs labels"
             loss_fn = ce_loss(model, y)
         with attack_mode(model, self.bn_mode):
             step = threat_step(self.norm, self.eps, self.alpha)

@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from satune.errors import UserError
 from satune.specs import SpecError, absolutize_trial, apply_overrides, load_sweep, parse_trial
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -30,21 +31,20 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
-class UserError(Exception):
-    """Something the user can fix; printed as is, exit code 2."""
+class OptionError(UserError):
+    """A command-line option that cannot be honoured."""
 
 
 def user_errors(fn: Callable) -> Callable:
+    """Every mistake a user can fix, from any layer, ends here: its lines, exit 2, no traceback."""
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SpecError as exc:
+        except UserError as exc:
             for line in str(exc).splitlines():
                 _error(line)
-            raise typer.Exit(2) from None
-        except UserError as exc:
-            _error(str(exc))
             raise typer.Exit(2) from None
 
     return wrapper
@@ -99,20 +99,16 @@ def run(
     target = (out_dir or Path(sweep.storage) / sweep.name / time.strftime("run-%Y%m%d-%H%M%S")).expanduser().resolve()
     checkpoint = target / "checkpoint"
     if resume and not (checkpoint / "state.pt").exists():
-        raise UserError(f"--resume: no checkpoint in {target}")
+        raise OptionError(f"--resume: no checkpoint in {target}")
     if not resume and any((target / name).exists() for name in ("checkpoint", "result.json")):
-        raise UserError(f"--out {target} holds an earlier run: continue it with --resume, or choose another --out")
+        raise OptionError(f"--out {target} holds an earlier run: continue it with --resume, or choose another --out")
     _logging(verbose)
 
-    from satune.data import DataError
-    from satune.runtime import DeviceUnavailable
     from satune.trial import run_trial
 
     try:
         result = run_trial(trial, on_epoch=_progress(trial.train.epochs), checkpoint=checkpoint if resume else None,
                            workdir=target)  # fmt: skip
-    except (DataError, DeviceUnavailable) as exc:
-        raise UserError(str(exc)) from None
     except KeyboardInterrupt:
         sets = [arg for item in set_ or [] for arg in ("--set", item)]
         again = shlex.join(["satune", "run", str(file), *sets, "--out", str(target), "--resume"])
@@ -141,29 +137,31 @@ def sweep(
 ) -> None:
     """Run a sweep: Ray Tune runs the trials, Optuna proposes them, MLflow records them."""
     spec = load_sweep(file)
-    from satune.tune.driver import plan_lines
+    from satune.tune.plan import plan_lines  # no Ray, no torch: a dry run costs what validation costs
 
     for line in plan_lines(spec):
         out.print(line, highlight=False)
     if dry_run:
         return
     _logging(verbose)
-    from satune.tracking import TrackingError
-    from satune.tune.cluster import ClusterError
-    from satune.tune.driver import SweepInterrupted, reproduce_command, run_sweep
-    from satune.tune.rundir import SweepError
+    from satune.tune.driver import SweepInterrupted, run_sweep
+    from satune.tune.summary import reproduce_command, table
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:
         result = run_sweep(spec, file, resume=resume, address=address)
-    except (SweepError, TrackingError, ClusterError) as exc:
-        raise UserError(str(exc)) from None
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         started = isinstance(exc, SweepInterrupted) and exc.run_dir is not None
         err.print(f"interrupted: {again}" if started else "interrupted before the sweep started; nothing to resume",
                   highlight=False)  # fmt: skip
         raise typer.Exit(130) from None
-    _sweep_table(spec, result)
+    header, rows = table(spec, result)
+    shown = Table(title=f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})")
+    for i, name in enumerate(header):
+        shown.add_column(name, justify="left" if i < 2 else "right")
+    for row in rows:
+        shown.add_row(*row)
+    out.print(shown)
     if result.interrupted:
         err.print(f"interrupted: {again}", highlight=False)
         raise typer.Exit(130)
@@ -177,36 +175,6 @@ def sweep(
     out.print(f"compare the trials in the MLflow UI: satune ui {file}", highlight=False)
     if any(r.status == "ERROR" for r in result.rows):
         raise typer.Exit(1)
-
-
-def _sweep_table(spec, result) -> None:
-    metrics = list(dict.fromkeys(spec.search.metrics + ["eval/clean_acc", "eval/pgd_acc", "eval/aa_acc"]))
-    keys = list(spec.search.space)
-    table = Table(title=f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})")
-    table.add_column("trial")
-    table.add_column("status")
-    for col in [*keys, *metrics]:
-        table.add_column(col.split("/", 1)[-1] if col in metrics else col, justify="right")
-    sign = 1 if spec.search.modes[0] == "max" else -1
-    rows = sorted(result.rows, key=lambda r: -sign * r.metrics.get(spec.search.metrics[0], -sign * float("inf")))
-    front = {r.trial_id for r in result.pareto}
-    for r in rows:
-        best = result.best is not None and r.trial_id == result.best.trial_id
-        marks = ("best " if best else "") + ("pareto " if r.trial_id in front else "")
-        status = r.status.lower() if r.finished else "unfinished"
-        cells = (
-            [r.trial_id, marks + status]
-            + [_cell(r.config.get(k)) for k in keys]
-            + [_cell(r.metrics.get(m)) for m in metrics]
-        )
-        table.add_row(*cells)
-    out.print(table)
-
-
-def _cell(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 @app.command()
@@ -227,7 +195,7 @@ def ui(
         return
     db, artifacts = store_paths(Path(spec.storage))
     if not db.exists():
-        raise UserError(f"no MLflow store at {db}: run `satune sweep {file}` first")
+        raise OptionError(f"no MLflow store at {db}: run `satune sweep {file}` first")
     out.print(f"MLflow UI: http://{host}:{port}  (Ctrl-C stops it)", highlight=False)
     os.execvpe(sys.executable, server_command(db, artifacts, host, port), server_env())
 
@@ -260,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

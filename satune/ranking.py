@@ -22,7 +22,7 @@ from satune.data import DataBundle
 from satune.methods import SubsetAdversarial
 from satune.models import create_model
 from satune.runtime import derive_seed
-from satune.specs import SatSpec, TrainSpec, TrialSpec, class_count
+from satune.specs import SatSpec, TrainSpec, TrialSpec
 from satune.train import fit
 
 log = logging.getLogger("satune")
@@ -64,6 +64,7 @@ def ranking_key(spec: TrialSpec) -> str:
 
 
 def _recipe(spec: TrialSpec) -> TrainSpec:
+    assert isinstance(spec.method, SatSpec)
     epochs = spec.method.ranking_epochs or spec.train.epochs
     return TrainSpec.model_validate({**spec.train.model_dump(), "epochs": epochs})
 
@@ -74,6 +75,7 @@ def difficulty_scores(spec: TrialSpec, data: DataBundle, device: torch.device, c
     if path.exists():
         return torch.load(path, weights_only=True)
     m = spec.method
+    assert isinstance(m, SatSpec)
     epochs = m.ranking_epochs or spec.train.epochs
     log.info("ranking: clean %s fit for %d epochs to score example difficulty (cached)", spec.model.arch, epochs)
     with torch.random.fork_rng(devices=[]):
@@ -91,43 +93,3 @@ def difficulty_scores(spec: TrialSpec, data: DataBundle, device: torch.device, c
     torch.save(scores, tmp)
     tmp.replace(path)  # concurrent trials may both compute it; the rename keeps the file whole
     return scores
-
-
-def example_order(scores: torch.Tensor, ranking: str, seed: int) -> torch.Tensor:
-    """Training indices, first = first into A."""
-    if ranking == "random":
-        return torch.randperm(len(scores), generator=torch.Generator().manual_seed(derive_seed(seed, "random-ranking")))
-    return torch.argsort(scores, descending=ranking == "entropy_hardest", stable=True)
-
-
-def class_order(scores: torch.Tensor, labels: torch.Tensor, n_classes: int, ranking: str, seed: int) -> torch.Tensor:
-    """Class indices by the mean difficulty of their examples, first = first into A."""
-    if ranking == "random":
-        return torch.randperm(n_classes, generator=torch.Generator().manual_seed(derive_seed(seed, "random-ranking")))
-    means = torch.stack([scores[labels == c].mean() for c in range(n_classes)])
-    return torch.argsort(means, descending=ranking == "entropy_hardest", stable=True)
-
-
-def membership(
-    spec: TrialSpec, data: DataBundle, device: torch.device, cache: Path
-) -> tuple[torch.Tensor, list[int] | None]:
-    """SAT's A: a bool per training index, and the A class indices for a class split (else None)."""
-    m = spec.method
-    assert isinstance(m, SatSpec)
-    labels = data.train.labels
-    n = len(labels)
-    if m.split == "class":
-        if m.classes is not None:
-            a_classes = [data.classes.index(c) for c in m.classes]
-        else:
-            scores = None if m.ranking == "random" else difficulty_scores(spec, data, device, cache)
-            scores = scores if scores is not None else torch.zeros(n)
-            order = class_order(scores, labels, data.num_classes, m.ranking, m.ranking_seed)
-            a_classes = order[: class_count(m.fraction, data.num_classes)].tolist()
-        in_a = torch.isin(labels, torch.tensor(a_classes))
-        return in_a.to(device), sorted(a_classes)
-    scores = torch.zeros(n) if m.ranking == "random" else difficulty_scores(spec, data, device, cache)
-    order = example_order(scores, m.ranking, m.ranking_seed)
-    in_a = torch.zeros(n, dtype=torch.bool)
-    in_a[order[: round(m.fraction * n)]] = True
-    return in_a.to(device), None

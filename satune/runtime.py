@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from satune.errors import UserError
 from satune.specs import RuntimeSpec
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(UserError):
     """The spec asks for a device this node does not have."""
 
 

@@ -21,12 +21,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from satune.errors import UserError
+
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "satune.trial_id"
 SWEEP_TAG = "satune.sweep"
 
 
-class TrackingError(Exception):
+class TrackingError(UserError):
     """The tracking server cannot be started or reached; a one-line message for the user."""
 
 
@@ -165,8 +167,13 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def _params(tree: Mapping) -> dict[str, str]:
-    # MLflow params are strings of at most 6000 characters; lists are shown as JSON.
-    return {k: (json.dumps(v) if isinstance(v, (list, tuple)) else str(v))[:6000] for k, v in flatten(tree).items()}
+    """MLflow params: strings of at most 6000 characters, lists as JSON. An unset field (None) is
+    left out rather than logged as "None": the trial logs the value it resolves (log_new_params)."""
+    return {
+        k: (json.dumps(v) if isinstance(v, (list, tuple)) else str(v))[:6000]
+        for k, v in flatten(tree).items()
+        if v is not None
+    }
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -180,7 +187,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     return c.create_experiment(name)
 
 
-def start_parent(uri: str, experiment_id: str, name: str, params: Mapping, tags: Mapping[str, str]) -> str:
+def start_parent(uri: str, *, experiment_id: str, name: str, params: Mapping, tags: Mapping[str, str]) -> str:
     c = client(uri)
     run = c.create_run(experiment_id, run_name=name, tags={SWEEP_TAG: name, **tags})
     c.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _params(params).items()])
@@ -216,7 +223,7 @@ def log_file(uri: str, run_id: str, path: Path, artifact_path: str | None = None
     client(uri).log_artifact(run_id, str(path), artifact_path)
 
 
-def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+def set_tags(uri: str, run_id: str, tags: Mapping[str, object]) -> None:
     from mlflow.entities import RunTag
 
     client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -228,8 +235,17 @@ def _param(key: str, value: str):
     return Param(key, value)
 
 
+def log_new_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log the params the run does not have yet (params cannot change once logged; a resumed
+    trial resolves the same values again)."""
+    have = client(uri).get_run(run_id).data.params
+    new = {k: v for k, v in _params(params).items() if k not in have}
+    if new:
+        client(uri).log_batch(run_id, params=[_param(k, v) for k, v in new.items()])
+
+
 def trial_run(
-    uri: str, experiment_id: str, parent_id: str, trial_id: str, name: str, spec: Mapping, run_id: str | None
+    uri: str, *, experiment_id: str, parent_id: str, trial_id: str, name: str, spec: Mapping, run_id: str | None
 ) -> str:
     """The child run of a trial: the one in its checkpoint, else the one tagged with its id, else new.
 

@@ -1,7 +1,8 @@
 """run_trial(): the one place a trial is assembled. `satune run` and the Tune trainable both call it.
 
-data -> ranking (cached) -> A/B split -> model -> method -> fit -> final evaluation of the
-selected checkpoint on the final slice.
+data -> the method kind's build (SAT's A from a cached ranking, BiaMAT's auxiliary data, ...) ->
+model -> fit -> final evaluation of the selected checkpoint on the final slice. Every default the
+trial resolves is reported in `effective`, so that what ran can be read back and rerun.
 """
 
 from __future__ import annotations
@@ -9,23 +10,26 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from satune import runtime
 from satune.attacks import Attack
-from satune.data import augmentation, load_data
-from satune.data.aux import load_aux
-from satune.evaluate import final_metrics, select_metrics
-from satune.methods import build_method
+from satune.data import load_data
+from satune.evaluate import eval_step_size, final_metrics, select_metrics
+from satune.methods import BuildContext, kind_of
 from satune.models import create_model
-from satune.ranking import membership
-from satune.specs import BiamatSpec, SatSpec, TrialSpec
+from satune.ranking import difficulty_scores
+from satune.specs import TrialSpec
 from satune.train import FitResult, OnEpoch, fit
 
 log = logging.getLogger("satune")
+
+OnStart = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -34,74 +38,95 @@ class TrialResult:
     metrics: dict[str, float]
     history: list[dict]
     model: torch.nn.Module  # with the selected checkpoint's weights
+    effective: dict[str, Any] = field(default_factory=dict)  # every value it trained with, defaults resolved
 
-    def to_json(self) -> TrialResult:
-        """The result file: {"spec": resolved spec, "metrics": final, "history": per epoch}."""
+    def to_json(self) -> dict:
+        """The result file: {"spec": as given, "effective": as run, "metrics": final, "history": per epoch}."""
         return {
             "spec": self.spec.model_dump(mode="json", by_alias=True),
+            "effective": self.effective,
             "metrics": self.metrics,
             "history": self.history,
         }
 
 
-def run_trial(
-    spec: TrialSpec,
-    on_epoch: OnEpoch | None = None,
-    checkpoint: Path | None = None,
-    workdir: Path | None = None,
-) -> dict:
-    """Train and evaluate one trial.
-
-    `checkpoint` resumes from a directory written by an earlier run of the same spec; `workdir`
-    is where this run writes its per-epoch checkpoint (a temporary directory when omitted).
-    """
-    t0 = time.perf_counter()
+def build_context(spec: TrialSpec) -> BuildContext:
+    """The trial's runtime, data and attack, as its method kind is built from them."""
     device = runtime.configure(spec.runtime, spec.seed)
     cache = runtime.cache_dir(spec.runtime)
     data = load_data(spec.data, cache, device)
     log.info("data: %s, %d train / %d select / %d final, device %s", spec.data.dataset, len(data.train),
              len(data.select), len(data.final), device)  # fmt: skip
+    return BuildContext(spec, data, Attack.from_threat(spec.threat), device, cache,
+                        scores=lambda: difficulty_scores(spec, data, device, cache))  # fmt: skip
 
-    in_a, a_classes = None, None
-    if isinstance(spec.method, SatSpec):
-        in_a, a_classes = membership(spec, data, device, cache)
-        log.info("SAT: %d of %d training examples in A%s", int(in_a.sum()), len(in_a),
-                 f" (classes {[data.classes[c] for c in a_classes]})" if a_classes else "")  # fmt: skip
 
-    aux = None
-    if isinstance(spec.method, BiamatSpec):
-        aux = load_aux(spec.method.aux, data.shape, augmentation(spec.data), cache, device, spec.data.root)
-        log.info(
-            "BiaMAT: %d auxiliary images from %s, %d auxiliary classes",
-            len(aux.source),
-            ", ".join(aux.labels),
-            aux.n_classes,
-        )
+def prepare(spec: TrialSpec) -> None:
+    """What every trial of a sweep shares (SAT's ranking), computed once before them."""
+    kind = kind_of(spec.method)
+    if kind.prepare is not None:
+        kind.prepare(build_context(spec))
 
-    heads = [data.num_classes] + ([aux.n_classes] if aux is not None else [])
+
+def run_trial(
+    spec: TrialSpec,
+    *,
+    on_epoch: OnEpoch | None = None,
+    on_start: OnStart | None = None,
+    checkpoint: Path | None = None,
+    workdir: Path | None = None,
+) -> TrialResult:
+    """Train and evaluate one trial.
+
+    `on_start` receives the effective values before the first epoch; `checkpoint` resumes from a
+    directory written by an earlier run of the same spec; `workdir` is where this run writes its
+    per-epoch checkpoint (a temporary directory when omitted).
+    """
+    t0 = time.perf_counter()
+    ctx = build_context(spec)
+    data, device = ctx.data, ctx.device
+    built = kind_of(spec.method).build(ctx)
+    if built.summary:
+        log.info("%s", built.summary)
+
+    heads = [data.num_classes] + ([built.aux_classes] if built.aux_classes else [])
     with torch.random.fork_rng(devices=[]):  # initial weights depend on the trial seed alone
         torch.manual_seed(runtime.derive_seed(spec.seed, "model"))
         model = create_model(spec.model, data.shape, heads, data.mean, data.std)
-    method = build_method(spec.method, Attack.from_threat(spec.threat), len(data.train), device, in_a, aux,
-                          spec.train.batch_size, spec.seed)  # fmt: skip
+
+    final_x, _ = data.final.tensors(spec.eval.n)
+    effective = {
+        "seed": spec.seed,
+        "threat.step_size": spec.threat.alpha,
+        "eval.pgd_step_size": eval_step_size(spec.threat, spec.eval),
+        "eval.n": len(final_x),
+        "eval.autoattack.n": min(spec.eval.autoattack.n, len(final_x)),
+        "data.train_examples": len(data.train),
+        "data.select_examples": len(data.select),
+        "runtime.device": str(device),
+        "runtime.threads": torch.get_num_threads(),
+        **built.effective,
+    }
+    if on_start is not None:
+        on_start(effective)
 
     def select(m):
         return select_metrics(m, data.select, spec.threat, spec.eval, runtime.derive_seed(spec.seed, "select"))
 
     with tempfile.TemporaryDirectory(prefix="satune-") as tmp:
         result: FitResult = fit(
-            model, method, data.train, spec.train, spec.seed, device,
+            model, built.method, data.train, spec.train, spec.seed, device,
             select=select, select_metric=spec.eval.select_metric, select_every=spec.eval.select_every,
             on_epoch=on_epoch, workdir=Path(workdir or tmp), resume_from=checkpoint, amp=spec.runtime.amp,
         )  # fmt: skip
 
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
-    log.info("final evaluation of epoch %s on %d examples", result.best_epoch, len(data.final))
+    log.info("final evaluation of epoch %s on %d examples", result.best_epoch, len(final_x))
     metrics = dict(result.history[-1])
     metrics.pop("epoch", None)
     metrics.update(final_metrics(model, data.final, spec.threat, spec.eval, data.classes,
-                                 runtime.derive_seed(spec.seed, "eval"), a_classes))  # fmt: skip
+                                 runtime.derive_seed(spec.seed, "eval"), built.a_classes))  # fmt: skip
     metrics["train/selected_epoch"] = result.best_epoch if result.best_epoch is not None else spec.train.epochs - 1
     metrics["time/total_s"] = time.perf_counter() - t0
-    return TrialResult(spec, metrics, result.history, model)
+    return TrialResult(spec, metrics, result.history, model, effective)

@@ -40,16 +40,18 @@ def load_data(spec: DataSpec, cache: Path, device: torch.device) -> DataBundle:
     if spec.dataset == "imagefolder":
         return _load_folder(spec, device)
     raw = load_raw(spec, cache)
-    tx, ty, vx, vy, classes = raw.train_x, raw.train_y, raw.test_x, raw.test_y, raw.classes
+    tx, ty, classes = raw.train_x, raw.train_y, raw.classes
+    test = None if raw.test_x is None or raw.test_y is None else (raw.test_x, raw.test_y)
     if spec.classes is not None:
         keep = tuple(spec.classes)
         tx, ty = restrict_classes(tx, ty, classes, keep)
-        if vx is not None:
-            vx, vy = restrict_classes(vx, vy, classes, keep)
+        if test is not None:
+            test = restrict_classes(*test, classes, keep)
         classes = keep
-    if vx is None:  # no test split: hold out a stratified share of the training set
+    if test is None:  # no test split: hold out a stratified share of the training set
         kept, held = stratified_split(ty, spec.val_fraction, spec.split_seed)
-        tx, ty, vx, vy = tx[kept], ty[kept], tx[held], ty[held]
+        tx, ty, test = tx[kept], ty[kept], (tx[held], ty[held])
+    vx, vy = test
     if spec.train_size is not None and spec.train_size < len(ty):
         _, subset = stratified_split(ty, spec.train_size / len(ty), spec.split_seed + 1)
         tx, ty = tx[subset], ty[subset]
@@ -60,7 +62,7 @@ def load_data(spec: DataSpec, cache: Path, device: torch.device) -> DataBundle:
         select=TensorSource(vx[sel], vy[sel]).to(device),
         final=TensorSource(vx[fin], vy[fin]).to(device),
         classes=tuple(classes),
-        shape=tuple(tx.shape[1:]),
+        shape=(tx.shape[1], tx.shape[2], tx.shape[3]),
         mean=mean,
         std=std,
     )
@@ -75,6 +77,7 @@ def _load_folder(spec: DataSpec, device: torch.device) -> DataBundle:
     """`root/train/<class>/*` and `root/val/<class>/*` (torchvision ImageFolder layout)."""
     from torchvision import datasets, transforms
 
+    assert spec.root is not None  # DataSpec requires one for imagefolder
     root = Path(spec.root)
     for sub in ("train", "val"):
         if not (root / sub).is_dir():

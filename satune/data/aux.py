@@ -64,7 +64,10 @@ def load_aux(
 
 def _images(spec: AuxSpec, cache: Path, default_root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The source's training split (never its test split), restricted to its classes."""
-    raw = load_raw(DataSpec(dataset=spec.dataset, root=spec.root or default_root, download=spec.download), cache)
+    data = DataSpec.model_validate(
+        {"dataset": spec.dataset, "root": spec.root or default_root, "download": spec.download}
+    )
+    raw = load_raw(data, cache)
     x, y = raw.train_x, raw.train_y
     if spec.classes is not None:
         x, y = restrict_classes(x, y, raw.classes, tuple(spec.classes))

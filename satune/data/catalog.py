@@ -8,12 +8,14 @@ torchvision sets read from `data.root` and download only when the spec says so.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from satune.errors import UserError
 from satune.specs import DATASET_CLASSES, DataSpec
 
 
@@ -26,18 +28,18 @@ class RawData:
     classes: tuple[str, ...]
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset cannot be read as the spec describes (missing files, unknown classes...)."""
 
 
+def _classes(dataset: str) -> tuple[str, ...]:
+    classes = DATASET_CLASSES[dataset]
+    assert classes is not None  # a set read as tensors has its class names in specs.names
+    return classes
+
+
 def load_raw(spec: DataSpec, cache: Path) -> RawData:
-    loader = {
-        "digits": _digits,
-        "mnist5k": _mnist5k,
-        "cifar10": _cifar,
-        "cifar100": _cifar,
-        "svhn": _svhn,
-    }.get(spec.dataset)
+    loader = LOADERS.get(spec.dataset)
     if loader is None:
         raise DataError(f"trial.data.dataset: '{spec.dataset}' is read by the folder loader, not as tensors")
     return loader(spec, cache)
@@ -48,9 +50,7 @@ def _digits(spec: DataSpec, cache: Path) -> RawData:
 
     bunch = load_digits()
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # values 0..16 -> 0..255
-    return RawData(
-        torch.from_numpy(x), torch.from_numpy(bunch.target.astype(np.int64)), None, None, DATASET_CLASSES["digits"]
-    )
+    return RawData(torch.from_numpy(x), torch.from_numpy(bunch.target.astype(np.int64)), None, None, _classes("digits"))
 
 
 def _mnist5k(spec: DataSpec, cache: Path) -> RawData:
@@ -62,7 +62,7 @@ def _mnist5k(spec: DataSpec, cache: Path) -> RawData:
         _atomic_save(xs, x.reshape(-1, 1, 28, 28).astype(np.uint8))
         _atomic_save(ys, y.astype(np.int64))
     x, y = np.load(xs), np.load(ys)
-    return RawData(torch.from_numpy(x), torch.from_numpy(y), None, None, DATASET_CLASSES["mnist5k"])
+    return RawData(torch.from_numpy(x), torch.from_numpy(y), None, None, _classes("mnist5k"))
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -95,7 +95,7 @@ def _svhn(spec: DataSpec, cache: Path) -> RawData:
         return torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
 
     (tx, ty), (vx, vy) = tensors(train), tensors(test)
-    return RawData(tx, ty, vx, vy, DATASET_CLASSES["svhn"])
+    return RawData(tx, ty, vx, vy, _classes("svhn"))
 
 
 def _open(cls, spec: DataSpec, **kwargs):
@@ -104,3 +104,13 @@ def _open(cls, spec: DataSpec, **kwargs):
     except (RuntimeError, OSError) as exc:
         hint = "" if spec.download else " (set trial.data.download: true to fetch it)"
         raise DataError(f"trial.data.root: cannot read {spec.dataset} from {spec.root}: {exc}{hint}") from None
+
+
+# Every dataset read as tensors (imagefolder is read by data.FolderSource, noise made by data.aux).
+LOADERS: dict[str, Callable[[DataSpec, Path], RawData]] = {
+    "digits": _digits,
+    "mnist5k": _mnist5k,
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "svhn": _svhn,
+}

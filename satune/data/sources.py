@@ -71,7 +71,7 @@ class FolderSource:
     def batches(self, batch_size: int, gen: torch.Generator | None = None) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(
+        loader: DataLoader[Batch] = DataLoader(
             _Indexed(self.dataset),
             batch_size=batch_size,
             shuffle=gen is not None,
@@ -85,16 +85,16 @@ class FolderSource:
             yield x, y, idx
 
 
-class _Indexed:
+class _Indexed(torch.utils.data.Dataset[Batch]):
     def __init__(self, dataset):
         self.dataset = dataset
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Batch:
         x, y = self.dataset[i]
-        return x, y, i
+        return x, torch.tensor(y), torch.tensor(i)
 
 
 # --------------------------------------------------------------------------------------------

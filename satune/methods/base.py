@@ -1,11 +1,19 @@
-"""What every training method provides to the loop; the loop never branches on the method's kind."""
+"""What every training method provides to the loop (the loop never branches on the method's kind),
+and what a method kind registers: how it is built for a trial, what a sweep prepares once for it."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
+
+from satune.attacks import Attack
+from satune.data import DataBundle
+from satune.specs import MethodSpecBase, TrialSpec
 
 
 class Method(Protocol):
@@ -55,3 +63,41 @@ class MethodBase:
 
 def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1) == y
+
+
+# --------------------------------------------------------------------------------------------
+# A method kind: one spec class (satune/specs/methods.py), one module here, one line in KINDS.
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What building a trial's method may use."""
+
+    trial: TrialSpec
+    data: DataBundle
+    attack: Attack
+    device: torch.device
+    cache: Path  # rankings, embedded data, auxiliary sets
+    scores: Callable[[], torch.Tensor]  # SAT's difficulty scores, computed (or read from the cache) on demand
+
+
+@dataclass
+class Built:
+    """A built method, and what the trial needs from it."""
+
+    method: Method
+    effective: dict[str, Any] = field(default_factory=dict)  # the values it trains with, defaults resolved
+    aux_classes: int = 0  # size of a second (auxiliary) head; 0: none
+    a_classes: list[int] | None = None  # a class split's A, for A_val / B_val accuracies
+    summary: str | None = None  # one line for the log
+
+
+@dataclass(frozen=True)
+class Kind:
+    spec: type[MethodSpecBase]
+    build: Callable[[BuildContext], Built]
+    prepare: Callable[[BuildContext], None] | None = None  # what every trial of a sweep shares, computed once
+
+    @property
+    def name(self) -> str:
+        return self.spec.model_fields["kind"].default

@@ -14,13 +14,18 @@ code are in docs/methods.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from satune.attacks import Attack, attack_mode
-from satune.data.aux import AuxData
-from satune.methods.base import MethodBase, correct
+from satune.data import augmentation
+from satune.data.aux import AuxData, load_aux
+from satune.data.sources import Batch
+from satune.methods.base import BuildContext, Built, Kind, MethodBase, correct
 from satune.methods.trades import clean_logits, kl, trades_start
 from satune.runtime import generator
 from satune.specs import BiamatSpec
@@ -45,6 +50,7 @@ def gate(aux_confidence: torch.Tensor, omega: float | None, mode: str) -> torch.
         return torch.ones_like(aux_confidence, dtype=torch.bool)
     if mode == "all_uniform":
         return torch.zeros_like(aux_confidence, dtype=torch.bool)
+    assert omega is not None, "the biamat gate needs omega"
     return aux_confidence >= omega
 
 
@@ -89,10 +95,11 @@ class Biamat(MethodBase):
     def __init__(self, spec: BiamatSpec, attack: Attack, aux: AuxData, aux_batch_size: int, seed: int):
         self.spec, self.attack, self.aux = spec, attack, aux
         self.alpha, self.pi, self.beta = spec.resolved_alpha, spec.resolved_pi, spec.resolved_beta
+        self.hi_loss = spec.aux_hi_loss or "trades"  # TRADES variant: the loss of high-confidence aux images
         self.aux_batch_size, self.seed = aux_batch_size, seed
         self.omega: float | None = None  # frozen at the first gated step (fixed_after_warmup)
         self.epoch = 0
-        self._stream = None
+        self._stream: Iterator[Batch] | None = None  # set by start_epoch
 
     # -- state that must survive a resume: omega cannot be recomputed after the fact
     def state_dict(self) -> dict:
@@ -112,6 +119,7 @@ class Biamat(MethodBase):
         return self.epoch < self.spec.warmup_epochs
 
     def step(self, model: nn.Module, x, y, idx, gen) -> dict:
+        assert self._stream is not None, "start_epoch() first"
         xa, ya, ia = next(self._stream)
         xa, ya, ia = xa.to(x.device), ya.to(x.device), ia.to(x.device)
         n_p, n_a = len(y), len(ya)
@@ -167,7 +175,7 @@ class Biamat(MethodBase):
 
     def _trades_step(self, model, xb, y, ya, hi, alpha, gen):
         n_p = len(y)
-        hi_loss = self.spec.aux_hi_loss or "trades"
+        hi_loss = self.hi_loss
         fixed_p, fixed_a = clean_logits(model, xb, self.attack.bn_mode)
 
         def attack_loss(x_adv):
@@ -193,3 +201,21 @@ class Biamat(MethodBase):
                     if sums.get(f"aux_n/{label}"):
                         out[f"biamat/hi_ratio/{label}"] = sums[f"aux_hi/{label}"] / sums[f"aux_n/{label}"]
         return out
+
+
+def _build(ctx: BuildContext) -> Built:
+    spec, trial = ctx.trial.method, ctx.trial
+    assert isinstance(spec, BiamatSpec)
+    aux = load_aux(spec.aux, ctx.data.shape, augmentation(trial.data), ctx.cache, ctx.device, trial.data.root)
+    method = Biamat(spec, ctx.attack, aux, spec.aux_batch_size or trial.train.batch_size, trial.seed)
+    effective: dict[str, Any] = {"method.alpha": method.alpha, "method.pi": method.pi, "method.aux_batch_size": method.aux_batch_size,
+                 "method.aux_head": aux.n_classes, "method.aux_images": len(aux.source)}  # fmt: skip
+    if spec.variant == "trades":
+        effective |= {"method.beta": method.beta, "method.aux_hi_loss": method.hi_loss}
+    summary = (
+        f"BiaMAT: {len(aux.source)} auxiliary images from {', '.join(aux.labels)}, {aux.n_classes} auxiliary classes"
+    )
+    return Built(method, effective, aux_classes=aux.n_classes, summary=summary)
+
+
+BIAMAT = Kind(BiamatSpec, _build)

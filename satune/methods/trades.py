@@ -3,12 +3,16 @@ maximises that KL from a start at x + 0.001 * N(0, I). The KL pieces are shared 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from satune.attacks import Attack, attack_mode
-from satune.methods.base import MethodBase, correct
+from satune.methods.base import BuildContext, Built, Kind, MethodBase, correct
+from satune.models import Net
+from satune.specs import TradesSpec
 
 
 def kl(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
@@ -24,7 +28,7 @@ def trades_start(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
 def clean_logits(model: nn.Module, x: torch.Tensor, bn_mode: str) -> list[torch.Tensor]:
     """Every head's logits on clean inputs, fixed (no gradient), in the attack's BN mode."""
     with torch.no_grad(), attack_mode(model, bn_mode):
-        return [z.detach() for z in model.forward_heads(x)]
+        return [z.detach() for z in cast(Net, model).forward_heads(x)]
 
 
 class Trades(MethodBase):
@@ -50,3 +54,12 @@ class Trades(MethodBase):
             "grad_evals": len(y) * self.attack.steps,
         }
         return {"loss": loss, "logits": logits, "stats": stats}
+
+
+def _build(ctx: BuildContext) -> Built:
+    spec = ctx.trial.method
+    assert isinstance(spec, TradesSpec)
+    return Built(Trades(ctx.attack, spec.beta), {"method.beta": spec.beta})
+
+
+TRADES = Kind(TradesSpec, _build)

@@ -6,9 +6,12 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
+
+from satune.errors import UserError
 
 
-class ClusterError(Exception):
+class ClusterError(UserError):
     """Ray cannot give this sweep what it needs; a one-line message for the user."""
 
 
@@ -49,7 +52,7 @@ def start(address: str | None = None, num_cpus: int | None = None) -> str | None
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("SATUNE_RAY_ADDRESS")
-    common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": False}
+    common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": False}
     try:
         if address:
             _token_auth_like_ray_start()
@@ -58,6 +61,7 @@ def start(address: str | None = None, num_cpus: int | None = None) -> str | None
             from satune.tracking import free_port
 
             ensure_private_token()
+            _token_auth_like_ray_start()  # said explicitly: Ray would print a warning that it chose it
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                            dashboard_port=free_port(), **common)  # fmt: skip
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -72,7 +76,7 @@ def _token_auth_like_ray_start() -> None:
     RAY_AUTH_MODE into its config when imported, so the config is read again, as Ray itself does."""
     if "RAY_AUTH_MODE" in os.environ or not (os.environ.get("RAY_AUTH_TOKEN") or token_path().exists()):
         return
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]
 
     os.environ["RAY_AUTH_MODE"] = "token"
     Config.initialize("")

@@ -1,4 +1,5 @@
-"""`satune sweep`: Ray Tune runs the trials, Optuna proposes them, MLflow records them.
+"""`satune sweep`: Ray Tune runs the trials, Optuna proposes them, MLflow records them. This module
+orchestrates; its pure parts live beside it (rundir, plan, summary, progress, space).
 
 One sweep run lives in `storage/<name>/<timestamp>/`: the sweep file and resolved spec
 (`sweep.json`, which also names the MLflow parent run), the Optuna journal, and Tune's experiment
@@ -8,18 +9,13 @@ One sweep run lives in `storage/<name>/<timestamp>/`: the sweep file and resolve
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import optuna
 import ray
@@ -31,10 +27,12 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from satune import tracking
-from satune.specs import SatSpec, SweepSpec
+from satune.specs import SweepSpec
 from satune.tune import cluster
-from satune.tune.rundir import STATE_FILE, RunDir, prepare, writable_by_others
-from satune.tune.space import REPEAT_KEY, grid_space, optuna_space, sampler
+from satune.tune.progress import Progress, echo_stderr
+from satune.tune.rundir import RunDir, prepare, writable_by_others
+from satune.tune.space import grid_space, optuna_space, sampler
+from satune.tune.summary import SweepResult, TrialRow, best_of, log_summary
 from satune.tune.trainable import TrialContext, resolve_trial, run
 
 JOURNAL_FILE = "optuna.journal"
@@ -46,89 +44,6 @@ class SweepInterrupted(Exception):
     def __init__(self, run_dir: Path | None):
         self.run_dir = run_dir
         super().__init__(f"interrupted ({run_dir})")
-
-
-@dataclass
-class TrialRow:
-    trial_id: str
-    status: str
-    config: dict[str, Any]
-    metrics: dict[str, float]
-    seed: int | None = None
-    finished: bool = True  # completed, stopped by the scheduler, or failed for good
-
-
-@dataclass
-class SweepResult:
-    directory: Path
-    rows: list[TrialRow]
-    best: TrialRow | None
-    pareto: list[TrialRow] = field(default_factory=list)
-    interrupted: bool = False
-
-
-# --------------------------------------------------------------------------------------------
-# The plan (--dry-run) and the summary
-
-
-def plan_lines(sweep: SweepSpec) -> list[str]:
-    s, r, t = sweep.search, sweep.resources, sweep.trial
-    objective = ", ".join(f"{m} ({mode})" for m, mode in zip(s.metrics, s.modes, strict=True))
-    lines = [
-        f"sweep {sweep.name}: {s.trial_count} trials of {t.method.kind} on {t.data.dataset}, "
-        f"{t.train.epochs} epochs each, {s.algorithm} search for {objective}",
-        f"resources: {r.cpu:g} cpu, {r.gpu:g} gpu per trial, at most {r.max_concurrent} at once, "
-        f"{sweep.max_failures} retries from the last checkpoint",
-        f"scheduler: {sweep.scheduler.kind}"
-        + (f" on {sweep.scheduler.metric}" if sweep.scheduler.kind != "none" else ""),
-        f"tracking: {sweep.tracking.uri or 'a local MLflow server on SQLite'}, experiment "
-        f"'{sweep.tracking.experiment or sweep.name}'; storage {sweep.storage}",
-    ]
-    for key, dom in s.space.items():
-        lines.append(f"  search {key}: {dom.kind} {dom.value}")
-    return lines
-
-
-def reproduce_command(source: Path, row: TrialRow, threads: int | None) -> str:
-    """The `satune run` line that retrains `row` without Ray or MLflow, quoted for a POSIX shell:
-    its values come from a sweep file that someone else may have written."""
-    args = ["satune", "run", str(source)]
-    for key, value in sorted(row.config.items()):
-        if key != REPEAT_KEY:
-            args += ["--set", f"{key}={_literal(value)}"]
-    args += ["--set", f"seed={row.seed}"]
-    if threads is not None:
-        args += ["--set", f"runtime.threads={threads}"]
-    return shlex.join(args)
-
-
-def _literal(value: Any) -> str:
-    """A value as `--set` reads it back (YAML): JSON, but PyYAML reads 1e-05 as text, 1.0e-05 as a float."""
-    text = json.dumps(value)
-    return text.replace("e", ".0e", 1) if isinstance(value, float) and "e" in text and "." not in text else text
-
-
-def pareto_front(rows: list[TrialRow], metrics: list[str], modes: list[str]) -> list[TrialRow]:
-    """Rows no other row dominates (at least as good in every objective, better in one)."""
-
-    def score(r: TrialRow) -> list[float]:
-        return [r.metrics[m] if mode == "max" else -r.metrics[m] for m, mode in zip(metrics, modes, strict=True)]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
-
-    scores = [score(r) for r in rows]
-    return [r for r, s in zip(rows, scores, strict=True) if not any(dominates(o, s) for o in scores)]
-
-
-def best_of(rows: list[TrialRow], metrics: list[str], modes: list[str]) -> tuple[TrialRow | None, list[TrialRow]]:
-    scored = [r for r in rows if all(m in r.metrics for m in metrics)]
-    if not scored:
-        return None, []
-    front = pareto_front(scored, metrics, modes) if len(metrics) > 1 else scored
-    sign = 1 if modes[0] == "max" else -1
-    best = max(front, key=lambda r: sign * r.metrics[metrics[0]])
-    return best, front if len(metrics) > 1 else []
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,8 +83,8 @@ def run_sweep(
                 echo(f"MLflow: {uri}")
             experiment_id = tracking.ensure_experiment(uri, experiment)
             if parent is None:
-                parent = tracking.start_parent(uri, experiment_id, f"{sweep.name}-{run_dir.name}",
-                                               _parent_params(sweep), tracking.provenance())  # fmt: skip
+                parent = tracking.start_parent(uri, experiment_id=experiment_id, name=f"{sweep.name}-{run_dir.name}",
+                                               params=_parent_params(sweep), tags=tracking.provenance())  # fmt: skip
             else:
                 tracking.reopen(uri, parent)
             run.save(parent_run_id=parent, experiment_id=experiment_id, tracking_uri=uri, status="running")
@@ -184,12 +99,12 @@ def run_sweep(
             _injected_interrupt("startup")
             echo(cluster.dashboard_hint(dashboard))
             cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu)
-            _prepare_ranking(sweep, echo)
-            result = _fit(sweep, run_dir, uri, experiment_id, parent, resume, echo)
+            _prepare(sweep, echo)
+            result = _fit(sweep, run_dir, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo)
 
             # 3. The summary goes into the parent run.
             _injected_interrupt("summary")
-            _summarize(sweep, result, uri, parent)
+            log_summary(sweep, result, uri, parent)
         except KeyboardInterrupt:
             _end_interrupted(run, echo)
             raise SweepInterrupted(run.path) from None
@@ -255,30 +170,23 @@ def _end_interrupted(run: RunDir, echo) -> None:
         echo(f"MLflow: could not mark the runs KILLED ({type(exc).__name__}); --resume will re-open them")
 
 
-def _prepare_ranking(sweep: SweepSpec, echo) -> None:
-    """SAT's difficulty ranking is one clean fit shared by every trial: compute it once, on a Ray
-    worker with one trial's resources, before the trials start (they would all compute it at once)."""
-    method = sweep.trial.method
-    if not isinstance(method, SatSpec) or method.ranking == "random" or method.classes is not None:
+def _prepare(sweep: SweepSpec, echo) -> None:
+    """What every trial shares (SAT's difficulty ranking: one clean fit), computed once on a Ray
+    worker with one trial's resources before the trials start, which would all compute it at once."""
+    what = sweep.trial.method.preparation()
+    if what is None:
         return
-    echo("SAT ranking: one clean fit for the difficulty scores (cached for every trial)")
-    task = ray.remote(num_cpus=sweep.resources.cpu, num_gpus=sweep.resources.gpu)(_warm_ranking)
-    ray.get(task.remote(sweep.trial.model_dump(mode="json", by_alias=True), max(1, int(sweep.resources.cpu))))
+    echo(what)
+    task = ray.remote(num_cpus=sweep.resources.cpu, num_gpus=sweep.resources.gpu)(_prepare_on_worker)
+    threads = sweep.trial.runtime.threads or max(1, int(sweep.resources.cpu))
+    ray.get(task.remote(sweep.trial.model_dump(mode="json", by_alias=True), threads))
 
 
-def _warm_ranking(trial: dict, threads: int) -> None:
-    import torch
+def _prepare_on_worker(trial: dict, threads: int) -> None:
+    from satune.specs import TrialSpec, set_path
+    from satune.trial import prepare as prepare_trial
 
-    from satune import runtime
-    from satune.data import load_data
-    from satune.ranking import difficulty_scores
-    from satune.specs import TrialSpec
-
-    spec = TrialSpec.model_validate(trial)
-    torch.set_num_threads(threads)
-    device = runtime.resolve_device(spec.runtime.device)
-    cache = runtime.cache_dir(spec.runtime)
-    difficulty_scores(spec, load_data(spec.data, cache, device), device, cache)
+    prepare_trial(TrialSpec.model_validate(set_path(trial, "runtime.threads", threads)))
 
 
 def _parent_params(sweep: SweepSpec) -> dict:
@@ -291,7 +199,16 @@ def _parent_params(sweep: SweepSpec) -> dict:
     }  # fmt: skip
 
 
-def _fit(sweep: SweepSpec, run_dir: Path, uri: str, experiment_id: str, parent: str, resume: bool, echo) -> SweepResult:
+def _fit(
+    sweep: SweepSpec,
+    run_dir: Path,
+    *,
+    uri: str,
+    experiment_id: str,
+    parent: str,
+    resume: bool,
+    echo: Callable[[str], None],
+) -> SweepResult:
     # The searched metrics arrive with the final evaluation, after the per-epoch reports that
     # carry the select-slice proxy; specs.py already checked that every metric is reported.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -422,83 +339,3 @@ def _row(ctx: TrialContext, trial) -> TrialRow:
     seed = resolve_trial(ctx, config).seed if config else None
     finished = trial.status == "ERROR" or (trial.status == "TERMINATED" and bool(last.get("done")))
     return TrialRow(trial.trial_id, trial.status, config, metrics, seed, finished)
-
-
-def _summarize(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) -> None:
-    def record(r: TrialRow) -> dict:
-        return {"trial_id": r.trial_id, "status": r.status, "seed": r.seed, **r.config, **r.metrics}
-
-    tracking.log_dict(uri, parent, [record(r) for r in result.rows], "trials.json")
-    tags = {"satune.trials": len(result.rows), "satune.errors": sum(r.status == "ERROR" for r in result.rows)}
-    if result.best is not None:
-        tags["satune.best_trial"] = result.best.trial_id
-        tracking.log_metrics(uri, parent, {f"best/{m}": result.best.metrics[m] for m in sweep.search.metrics})
-    if result.pareto:
-        tags["satune.pareto_trials"] = ",".join(r.trial_id for r in result.pareto)
-        tracking.log_dict(uri, parent, [record(r) for r in result.pareto], "pareto.json")
-    tracking.set_tags(uri, parent, tags)
-
-
-class Progress(tune.Callback):
-    """Readable progress on the driver, and a safety net for the trials' MLflow run status.
-
-    Tune pickles callbacks with the experiment and a resumed sweep gets the pickled copy back, so
-    the live tracking details (a local server's port changes) are read from sweep.json when needed.
-    """
-
-    def __init__(self, sweep: SweepSpec, run_dir: Path):
-        self.sweep, self.run_dir, self.echo = sweep, run_dir, echo_stderr
-        self.total = sweep.search.trial_count
-        self.done: set[str] = set()
-        self.best: tuple[float, str] | None = None
-
-    def _status(self) -> str:
-        return f"[{len(self.done)}/{self.total} done]"
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
-        self.echo(f"{self._status()} trial {trial.trial_id} started: {params}")
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.sweep.search.metrics[0] in result:
-            return  # the final report: on_trial_complete prints it
-        proxy = self.sweep.trial.eval.select_metric
-        self.echo(f"{self._status()} trial {trial.trial_id} epoch {result.get('epoch', 0) + 1}/"
-                  f"{self.sweep.trial.train.epochs}: {proxy}={_fmt(result.get(proxy))} "
-                  f"train/loss={_fmt(result.get('train/loss'))}")  # fmt: skip
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.done.add(trial.trial_id)
-        metric, mode = self.sweep.search.metrics[0], self.sweep.search.modes[0]
-        value = (trial.last_result or {}).get(metric)
-        if value is not None and (self.best is None or (value if mode == "max" else -value) > self.best[0]):
-            self.best = (value if mode == "max" else -value, trial.trial_id)
-        what = "stopped early by the scheduler" if value is None else f"done: {metric}={_fmt(value)}"
-        best = f" (best so far: {self.best[1]})" if self.best else ""
-        self.echo(f"{self._status()} trial {trial.trial_id} {what}{best}")
-        self._close_run(trial.trial_id, "FINISHED", stopped=value is None)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.done.add(trial.trial_id)
-        self.echo(f"{self._status()} trial {trial.trial_id} failed for good; traceback in {trial.error_file}")
-        self._close_run(trial.trial_id, "FAILED", stopped=False)
-
-    def _close_run(self, trial_id: str, status: str, stopped: bool) -> None:
-        state = json.loads((self.run_dir / STATE_FILE).read_text())
-        uri, parent = state["tracking_uri"], state["parent_run_id"]
-        for r in tracking.child_runs(uri, state["experiment_id"], parent):
-            if r.data.tags.get(tracking.TRIAL_TAG) != trial_id or r.info.status == status:
-                continue
-            if stopped:  # a scheduler stops a trial between reports: its run never ended itself
-                tracking.set_tags(uri, r.info.run_id, {"satune.stopped_early": "true"})
-            if stopped or r.info.status == "RUNNING":
-                tracking.end_run(uri, r.info.run_id, status)
-
-
-def echo_stderr(line: str) -> None:
-    """Progress lines (module-level: Tune pickles the callback that holds it, by reference)."""
-    print(line, file=sys.stderr, flush=True)
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from satune.errors import UserError
 from satune.specs import SweepSpec
 
 STATE_FILE = "sweep.json"
@@ -20,7 +21,7 @@ STATE_FILE = "sweep.json"
 RESUMABLE_CHANGES = {"resources", "max_failures"}
 
 
-class SweepError(Exception):
+class SweepError(UserError):
     """The sweep cannot start or resume as asked; a one-line message for the user."""
 
 

@@ -2,45 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from satune.specs import DomainSpec, SearchSpec
+from satune.specs import SearchSpec
 
 REPEAT_KEY = "repeat"  # grid sweeps: which repetition of the grid a trial is (part of its seed)
 
 
-def optuna_space(search: SearchSpec) -> dict[str, Any]:
-    """Dotted trial paths -> Optuna distributions (OptunaSearch keeps the keys as they are)."""
+def _distributions() -> dict[str, Callable[[Any], Any]]:
+    """Domain kind -> its Optuna distribution (a grid is Tune's, not Optuna's: grid_space)."""
     import optuna.distributions as d
 
-    def dist(dom: DomainSpec):
-        v = dom.value
-        return {
-            "uniform": lambda: d.FloatDistribution(v[0], v[1]),
-            "loguniform": lambda: d.FloatDistribution(v[0], v[1], log=True),
-            "int": lambda: d.IntDistribution(v[0], v[1]),
-            "logint": lambda: d.IntDistribution(v[0], v[1], log=True),
-            "choice": lambda: d.CategoricalDistribution(v),
-        }[dom.kind]()
-
-    return {key: dist(dom) for key, dom in search.space.items()}
+    return {
+        "uniform": lambda v: d.FloatDistribution(v[0], v[1]),
+        "loguniform": lambda v: d.FloatDistribution(v[0], v[1], log=True),
+        "int": lambda v: d.IntDistribution(v[0], v[1]),
+        "logint": lambda v: d.IntDistribution(v[0], v[1], log=True),
+        "choice": lambda v: d.CategoricalDistribution(v),
+    }
 
 
-def sampler(search: SearchSpec, seed: int):
+def _samplers() -> dict[str, Callable[[int], Any]]:
+    """search.algorithm -> its seeded Optuna sampler (grid is Tune's grid, without Optuna)."""
     import warnings
 
     import optuna.samplers as s
     from optuna.exceptions import ExperimentalWarning
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # QMC and GP are stable enough for us
-
     return {
-        "tpe": lambda: s.TPESampler(seed=seed),  # Optuna 5: multivariate, constant liar
-        "gp": lambda: s.GPSampler(seed=seed),
-        "cmaes": lambda: s.CmaEsSampler(seed=seed),
-        "qmc": lambda: s.QMCSampler(seed=seed, scramble=True, warn_asynchronous_seeding=False),  # even coverage
-        "random": lambda: s.RandomSampler(seed=seed),
-    }[search.algorithm]()
+        "tpe": lambda seed: s.TPESampler(seed=seed),  # Optuna 5: multivariate, constant liar
+        "gp": lambda seed: s.GPSampler(seed=seed),
+        "cmaes": lambda seed: s.CmaEsSampler(seed=seed),
+        "qmc": lambda seed: s.QMCSampler(seed=seed, scramble=True, warn_asynchronous_seeding=False),  # even coverage
+        "random": lambda seed: s.RandomSampler(seed=seed),
+    }
+
+
+def optuna_space(search: SearchSpec) -> dict[str, Any]:
+    """Dotted trial paths -> Optuna distributions (OptunaSearch keeps the keys as they are)."""
+    dists = _distributions()
+    return {key: dists[dom.kind](dom.value) for key, dom in search.space.items()}
+
+
+def sampler(search: SearchSpec, seed: int) -> Any:
+    return _samplers()[search.algorithm](seed)
 
 
 def grid_space(search: SearchSpec) -> dict[str, Any]:

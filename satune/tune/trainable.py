@@ -70,8 +70,9 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             restored = Path(checkpoint.to_directory(str(Path(tmp) / "restored")))
             meta = json.loads((restored / META_FILE).read_text())
         uri = ctx.tracking_uri
-        run_id = tracking.trial_run(uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
-                                    f"trial-{trial_id}", spec.model_dump(mode="json"), meta.get("run_id"))  # fmt: skip
+        run_id = tracking.trial_run(uri, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id,
+                                    trial_id=trial_id, name=f"trial-{trial_id}", spec=spec.model_dump(mode="json"),
+                                    run_id=meta.get("run_id"))  # fmt: skip
         if restored is not None:
             tracking.set_tags(uri, run_id, {"satune.resumed_after_epoch": meta["epoch"]})
         fail_at = ctx.fail_at_epoch if restored is None else None
@@ -85,7 +86,8 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             if past["epoch"] not in logged:
                 tracking.log_metrics(uri, run_id, past, step=past["epoch"])
 
-        def on_epoch(metrics: dict, ckpt_dir: Path) -> None:
+        def on_epoch(metrics: dict, ckpt_dir: Path | None) -> None:
+            assert ckpt_dir is not None  # run_trial checkpoints every epoch into its workdir
             history.append(metrics)
             meta = {"run_id": run_id, "trial_id": trial_id, "epoch": metrics["epoch"], "history": history}
             (ckpt_dir / META_FILE).write_text(json.dumps(meta))
@@ -95,8 +97,12 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             if fail_at is not None and metrics["epoch"] == fail_at:
                 raise InjectedFailure(f"injected failure after epoch {fail_at}")
 
+        def on_start(effective: dict) -> None:  # the values it trains with, every default resolved
+            tracking.log_new_params(uri, run_id, effective)
+
         try:
-            result = run_trial(spec, on_epoch=on_epoch, checkpoint=restored, workdir=Path(tmp) / "work")
+            result = run_trial(spec, on_epoch=on_epoch, on_start=on_start, checkpoint=restored,
+                               workdir=Path(tmp) / "work")  # fmt: skip
         except Exception:
             tracking.end_run(uri, run_id, "FAILED")
             raise

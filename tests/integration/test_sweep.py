@@ -9,6 +9,7 @@ import time
 
 import optuna
 import pytest
+import yaml
 from conftest import (
     kill_session,
     run_dir_of,
@@ -88,11 +89,37 @@ def test_smoke_sweep_end_to_end(tmp_path, mlflow_server, ray_address):
     (best,) = [c for c in children if c.data.tags[TRIAL_TAG] == best_id]
     assert parents[0].data.tags["satune.best_trial"] == best_id
     line = next(ln for ln in done.stdout.splitlines() if ln.strip().startswith("satune run"))
+    sets = dict(arg.split("=", 1) for arg in shlex.split(line)[4::2])
+    assert {k: yaml.safe_load(v) for k, v in sets.items()} == {k: yaml.safe_load(best.data.params[k]) for k in sets}
     out = tmp_path / "repro"
     rerun = satune(*shlex.split(line)[1:], "--out", out, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     logged = json.loads(open(client.download_artifacts(best.info.run_id, "result.json", str(tmp_path))).read())
     assert timeless(json.loads((out / "result.json").read_text())) == timeless(logged)
+
+
+def test_mlflow_params_show_the_values_a_trial_ran_with(tmp_path, mlflow_server, ray_address):
+    """Defaults a trial resolves are logged as numbers, never as "None": a balanced SAT trial's w_A,
+    a BiaMAT trial's pi and alpha, the PGD step sizes."""
+    sat = {"kind": "sat", "fraction": 0.3, "ranking": "random", "weighting": "balanced"}
+    biamat = {"kind": "biamat", "aux": "noise", "warmup_epochs": 0}
+    sweep = smoke_file(tmp_path, "effective", mlflow_server, **{
+        "search": {"algorithm": "grid", "num_samples": 1, "space": {"method": {"grid": [sat, biamat]}}},
+        "trial.train.epochs": 1,
+    })  # fmt: skip
+    done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _, _, children = runs_of(mlflow_server, "effective")
+    params = {c.data.params["method.kind"]: c.data.params for c in children}
+    assert set(params) == {"sat", "biamat"}
+    assert all("None" not in p.values() for p in params.values())
+    a = int(params["sat"]["method.a_examples"]) / int(params["sat"]["data.train_examples"])
+    assert float(params["sat"]["method.w_A"]) == pytest.approx((1 - a) / a) and params["sat"]["method.w_B"] == "1.0"
+    assert params["sat"]["method.weighting"] == "balanced"
+    assert float(params["biamat"]["method.pi"]) == 0.55 and float(params["biamat"]["method.alpha"]) == 1.0
+    for p in params.values():  # smoke.yaml: eps 0.1, 3 steps of 0.1/4 in training, PGD-5 of 2.5*0.1/5 to evaluate
+        assert float(p["threat.step_size"]) == 0.025 and float(p["eval.pgd_step_size"]) == pytest.approx(0.05)
+        assert p["seed"].isdigit() and p["runtime.threads"] == "1"
 
 
 def test_a_failing_trial_resumes_from_its_checkpoint_in_the_same_run(tmp_path, mlflow_server, ray_address):

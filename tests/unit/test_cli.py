@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -27,8 +29,11 @@ def test_run_writes_the_result_file(tmp_path):
     )
     assert result.exit_code == 0, result.output
     data = json.loads((out / "result.json").read_text())
-    assert set(data) == {"spec", "metrics", "history"}
+    assert set(data) == {"spec", "effective", "metrics", "history"}
     assert data["spec"]["method"]["w_A"] == 3 and data["spec"]["train"]["epochs"] == 1
+    # what ran, defaults resolved: smoke.yaml leaves w_B and the PGD steps unset
+    assert data["effective"]["method.w_A"] == 3 and data["effective"]["method.w_B"] == 1.0
+    assert data["effective"]["threat.step_size"] == 0.1 / 4 and data["effective"]["eval.pgd_step_size"] == 2.5 * 0.1 / 5
     assert {"eval/clean_acc", "eval/pgd_acc", "train/grad_evals", "time/epoch_s"} <= set(data["metrics"])
     assert (out / "checkpoint" / "state.pt").exists()
 
@@ -98,3 +103,25 @@ def test_missing_dataset_files_exit_2(tmp_path):
     assert result.exit_code == 2, result.output
     assert "trial.data.root: cannot read cifar10" in result.stderr
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+def test_validate_and_dry_run_import_neither_torch_nor_ray():
+    """Checking a file or printing a plan costs what parsing YAML costs: no torch, no Ray, no MLflow."""
+    code = ("import sys; from satune.cli import main; sys.argv = ['satune'] + sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules))")  # fmt: skip
+    sweeps = sorted(str(p) for p in (ROOT / "sweeps").glob("*.yaml"))
+    for args in (["validate", *sweeps], ["sweep", str(ROOT / "sweeps" / "wA.yaml"), "--dry-run"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+        assert proc.stdout.strip().splitlines()[-2:] == ["exit 0", "[]"], (args[0], proc.stdout, proc.stderr)
+
+
+def test_switching_the_method_kind_says_how(tmp_path):
+    result = runner.invoke(app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "method.kind=at",
+                                 "--out", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: --set method.kind=at: the base method's split, ranking, fraction, w_A belong to sat, not at: "
+        "set the whole method instead, e.g. --set 'method={kind: at}'"
+    )
+    assert not list(tmp_path.iterdir())

@@ -3,9 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from satune.attacks import Attack
-from satune.methods import SubsetAdversarial, build_method, subset_weights
+from satune.methods import KINDS, SubsetAdversarial, subset_weights
 from satune.models import create_model
-from satune.specs import AtSpec, CleanSpec, ModelSpec, SatSpec
+from satune.specs import ModelSpec, SatSpec, parse_trial
+from satune.trial import build_context
 
 
 class CountingAttack(Attack):
@@ -79,11 +80,11 @@ def test_weightings():
 
 def test_baselines_are_the_two_limits_of_sat(setup):
     model, x, y, idx, _ = setup
-    attack = Attack("linf", 0.3, 0.1, steps=2)
-    clean = build_method(CleanSpec(), attack, 200, torch.device("cpu"))
-    at = build_method(AtSpec(), attack, 200, torch.device("cpu"))
-    assert clean.step(model, x, y, idx, None)["stats"]["attacked"] == 0
-    assert at.step(model, x, y, idx, None)["stats"]["attacked"] == 32
+    for kind, attacked in (("clean", 0), ("at", 32)):
+        spec = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.3, "steps": 2},
+                            "method": {"kind": kind}})  # fmt: skip
+        built = KINDS[kind].build(build_context(spec))
+        assert built.method.step(model, x, y, idx, None)["stats"]["attacked"] == attacked
 
 
 def test_summary_metrics(setup):

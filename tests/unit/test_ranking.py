@@ -1,7 +1,8 @@
 import torch
 
 from satune.data import load_data
-from satune.ranking import class_order, difficulty_scores, example_order, membership, ranking_key
+from satune.methods.sat import class_order, example_order, membership
+from satune.ranking import difficulty_scores, ranking_key
 from satune.runtime import cache_dir
 from satune.specs import parse_trial
 
@@ -61,6 +62,11 @@ def test_two_image_folders_get_two_rankings(tmp_path):
     assert ranking_key(folder("a", amp=True)) != ranking_key(folder("a"))  # bf16 predictions differ
 
 
+def a_of(s, data, cache):
+    cpu = torch.device("cpu")
+    return membership(s.method, data.train.labels, data.classes, lambda: difficulty_scores(s, data, cpu, cache))
+
+
 def test_membership_sizes():
     cpu = torch.device("cpu")
     for method, expected in (
@@ -69,15 +75,25 @@ def test_membership_sizes():
     ):
         s = spec(**method)
         data = load_data(s.data, cache_dir(s.runtime), cpu)
-        in_a, classes = membership(s, data, cpu, cache_dir(s.runtime))
+        in_a, classes = a_of(s, data, cache_dir(s.runtime))
         assert int(in_a.sum()) == expected and classes is None
     s = spec(split="class", classes=[2, 5])
     data = load_data(s.data, cache_dir(s.runtime), cpu)
-    in_a, classes = membership(s, data, cpu, cache_dir(s.runtime))
+    in_a, classes = a_of(s, data, cache_dir(s.runtime))
     assert classes == [2, 5] and torch.equal(in_a, torch.isin(data.train.labels, torch.tensor([2, 5])))
     s = spec(split="class", fraction=0.2, ranking="entropy_hardest", ranking_epochs=2)
-    in_a, classes = membership(s, data, cpu, cache_dir(s.runtime))
+    in_a, classes = a_of(s, data, cache_dir(s.runtime))
     assert len(classes) == 2
+
+
+def test_a_random_ranking_needs_no_scores():
+    s = spec(fraction=0.3, ranking="random")
+    data = load_data(s.data, cache_dir(s.runtime), torch.device("cpu"))
+
+    def never():
+        raise AssertionError("a random ranking must not compute difficulty scores")
+
+    assert int(membership(s.method, data.train.labels, data.classes, never)[0].sum()) == 90
 
 
 def test_hardest_examples_are_the_high_entropy_ones():
@@ -86,5 +102,5 @@ def test_hardest_examples_are_the_high_entropy_ones():
     cache = cache_dir(s.runtime)
     data = load_data(s.data, cache, cpu)
     scores = difficulty_scores(s, data, cpu, cache)
-    in_a, _ = membership(s, data, cpu, cache)
+    in_a, _ = a_of(s, data, cache)
     assert scores[in_a].min() >= scores[~in_a].max()

@@ -44,5 +44,5 @@ def test_result_carries_the_design_metric_names():
     assert 0.15 < m["train/attacked_fraction"] < 0.25  # two of ten classes
     assert m["eval/aa_acc"] <= m["eval/clean_acc"]
     out = result.to_json()
-    assert set(out) == {"spec", "metrics", "history"} and len(out["history"]) == 6
+    assert set(out) == {"spec", "effective", "metrics", "history"} and len(out["history"]) == 6
     assert out["spec"]["method"]["classes"] == ["3", "8"]

@@ -10,16 +10,11 @@ from optuna.trial import TrialState
 
 from satune.specs import apply_overrides, parse_sweep
 from satune.tune import cluster, rundir
-from satune.tune.driver import (
-    TrialRow,
-    _tune_config,
-    best_of,
-    pareto_front,
-    plan_lines,
-    reproduce_command,
-)
+from satune.tune.driver import _tune_config
+from satune.tune.plan import plan_lines
 from satune.tune.rundir import STATE_FILE, SweepError, latest_run_dir, prepare, writable_by_others
 from satune.tune.space import REPEAT_KEY, optuna_space
+from satune.tune.summary import TrialRow, best_of, pareto_front, reproduce_command
 from satune.tune.trainable import TrialContext, resolve_trial
 
 

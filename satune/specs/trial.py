@@ -1,0 +1,165 @@
+"""The trial: everything one training run needs (data, model, threat model, method, recipe,
+evaluation, runtime), and the metric keys it reports."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from satune.specs.base import (
+    ClassName,
+    FieldProblems,
+    Fraction,
+    LoaderWorkers,
+    Momentum,
+    NonNegative,
+    NonNegativeInt,
+    OpenFraction,
+    Positive,
+    PositiveInt,
+    Seed,
+    Spec,
+    Threads,
+    TrialSeed,
+    class_problems,
+    raise_if,
+    shown,
+)
+from satune.specs.methods import MethodSpec
+from satune.specs.names import DATASET_CLASSES, EMBEDDED_DATASETS, FINAL_ONLY, PER_EPOCH_METRICS, ArchName, DatasetName
+
+
+class DataSpec(Spec):
+    dataset: DatasetName
+    root: str | None = None  # torchvision sets: where the files are (made absolute at load time)
+    download: bool = False  # torchvision sets may download only when asked
+    classes: list[ClassName] | None = None  # keep only these classes (relabelled in this order)
+    train_size: PositiveInt | None = None  # stratified subset of the training split (quick runs)
+    val_fraction: OpenFraction = 0.2  # held-out share for sets without a test split
+    select_fraction: OpenFraction = 0.1  # the validation set's select slice (SAT protocol: 10 %)
+    split_seed: Seed = 90622  # fixed permutation of the validation set (SAT's seed)
+    augment: Literal["auto", "none", "crop", "crop_flip", "sat"] = "auto"
+    image_size: PositiveInt = 224  # imagefolder: training crops and validation centre crops
+    num_workers: LoaderWorkers = 0  # imagefolder: DataLoader worker processes
+
+    @model_validator(mode="after")
+    def _rules(self):
+        problems = []
+        known = DATASET_CLASSES[self.dataset]
+        if self.dataset not in EMBEDDED_DATASETS and self.root is None:
+            problems.append(("root", f"required for dataset '{self.dataset}' (the folder that holds its files)"))
+        if self.classes is not None and len(self.classes) < 2:
+            problems.append(("classes", f"must name at least 2 classes, got {shown(self.classes)}"))
+        problems += class_problems("classes", self.classes, known, self.dataset)
+        raise_if(problems)
+        return self
+
+    def class_names(self) -> tuple[str, ...] | None:
+        """The classes a trial sees, in label order (None when only the files know them)."""
+        if self.classes is not None:
+            return tuple(self.classes)
+        return DATASET_CLASSES[self.dataset]
+
+
+class ModelSpec(Spec):
+    arch: ArchName = "small_cnn"
+
+
+class ThreatSpec(Spec):
+    norm: Literal["l2", "linf"]
+    eps: Positive
+    steps: PositiveInt = 7
+    step_size: Positive | None = None  # default eps/4 for PGD, 1.25*eps for FGSM-RS
+    attack: Literal["pgd", "fgsm_rs"] = "pgd"
+    random_start: bool = False
+    best_iterate: bool = False  # return the highest-loss iterate (SAT's "use_best")
+    bn_mode: Literal["eval", "train"] = "eval"  # BatchNorm during the attack (train: batch stats, no update)
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.attack == "fgsm_rs" and "steps" in self.model_fields_set and self.steps != 1:
+            raise FieldProblems([("steps", f"fgsm_rs takes exactly one step, got {self.steps}")])
+        return self
+
+    @property
+    def n_steps(self) -> int:
+        return 1 if self.attack == "fgsm_rs" else self.steps
+
+    @property
+    def alpha(self) -> float:
+        if self.step_size is not None:
+            return self.step_size
+        return 1.25 * self.eps if self.attack == "fgsm_rs" else self.eps / 4
+
+
+class TrainSpec(Spec):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    lr: Positive = 0.05
+    momentum: Momentum = 0.9
+    weight_decay: NonNegative = 5e-4
+    schedule: Literal["constant", "step", "cosine"] = "step"
+    milestones: list[Fraction] = [0.5, 0.75]  # step schedule: where LR drops, as fractions of training
+    gamma: Fraction = 0.1
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if sorted(self.milestones) != list(self.milestones):
+            raise FieldProblems([("milestones", f"must be increasing, got {shown(self.milestones)}")])
+        return self
+
+
+class AutoAttackSpec(Spec):
+    version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    attacks: list[Literal["apgd-ce", "apgd-t", "fab", "fab-t", "square", "apgd-dlr"]] | None = None
+    n: NonNegativeInt = 1000  # examples of the final slice; 0 skips AutoAttack
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if (self.version == "custom") != (self.attacks is not None):
+            raise FieldProblems([("attacks", "required with version: custom and only allowed there")])
+        return self
+
+
+class EvalSpec(Spec):
+    pgd_steps: PositiveInt = 20
+    pgd_step_size: Positive | None = None  # default 2.5*eps/steps (Madry et al.), random start
+    pgd_restarts: PositiveInt = 1
+    n: PositiveInt | None = None  # examples of the final slice for clean/PGD (None: all)
+    batch_size: PositiveInt = 256
+    autoattack: AutoAttackSpec = AutoAttackSpec()
+    select_every: PositiveInt = 1  # evaluate the select slice every k epochs (and at the last)
+    select_metric: Literal["select/pgd_acc", "select/clean_acc"] = "select/pgd_acc"
+
+
+class RuntimeSpec(Spec):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: Threads | None = None  # torch intra-op threads (None: torch's default / Tune's cpu share)
+    amp: bool = False  # bfloat16 autocast on CUDA GPUs that support it (ignored elsewhere)
+    cache_dir: str | None = None  # rankings and embedded data (default ~/.cache/satune)
+
+
+class TrialSpec(Spec):
+    seed: TrialSeed = 0
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    threat: ThreatSpec
+    method: MethodSpec
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
+
+    @model_validator(mode="after")
+    def _rules(self):
+        raise_if(self.method.trial_problems(self))
+        return self
+
+
+def reported_metrics(trial: TrialSpec) -> set[str]:
+    """Every metric key a trial with this spec reports (per epoch or at the end)."""
+    evals = ["clean", "pgd"] + (["aa"] if trial.eval.autoattack.n > 0 else [])
+    common = set(PER_EPOCH_METRICS) | FINAL_ONLY | {f"eval/{k}_acc" for k in evals}
+    common |= {f"eval/class_{k}_acc/{c}" for k in evals for c in trial.data.class_names() or ()}
+    return trial.method.metrics(common, evals)

@@ -1,0 +1,24 @@
+"""The plan `satune sweep --dry-run` prints (and every sweep prints first). No Ray, no torch: a
+dry run costs what validating the file costs."""
+
+from __future__ import annotations
+
+from satune.specs import SweepSpec
+
+
+def plan_lines(sweep: SweepSpec) -> list[str]:
+    s, r, t = sweep.search, sweep.resources, sweep.trial
+    objective = ", ".join(f"{m} ({mode})" for m, mode in zip(s.metrics, s.modes, strict=True))
+    lines = [
+        f"sweep {sweep.name}: {s.trial_count} trials of {t.method.kind} on {t.data.dataset}, "
+        f"{t.train.epochs} epochs each, {s.algorithm} search for {objective}",
+        f"resources: {r.cpu:g} cpu, {r.gpu:g} gpu per trial, at most {r.max_concurrent} at once, "
+        f"{sweep.max_failures} retries from the last checkpoint",
+        f"scheduler: {sweep.scheduler.kind}"
+        + (f" on {sweep.scheduler.metric}" if sweep.scheduler.kind != "none" else ""),
+        f"tracking: {sweep.tracking.uri or 'a local MLflow server on SQLite'}, experiment "
+        f"'{sweep.tracking.experiment or sweep.name}'; storage {sweep.storage}",
+    ]
+    for key, dom in s.space.items():
+        lines.append(f"  search {key}: {dom.kind} {dom.value}")
+    return lines
