@@ -40,7 +40,8 @@ def main() -> None:
     def biamat(gate):
         def build():
             model = create_model(spec.model, data.shape, [data.num_classes, aux.n_classes], data.mean, data.std)
-            method = Biamat(BiamatSpec(aux=aux_specs, gate=gate, warmup_epochs=0), attack, aux, 128, seed=0)
+            biamat_spec = BiamatSpec(aux=aux_specs, gate=gate, warmup_epochs=0)
+            method = Biamat(biamat_spec, attack, aux, aux_batch_size=128, hi_loss="trades", seed=0)
             return model, method
 
         return build

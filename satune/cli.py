@@ -23,12 +23,21 @@ from rich.table import Table
 from rich.text import Text
 
 from satune.errors import UserError
-from satune.specs import SpecError, absolutize_trial, apply_overrides, load_sweep, parse_trial
+from satune.specs import (
+    SpecError,
+    absolutize_trial,
+    apply_overrides,
+    interval_keys,
+    load_sweep,
+    parse_final_settings,
+    parse_trial,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sweeps for adversarial-training research (SAT, BiaMAT) on Ray Tune, Optuna and MLflow.")  # fmt: skip
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# Into a file or a CI log (not a terminal), tables keep their columns whole instead of 80 wide.
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 class OptionError(UserError):
@@ -116,8 +125,12 @@ def run(
         raise typer.Exit(130) from None
     target.mkdir(parents=True, exist_ok=True)
     (target / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if result.outcomes is not None:
+        (target / "outcomes.csv").write_text(result.outcomes.csv())
+    for problem in result.integrity:
+        err.print(f"warning: evaluation integrity: {problem}", highlight=False)
     _summary(result.metrics)
-    out.print(f"result: {target / 'result.json'}", highlight=False)
+    out.print(f"result: {target / 'result.json'}  (per-example outcomes: outcomes.csv)", highlight=False)
 
 
 @app.command()
@@ -177,6 +190,77 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command("eval")
+@user_errors
+def evaluate(
+    target: Annotated[
+        str, typer.Argument(help="A sweep file (its winners), a `satune run` folder, or an MLflow run id.")
+    ],
+    version: Annotated[str | None, typer.Option(help="AutoAttack version: standard, plus, rand, custom.")] = None,
+    attack: Annotated[
+        list[str] | None, typer.Option(help="An attack of a custom version (repeat: --attack apgd-ce --attack apgd-t).")
+    ] = None,
+    n: Annotated[str | None, typer.Option(help="Final-slice examples to attack: a number, or all.")] = None,
+    seed: Annotated[int | None, typer.Option(help="AutoAttack's seed.")] = None,
+    norm: Annotated[
+        str | None, typer.Option(help="Threat model norm, l2 or linf (default: the trial's evaluation threat).")
+    ] = None,
+    eps: Annotated[str | None, typer.Option(help="Threat model budget, e.g. 8/255 (default: the trial's).")] = None,
+    top_k: Annotated[
+        str | None, typer.Option(help="For a sweep: how many winners, or pareto (default: its final_eval).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="For a run id: the MLflow server (default: MLFLOW_TRACKING_URI).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """AutoAttack a trained model over the final slice, later: a sweep's winners, a run, or a folder.
+
+    The results go into what is evaluated (the trial's MLflow run, or the folder's final/), with n,
+    95 % intervals, per-example outcomes and a RobustBench-style card."""
+    import os
+
+    count: int | str | None = n
+    if n is not None and n != "all":
+        try:
+            count = int(n)
+        except ValueError:
+            raise OptionError(f"--n: must be a number of examples or all, got {n!r}") from None
+    options = {"version": version, "attacks": attack, "n": count, "seed": seed, "norm": norm, "eps": eps}
+    given = {k: v for k, v in options.items() if v is not None}
+    path = Path(target)
+    sweep_spec = load_sweep(path) if path.is_file() else None
+    base = sweep_spec.final_eval.autoattack if sweep_spec and sweep_spec.final_eval else None
+    aa, threat = parse_final_settings(given, base)
+    _logging(verbose)
+    from satune.final import Settings, evaluate_dir, evaluate_run
+
+    settings = Settings(aa, threat.norm, threat.eps)
+    if sweep_spec is not None:
+        from satune.tune.final_stage import evaluate_sweep
+
+        k: int | str = (int(top_k) if top_k and top_k.isdigit() else top_k) or (
+            sweep_spec.final_eval.top_k if sweep_spec.final_eval else 1
+        )
+        for trial_id, metrics in evaluate_sweep(
+            sweep_spec, settings, top_k=k, echo=lambda m: err.print(m, highlight=False)
+        ):
+            out.print(accuracy_table(f"trial {trial_id}", metrics))
+    elif path.is_dir():
+        if not (path / "result.json").exists() or not (path / "checkpoint" / "state.pt").exists():
+            raise OptionError(f"{path} is not a `satune run` folder (no result.json and checkpoint/)")
+        done = evaluate_dir(path, settings)
+        out.print(accuracy_table(f"{path} (results in {path / 'final'})", done.metrics))
+    else:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:
+            raise OptionError(f"'{target}' is neither a file nor a folder; for a run id pass --tracking-uri")
+        from satune.tracking import check_reachable
+
+        check_reachable(uri)
+        out.print(accuracy_table(f"run {target}", evaluate_run(uri, target, settings)))
+
+
 @app.command()
 @user_errors
 def ui(
@@ -214,13 +298,24 @@ def _progress(epochs: int) -> Callable:
 
 
 def _summary(metrics: dict) -> None:
-    table = Table(title="final metrics (final slice, selected checkpoint)", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in sorted(metrics):
-        if key.startswith("eval/") and "/class_" not in key or key in ("train/grad_evals", "time/total_s"):
-            table.add_row(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
-    out.print(table)
+    out.print(accuracy_table("final metrics (final slice, selected checkpoint)", metrics))
+    rest = ("train/selected_epoch", "last/pgd_gap", "train/grad_evals", "time/total_s")
+    out.print("  ".join(f"{k} {_value(metrics[k])}" for k in rest if k in metrics), highlight=False)
+
+
+def accuracy_table(title: str, metrics: dict) -> Table:
+    """Every overall accuracy with its 95 % interval and sample size (per class: in result.json)."""
+    table = Table(title=title)
+    for name, justify in (("metric", "left"), ("accuracy", "right"), ("95 % interval", "right"), ("n", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for key in sorted(k for k in metrics if k.endswith("_acc") and "/class_" not in k and not k.startswith("select/")):
+        n, lo, hi = (metrics.get(k) for k in interval_keys(key))
+        table.add_row(key, f"{metrics[key]:.4f}", f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "", _value(n))
+    return table
+
+
+def _value(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def main() -> None:

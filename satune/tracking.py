@@ -223,6 +223,26 @@ def log_file(uri: str, run_id: str, path: Path, artifact_path: str | None = None
     client(uri).log_artifact(run_id, str(path), artifact_path)
 
 
+def log_text(uri: str, run_id: str, text: str, name: str) -> None:
+    """`text` as the artifact `name` (a path inside the run's artifacts)."""
+    client(uri).log_text(run_id, text, name)
+
+
+def download(uri: str, run_id: str, name: str, into: Path) -> Path:
+    """A run's artifact `name`, fetched through the server into the folder `into`."""
+    return Path(client(uri).download_artifacts(run_id, name, str(into)))
+
+
+def get_run(uri: str, run_id: str):
+    """A run (info, params, tags, latest metrics); a TrackingError naming it when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(uri).get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"no MLflow run {run_id} at {uri} ({exc.error_code})") from None
+
+
 def set_tags(uri: str, run_id: str, tags: Mapping[str, object]) -> None:
     from mlflow.entities import RunTag
 

@@ -20,11 +20,19 @@ import torch
 from satune import runtime
 from satune.attacks import Attack
 from satune.data import load_data
-from satune.evaluate import eval_step_size, final_metrics, select_metrics
+from satune.evaluate import (
+    Outcomes,
+    counted,
+    eval_step_size,
+    final_metrics,
+    integrity_problems,
+    robust_above_clean,
+    select_metrics,
+)
 from satune.methods import BuildContext, kind_of
 from satune.models import create_model
 from satune.ranking import difficulty_scores
-from satune.specs import TrialSpec
+from satune.specs import TrialSpec, interval_keys
 from satune.train import FitResult, OnEpoch, fit
 
 log = logging.getLogger("satune")
@@ -35,18 +43,21 @@ OnStart = Callable[[dict[str, Any]], None]
 @dataclass
 class TrialResult:
     spec: TrialSpec
-    metrics: dict[str, float]
-    history: list[dict]
+    metrics: dict[str, float]  # the final report: eval/*, proxy/*, last/*, time/total_s, train/selected_epoch
+    history: list[dict]  # per epoch: train/*, select/*, time/epoch_s
     model: torch.nn.Module  # with the selected checkpoint's weights
     effective: dict[str, Any] = field(default_factory=dict)  # every value it trained with, defaults resolved
+    outcomes: Outcomes | None = None  # the selected checkpoint, per final-slice example
+    integrity: list[str] = field(default_factory=list)  # failed evaluation checks (empty: all passed)
 
     def to_json(self) -> dict:
-        """The result file: {"spec": as given, "effective": as run, "metrics": final, "history": per epoch}."""
+        """The result file: the spec as given, the values as run, the final report, every epoch."""
         return {
             "spec": self.spec.model_dump(mode="json", by_alias=True),
             "effective": self.effective,
             "metrics": self.metrics,
             "history": self.history,
+            "integrity": self.integrity,
         }
 
 
@@ -94,13 +105,16 @@ def run_trial(
         torch.manual_seed(runtime.derive_seed(spec.seed, "model"))
         model = create_model(spec.model, data.shape, heads, data.mean, data.std)
 
-    final_x, _ = data.final.tensors(spec.eval.n)
+    final_x, final_y = data.final.tensors(spec.eval.n)
+    threat = spec.eval_threat
     effective = {
         "seed": spec.seed,
         "threat.step_size": spec.threat.alpha,
-        "eval.pgd_step_size": eval_step_size(spec.threat, spec.eval),
+        "eval.norm": threat.norm,
+        "eval.eps": threat.eps,
+        "eval.pgd_step_size": eval_step_size(threat, spec.eval),
         "eval.n": len(final_x),
-        "eval.autoattack.n": min(spec.eval.autoattack.n, len(final_x)),
+        "eval.autoattack.n": spec.eval.autoattack.count(len(final_x)),
         "data.train_examples": len(data.train),
         "data.select_examples": len(data.select),
         "runtime.device": str(device),
@@ -111,7 +125,7 @@ def run_trial(
         on_start(effective)
 
     def select(m):
-        return select_metrics(m, data.select, spec.threat, spec.eval, runtime.derive_seed(spec.seed, "select"))
+        return select_metrics(m, data.select, threat, spec.eval, runtime.derive_seed(spec.seed, "select"))
 
     with tempfile.TemporaryDirectory(prefix="satune-") as tmp:
         result: FitResult = fit(
@@ -120,13 +134,35 @@ def run_trial(
             on_epoch=on_epoch, workdir=Path(workdir or tmp), resume_from=checkpoint, amp=spec.runtime.amp,
         )  # fmt: skip
 
-    if result.best_state is not None:
+    # The final report, named apart from the epochs': the last epoch's checkpoint on the final slice
+    # (robust overfitting shows as last/pgd_gap), then the selected one on the select slice (the
+    # search's proxy) and on the final slice, AutoAttack included.
+    last = len(result.history) - 1
+    selected = result.best_epoch if result.best_epoch is not None else last
+    seed = runtime.derive_seed(spec.seed, "eval")
+    overall = {k for acc in ("clean_acc", "pgd_acc") for k in (acc, *interval_keys(acc))}  # clean_n, ...
+    metrics: dict[str, float] = {}
+    if selected != last:
+        lasts = final_metrics(model, data.final, threat, spec.eval, data.classes, seed, autoattack=False)[0]
+        metrics |= {f"last/{k}": lasts[f"eval/{k}"] for k in overall}
+        assert result.best_state is not None  # a selected epoch before the last was kept
         model.load_state_dict(result.best_state)
-    log.info("final evaluation of epoch %s on %d examples", result.best_epoch, len(final_x))
-    metrics = dict(result.history[-1])
-    metrics.pop("epoch", None)
-    metrics.update(final_metrics(model, data.final, spec.threat, spec.eval, data.classes,
-                                 runtime.derive_seed(spec.seed, "eval"), built.a_classes))  # fmt: skip
-    metrics["train/selected_epoch"] = result.best_epoch if result.best_epoch is not None else spec.train.epochs - 1
+    integrity = integrity_problems(model, final_x[:64], final_y[:64])
+    log.info("final evaluation of epoch %s on %d examples", selected, len(final_x))
+    evaluated, outcomes = final_metrics(model, data.final, threat, spec.eval, data.classes, seed, built.a_classes)
+    metrics |= evaluated
+    if selected == last:  # the same checkpoint: the same numbers
+        metrics |= {f"last/{k}": evaluated[f"eval/{k}"] for k in overall}
+    metrics["last/pgd_gap"] = metrics["eval/pgd_acc"] - metrics["last/pgd_acc"]
+    n_select = len(data.select)
+    for kind in ("clean", "pgd"):  # fit kept the selected epoch's select-slice accuracies
+        metrics |= counted(
+            f"proxy/{kind}_acc", round(result.history[selected][f"select/{kind}_acc"] * n_select), n_select
+        )
+    metrics["train/selected_epoch"] = selected
+    metrics["train/grad_evals"] = result.history[-1]["train/grad_evals"]  # the whole training's cost
     metrics["time/total_s"] = time.perf_counter() - t0
-    return TrialResult(spec, metrics, result.history, model, effective)
+    integrity += robust_above_clean(outcomes)
+    for problem in integrity:
+        log.warning("evaluation integrity: %s", problem)
+    return TrialResult(spec, metrics, result.history, model, effective, outcomes, integrity)

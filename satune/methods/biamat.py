@@ -92,10 +92,11 @@ def trades_loss(
 
 
 class Biamat(MethodBase):
-    def __init__(self, spec: BiamatSpec, attack: Attack, aux: AuxData, aux_batch_size: int, seed: int):
+    def __init__(self, spec: BiamatSpec, attack: Attack, aux: AuxData, *, aux_batch_size: int, hi_loss: str, seed: int):
         self.spec, self.attack, self.aux = spec, attack, aux
         self.alpha, self.pi, self.beta = spec.resolved_alpha, spec.resolved_pi, spec.resolved_beta
-        self.hi_loss = spec.aux_hi_loss or "trades"  # TRADES variant: the loss of high-confidence aux images
+        self.hi_loss = hi_loss  # TRADES variant: the loss of high-confidence aux images
+        self.warmup_epochs = spec.resolved_warmup_epochs
         self.aux_batch_size, self.seed = aux_batch_size, seed
         self.omega: float | None = None  # frozen at the first gated step (fixed_after_warmup)
         self.epoch = 0
@@ -116,7 +117,7 @@ class Biamat(MethodBase):
 
     @property
     def warming_up(self) -> bool:
-        return self.epoch < self.spec.warmup_epochs
+        return self.epoch < self.warmup_epochs
 
     def step(self, model: nn.Module, x, y, idx, gen) -> dict:
         assert self._stream is not None, "start_epoch() first"
@@ -207,8 +208,9 @@ def _build(ctx: BuildContext) -> Built:
     spec, trial = ctx.trial.method, ctx.trial
     assert isinstance(spec, BiamatSpec)
     aux = load_aux(spec.aux, ctx.data.shape, augmentation(trial.data), ctx.cache, ctx.device, trial.data.root)
-    method = Biamat(spec, ctx.attack, aux, spec.aux_batch_size or trial.train.batch_size, trial.seed)
-    effective: dict[str, Any] = {"method.alpha": method.alpha, "method.pi": method.pi, "method.aux_batch_size": method.aux_batch_size,
+    method = Biamat(spec, ctx.attack, aux, aux_batch_size=spec.aux_batch_size or trial.train.batch_size,
+                    hi_loss=spec.resolved_aux_hi_loss(trial.data.dataset), seed=trial.seed)  # fmt: skip
+    effective: dict[str, Any] = {"method.warmup_epochs": method.warmup_epochs, "method.alpha": method.alpha, "method.pi": method.pi, "method.aux_batch_size": method.aux_batch_size,
                  "method.aux_head": aux.n_classes, "method.aux_images": len(aux.source)}  # fmt: skip
     if spec.variant == "trades":
         effective |= {"method.beta": method.beta, "method.aux_hi_loss": method.hi_loss}

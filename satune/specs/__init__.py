@@ -14,7 +14,15 @@ MLflow. Every model forbids unknown keys; domain rules live next to the fields t
 """
 
 from satune.specs.base import Spec, SpecError, parse_yaml, shown
-from satune.specs.load import absolutize, absolutize_trial, load_sweep, parse_sweep, parse_trial, read_yaml
+from satune.specs.load import (
+    absolutize,
+    absolutize_trial,
+    load_sweep,
+    parse_final_settings,
+    parse_sweep,
+    parse_trial,
+    read_yaml,
+)
 from satune.specs.methods import (
     METHOD_KINDS,
     METHOD_SPECS,
@@ -39,9 +47,21 @@ from satune.specs.names import (
     ArchName,
     AuxDatasetName,
     DatasetName,
+    interval_keys,
+    is_final,
 )
 from satune.specs.paths import apply_overrides, resolve_field, set_path
-from satune.specs.sweep import DomainSpec, ResourcesSpec, SchedulerSpec, SearchSpec, SweepSpec, TrackingSpec
+from satune.specs.sweep import (
+    DomainSpec,
+    FinalAutoAttackSpec,
+    FinalEvalSpec,
+    ResourcesSpec,
+    SchedulerSpec,
+    SearchSpec,
+    SweepSpec,
+    TaskResourcesSpec,
+    TrackingSpec,
+)
 from satune.specs.trial import (
     AutoAttackSpec,
     DataSpec,
@@ -55,11 +75,11 @@ from satune.specs.trial import (
 )
 
 __all__ = [
-    "AUX_CLASSES", "DATASET_CLASSES", "DOMAIN_KINDS", "EMBEDDED_DATASETS", "FINAL_ONLY", "METHOD_KINDS",
+    "AUX_CLASSES", "DATASET_CLASSES", "DOMAIN_KINDS", "EMBEDDED_DATASETS", "FINAL_ONLY", "FinalAutoAttackSpec", "FinalEvalSpec", "TaskResourcesSpec", "METHOD_KINDS",
     "METHOD_SPECS", "PER_EPOCH_METRICS", "AlgorithmName", "ArchName", "AtSpec", "AutoAttackSpec", "AuxDatasetName",
     "AuxSpec", "BiamatSpec", "CleanSpec", "DataSpec", "DatasetName", "DomainSpec", "EvalSpec", "MethodSpec",
     "MethodSpecBase", "ModelSpec", "ResourcesSpec", "RuntimeSpec", "SatSpec", "SchedulerSpec", "SearchSpec", "Spec",
     "SpecError", "SweepSpec", "ThreatSpec", "TrackingSpec", "TradesSpec", "TrainSpec", "TrialSpec", "absolutize",
-    "absolutize_trial", "apply_overrides", "class_count", "load_sweep", "parse_sweep", "parse_trial", "parse_yaml",
-    "read_yaml", "reported_metrics", "resolve_field", "set_path", "shown",
+    "absolutize_trial", "apply_overrides", "class_count", "load_sweep", "parse_final_settings", "parse_sweep", "parse_trial", "parse_yaml",
+    "interval_keys", "is_final", "read_yaml", "reported_metrics", "resolve_field", "set_path", "shown",
 ]  # fmt: skip

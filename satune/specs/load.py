@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from satune.specs.base import MAX_FILE_BYTES, SpecError, parse_yaml
 from satune.specs.messages import problem_lines
-from satune.specs.sweep import SweepSpec
-from satune.specs.trial import TrialSpec
+from satune.specs.sweep import FinalAutoAttackSpec, SweepSpec
+from satune.specs.trial import EvalSpec, TrialSpec
 
 
 def parse_sweep(data: Any, source: str | None = None) -> SweepSpec:
@@ -28,6 +28,25 @@ def parse_trial(data: Any, source: str | None = None) -> TrialSpec:
         return TrialSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(["trial." + line for line in problem_lines(exc, TrialSpec)], source) from None
+
+
+def parse_final_settings(data: dict[str, Any], base: FinalAutoAttackSpec | None = None
+                         ) -> tuple[FinalAutoAttackSpec, EvalSpec]:  # fmt: skip
+    """`satune eval`'s options as AutoAttack settings (over `base`) and a threat override."""
+    aa = {**(base.model_dump(exclude_unset=True) if base else {}), **{k: v for k, v in data.items()
+                                                                      if k in FinalAutoAttackSpec.model_fields}}  # fmt: skip
+    if "attacks" in data and "version" not in data:
+        aa["version"] = "custom"
+    threat = {k: data[k] for k in ("norm", "eps") if k in data}
+    problems = []
+    for cls, values, flag in ((FinalAutoAttackSpec, aa, "--"), (EvalSpec, threat, "--")):
+        try:
+            cls.model_validate(values)
+        except ValidationError as exc:
+            problems += [flag + line.replace("attacks", "attack", 1) for line in problem_lines(exc, cls)]
+    if problems:
+        raise SpecError(problems)
+    return FinalAutoAttackSpec.model_validate(aa), EvalSpec.model_validate(threat)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -21,6 +21,7 @@ def _loc(parts) -> str:
     return out
 
 
+_MEMBERS = ("function-", "literal[")  # location parts pydantic adds for validators and union members
 _TAGS = set(METHOD_KINDS)  # pydantic puts the union member's tag in the error location
 _TYPE_RULES = {
     "float_parsing": "must be a number",
@@ -42,9 +43,16 @@ _TYPE_RULES = {
 
 def problem_lines(exc: ValidationError, root: type[BaseModel]) -> list[str]:
     """One line per problem, each `yaml.path: rule, got value`; `root` is the model validated."""
-    lines = []
+    lines: list[str] = []
+    seen: set[str] = set()
     for err in exc.errors(include_url=False):
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and (p in _TAGS or p.startswith("function-")))]
+        # Union members and validators add their own location parts; the user's path is what remains.
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and (p in _TAGS or p.startswith(_MEMBERS)))]
+        if kind_of_union_member(err["loc"]):
+            where = _loc(loc)
+            if where in seen:  # the same value rejected by another member of a union: one line is enough
+                continue
+            seen.add(where)
         msg = err["msg"]
         kind = err["type"]
         inner = err.get("ctx", {}).get("error")
@@ -74,6 +82,10 @@ def problem_lines(exc: ValidationError, root: type[BaseModel]) -> list[str]:
             msg = f"must be a mapping, got {shown(err['input'])}"
         lines.append(f"{_loc(loc) or '(top level)'}: {msg}")
     return lines
+
+
+def kind_of_union_member(raw_loc: tuple) -> bool:
+    return any(isinstance(p, str) and p.startswith(_MEMBERS) for p in raw_loc)
 
 
 def _did_you_mean(raw_loc: tuple, root: type[BaseModel]) -> str:

@@ -55,6 +55,10 @@ class MethodSpecBase(Spec):
         """The method as written (unset fields left out), with every folder it names resolved."""
         return self.model_dump(exclude_unset=True, by_alias=True)
 
+    def extra_data(self) -> list[str]:
+        """Data trained on beyond the task's training set (RobustBench's "extra data" column)."""
+        return []
+
 
 class CleanSpec(MethodSpecBase):
     """Standard training: nothing is attacked."""
@@ -208,7 +212,7 @@ class BiamatSpec(MethodSpecBase):
     alpha: NonNegative | None = None  # weight of the auxiliary loss (default: at 1.0, trades 0.5)
     pi: Positive | None = None  # threshold factor: omega = pi * mean primary confidence (at 0.55, trades 0.5)
     gate: Literal["biamat", "naive", "all_uniform"] = "biamat"
-    warmup_epochs: NonNegativeInt = 5
+    warmup_epochs: NonNegativeInt | None = None  # default 5, 0 for gate: all_uniform (no warm-up there)
     warmup_mode: Literal["primary_only", "naive"] = "primary_only"
     omega_mode: Literal["fixed_after_warmup", "per_batch"] = "fixed_after_warmup"
     beta: Positive | None = None  # TRADES variant only (default 6)
@@ -253,9 +257,23 @@ class BiamatSpec(MethodSpecBase):
     def resolved_beta(self) -> float:
         return self.beta if self.beta is not None else 6.0
 
+    @property
+    def resolved_warmup_epochs(self) -> int:
+        # The official all-uniform baseline has no warm-up; the gated variants warm up 5 epochs.
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return 0 if self.gate == "all_uniform" else 5
+
+    def resolved_aux_hi_loss(self, primary: str) -> str:
+        """The loss of high-confidence auxiliary images (TRADES variant): the official code's CE
+        path for a CIFAR-100 primary, TRADES otherwise."""
+        if self.aux_hi_loss is not None:
+            return self.aux_hi_loss
+        return "ce" if primary == "cifar100" else "trades"
+
     def trial_problems(self, trial: TrialSpec) -> list[tuple[str, str]]:
         problems = []
-        if self.warmup_epochs >= trial.train.epochs:
+        if self.resolved_warmup_epochs >= trial.train.epochs:
             problems.append(("method.warmup_epochs",
                              f"must be below train.epochs ({trial.train.epochs}): the gate would never run"))  # fmt: skip
         data, names = trial.data, trial.data.class_names()
@@ -268,6 +286,9 @@ class BiamatSpec(MethodSpecBase):
                     (f"method.aux[{i}].root", f"required for dataset '{a.dataset}' (or set trial.data.root)")
                 )
         return problems
+
+    def extra_data(self) -> list[str]:
+        return [a.label for a in self.aux]
 
     def with_paths(self, resolve: Callable[[str], str]) -> dict:
         data = self.model_dump(exclude_unset=True, by_alias=True)

@@ -66,4 +66,21 @@ PER_EPOCH_METRICS = (
     "select/pgd_acc",
     "time/epoch_s",
 )
-FINAL_ONLY = frozenset({"time/total_s", "train/selected_epoch"})  # besides eval/*
+FINAL_ONLY = frozenset({"time/total_s", "train/selected_epoch", "last/pgd_gap"})
+# A trial's final report: its selected checkpoint on the final slice (eval/) and on the select slice
+# (proxy/), its last epoch's checkpoint on the final slice (last/); the final stage of a sweep adds
+# AutoAttack on the winners (final/), logged into their runs.
+FINAL_PREFIXES = ("eval/", "proxy/", "last/")
+
+
+def is_final(key: str) -> bool:
+    """A key a trial reports once, at its end (not per epoch)."""
+    return key.startswith(FINAL_PREFIXES) or key in FINAL_ONLY
+
+
+def interval_keys(acc_key: str) -> tuple[str, str, str]:
+    """What goes with an accuracy: its sample size and 95 % Wilson interval.
+    eval/pgd_acc -> eval/pgd_n, eval/pgd_acc_lo, eval/pgd_acc_hi; eval/class_pgd_acc/3 ->
+    eval/class_pgd_n/3, ...; eval/pgd_acc_A -> eval/pgd_n_A, eval/pgd_acc_lo_A, eval/pgd_acc_hi_A."""
+    head, tail = acc_key.split("_acc", 1)
+    return f"{head}_n{tail}", f"{head}_acc_lo{tail}", f"{head}_acc_hi{tail}"

@@ -24,9 +24,9 @@ from satune.specs.base import (
     raise_if,
     shown,
 )
-from satune.specs.names import DOMAIN_KINDS, FINAL_ONLY, AlgorithmName
+from satune.specs.names import DOMAIN_KINDS, AlgorithmName, is_final
 from satune.specs.paths import check_search_key
-from satune.specs.trial import TrialSpec, reported_metrics
+from satune.specs.trial import AutoAttackSpec, TrialSpec, reported_metrics
 
 
 class DomainSpec(Spec):
@@ -140,11 +140,33 @@ def _ray_quantity(high: int, zero: bool):
     return check(rule, lambda v: (zero and v == 0) or 0.01 <= v <= 1 or (1 < v <= high and float(v).is_integer()))
 
 
-class ResourcesSpec(Spec):
+class TaskResourcesSpec(Spec):
     cpu: Annotated[float, BeforeValidator(number), _ray_quantity(1024, zero=False)] = 1
     # fractions share a GPU between trials (bookkeeping only: size batches to fit)
     gpu: Annotated[float, BeforeValidator(number), _ray_quantity(64, zero=True)] = 0
+
+
+class ResourcesSpec(TaskResourcesSpec):
     max_concurrent: Concurrency = 2
+
+
+class FinalAutoAttackSpec(AutoAttackSpec):
+    n: NonNegativeInt | Literal["all"] = "all"  # the whole final slice, as the papers report
+
+
+class FinalEvalSpec(Spec):
+    """Two-stage evaluation: when the search ends, AutoAttack on its winners over the final slice,
+    each a Ray task of its own, logged into the winner's own MLflow run."""
+
+    top_k: PositiveInt | Literal["pareto"] = 3  # best by the search's (first) metric, or its Pareto front
+    autoattack: FinalAutoAttackSpec = FinalAutoAttackSpec()
+    resources: TaskResourcesSpec = TaskResourcesSpec()
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.autoattack.n == 0:
+            raise FieldProblems([("autoattack.n", "must evaluate at least one example (all: the final slice)")])
+        return self
 
 
 class TrackingSpec(Spec):
@@ -175,6 +197,7 @@ class SweepSpec(Spec):
     tracking: TrackingSpec = TrackingSpec()
     storage: str = "runs"  # Ray results, Optuna journal, MLflow store (local mode); absolute after loading
     max_failures: NonNegativeInt = 2  # retries of a failing trial, from its last checkpoint
+    final_eval: FinalEvalSpec | None = None  # AutoAttack on the winners after the search
 
     @model_validator(mode="before")
     @classmethod
@@ -193,11 +216,17 @@ class SweepSpec(Spec):
         for key, dom in self.search.space.items():
             problems += [(f"search.space.{key}", msg) for msg in check_search_key(base, key, dom)]
         known = reported_metrics(self.trial)
+        final = {m for m in known if is_final(m)}
         for i, metric in enumerate(self.search.metrics):
-            if metric not in known:
-                where = "search.metric" if isinstance(self.search.metric, str) else f"search.metric[{i}]"
-                problems.append((where, _unknown_metric(metric, known)))
-        per_epoch = {m for m in known if not m.startswith("eval/") and m not in FINAL_ONLY}
+            where = "search.metric" if isinstance(self.search.metric, str) else f"search.metric[{i}]"
+            if metric in known - final:
+                problems.append((where, f"'{metric}' is reported every epoch; the search is told a trial's final "
+                                 "numbers (proxy/pgd_acc: its selected checkpoint on the select slice)"))  # fmt: skip
+            elif metric not in known:
+                problems.append((where, _unknown_metric(metric, final, "final ")))
+        if self.final_eval is not None and self.final_eval.top_k == "pareto" and len(self.search.metrics) < 2:
+            problems.append(("final_eval.top_k", "pareto needs a search over several metrics"))
+        per_epoch = known - final
         if self.scheduler.kind != "none" and self.scheduler.metric not in per_epoch:
             problems.append(("scheduler.metric", _unknown_metric(self.scheduler.metric, per_epoch, "per-epoch ")))
         raise_if(problems)

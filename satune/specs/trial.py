@@ -27,7 +27,16 @@ from satune.specs.base import (
     shown,
 )
 from satune.specs.methods import MethodSpec
-from satune.specs.names import DATASET_CLASSES, EMBEDDED_DATASETS, FINAL_ONLY, PER_EPOCH_METRICS, ArchName, DatasetName
+from satune.specs.names import (
+    DATASET_CLASSES,
+    EMBEDDED_DATASETS,
+    FINAL_ONLY,
+    FINAL_PREFIXES,
+    PER_EPOCH_METRICS,
+    ArchName,
+    DatasetName,
+    interval_keys,
+)
 
 
 class DataSpec(Spec):
@@ -113,8 +122,12 @@ class TrainSpec(Spec):
 class AutoAttackSpec(Spec):
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks: list[Literal["apgd-ce", "apgd-t", "fab", "fab-t", "square", "apgd-dlr"]] | None = None
-    n: NonNegativeInt = 1000  # examples of the final slice; 0 skips AutoAttack
+    n: NonNegativeInt | Literal["all"] = 1000  # examples of the final slice (a prefix); 0 skips AutoAttack
     seed: Seed = 0
+
+    def count(self, available: int) -> int:
+        """How many examples it attacks out of `available`."""
+        return available if self.n == "all" else min(self.n, available)
 
     @model_validator(mode="after")
     def _rules(self):
@@ -124,6 +137,10 @@ class AutoAttackSpec(Spec):
 
 
 class EvalSpec(Spec):
+    # The evaluation threat model, when it differs from training's (TRADES recipes train at eps
+    # 0.031 and are evaluated at 8/255); None: the training threat's.
+    norm: Literal["l2", "linf"] | None = None
+    eps: Positive | None = None
     pgd_steps: PositiveInt = 20
     pgd_step_size: Positive | None = None  # default 2.5*eps/steps (Madry et al.), random start
     pgd_restarts: PositiveInt = 1
@@ -153,13 +170,33 @@ class TrialSpec(Spec):
 
     @model_validator(mode="after")
     def _rules(self):
-        raise_if(self.method.trial_problems(self))
+        problems = self.method.trial_problems(self)
+        if self.eval.norm is not None and self.eval.norm != self.threat.norm and self.eval.eps is None:
+            problems.append(("eval.eps", f"required when eval.norm ({self.eval.norm}) differs from threat.norm"))
+        raise_if(problems)
         return self
+
+    @property
+    def eval_threat(self) -> ThreatSpec:
+        """The threat model robustness is evaluated under."""
+        if self.eval.norm is None and self.eval.eps is None:
+            return self.threat
+        return ThreatSpec.model_validate(
+            {
+                **self.threat.model_dump(),
+                "norm": self.eval.norm or self.threat.norm,
+                "eps": self.eval.eps or self.threat.eps,
+                "step_size": None,
+            }  # fmt: skip
+        )
 
 
 def reported_metrics(trial: TrialSpec) -> set[str]:
     """Every metric key a trial with this spec reports (per epoch or at the end)."""
-    evals = ["clean", "pgd"] + (["aa"] if trial.eval.autoattack.n > 0 else [])
+    evals = ["clean", "pgd"] + (["aa"] if trial.eval.autoattack.n != 0 else [])
     common = set(PER_EPOCH_METRICS) | FINAL_ONLY | {f"eval/{k}_acc" for k in evals}
     common |= {f"eval/class_{k}_acc/{c}" for k in evals for c in trial.data.class_names() or ()}
-    return trial.method.metrics(common, evals)
+    common |= {f"{where}/{k}_acc" for where in ("proxy", "last") for k in ("clean", "pgd")}
+    keys = trial.method.metrics(common, evals)
+    accuracies = [k for k in keys if k.startswith(FINAL_PREFIXES) and "_acc" in k]
+    return keys | {i for k in accuracies for i in interval_keys(k)}

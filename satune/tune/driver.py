@@ -28,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from satune import tracking
 from satune.specs import SweepSpec
-from satune.tune import cluster
+from satune.tune import cluster, final_stage
 from satune.tune.progress import Progress, echo_stderr
 from satune.tune.rundir import RunDir, prepare, writable_by_others
 from satune.tune.space import grid_space, optuna_space, sampler
@@ -102,7 +102,12 @@ def run_sweep(
             _prepare(sweep, echo)
             result = _fit(sweep, run_dir, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo)
 
-            # 3. The summary goes into the parent run.
+            # 3. The final stage: AutoAttack on the winners; then they are judged by it.
+            if sweep.final_eval is not None and not result.interrupted:
+                final_stage.run(sweep, result.rows, uri=uri, experiment_id=experiment_id, parent=parent, echo=echo)
+                result.best = final_stage.best(result.rows) or result.best
+
+            # 4. The summary goes into the parent run.
             _injected_interrupt("summary")
             log_summary(sweep, result, uri, parent)
         except KeyboardInterrupt:
@@ -248,9 +253,10 @@ def _fit(
         grid = tuner.fit()  # Ctrl-C: Tune saves its state, stops the trials and returns
     finally:
         signal.signal(signal.SIGINT, sigint)  # Tune leaves its own handler behind, even after a normal end
-    rows = [_row(ctx, t) for t in grid._experiment_analysis.trials]
-    # After an interrupt Tune marks the trials it stopped TERMINATED, like finished ones: only a
-    # trial's last result says whether it ran to its end (or the scheduler stopped it).
+    # After an interrupt Tune marks the trials it stopped TERMINATED in memory, like finished ones;
+    # the state it saved just before (what --resume restores) still has them RUNNING.
+    saved = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_dir)).trials}
+    rows = [_row(ctx, t, saved.get(t.trial_id)) for t in grid._experiment_analysis.trials]
     interrupted = len(rows) < sweep.search.trial_count or not all(r.finished for r in rows)
     if not interrupted:
         _fail_orphans(run_dir, sweep)
@@ -332,10 +338,10 @@ def _fail_orphans(run_dir: Path, sweep: SweepSpec) -> None:
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
-def _row(ctx: TrialContext, trial) -> TrialRow:
+def _row(ctx: TrialContext, trial, saved_status: str | None) -> TrialRow:
     last = trial.last_result or {}
     metrics = {k: v for k, v in last.items() if "/" in k and isinstance(v, (int, float))}
     config = dict(trial.config or {})
     seed = resolve_trial(ctx, config).seed if config else None
-    finished = trial.status == "ERROR" or (trial.status == "TERMINATED" and bool(last.get("done")))
+    finished = saved_status in ("TERMINATED", "ERROR")  # ran to its end, stopped by the scheduler, or failed
     return TrialRow(trial.trial_id, trial.status, config, metrics, seed, finished)

@@ -79,6 +79,10 @@ def latest_run_dir(sweep: SweepSpec) -> Path | None:
     return max(runs, key=_order) if runs else None
 
 
+def read_state(run_dir: Path) -> dict:
+    return json.loads((run_dir / STATE_FILE).read_text())
+
+
 def comparable(sweep: SweepSpec) -> dict:
     data = sweep.model_dump(mode="json", by_alias=True)
     return {k: v for k, v in data.items() if k not in RESUMABLE_CHANGES}
@@ -91,7 +95,7 @@ def prepare(sweep: SweepSpec, source: Path, resume: bool) -> RunDir:
     path = latest_run_dir(sweep)
     if path is None:
         raise SweepError(f"--resume: no earlier run of sweep '{sweep.name}' in {sweep_root(sweep)}")
-    state = json.loads((path / STATE_FILE).read_text())
+    state = read_state(path)
     if state["status"] == "finished":
         raise SweepError(f"--resume: the last run of '{sweep.name}' ({path.name}) finished; nothing to resume")
     old, new = state["spec"], comparable(sweep)

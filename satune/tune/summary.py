@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from satune import tracking
-from satune.specs import SweepSpec
+from satune.specs import SweepSpec, interval_keys
 from satune.tune.space import REPEAT_KEY
 
 
@@ -88,7 +88,9 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
     }
     if result.best is not None:
         tags["satune.best_trial"] = result.best.trial_id
-        tracking.log_metrics(uri, parent, {f"best/{m}": result.best.metrics[m] for m in sweep.search.metrics})
+        final = {k: v for k, v in result.best.metrics.items() if k.startswith("final/") and "/class_" not in k}
+        tracking.log_metrics(uri, parent, {f"best/{m}": result.best.metrics[m] for m in sweep.search.metrics}
+                             | {f"best/{k}": v for k, v in final.items()})  # fmt: skip
     if result.pareto:
         tags["satune.pareto_trials"] = ",".join(r.trial_id for r in result.pareto)
         tracking.log_dict(uri, parent, [record(r) for r in result.pareto], "pareto.json")
@@ -97,9 +99,11 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
 
 def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]]:
     """The end table: searched values and the key metrics per trial, the objective's best first."""
-    metrics = list(dict.fromkeys(sweep.search.metrics + ["eval/clean_acc", "eval/pgd_acc", "eval/aa_acc"]))
+    shown = ["eval/clean_acc", "eval/pgd_acc"] + (["eval/aa_acc"] if sweep.trial.eval.autoattack.n != 0 else [])
+    metrics = list(dict.fromkeys(sweep.search.metrics + shown))
+    final = ["final/aa_acc"] if sweep.final_eval is not None else []
     keys = list(sweep.search.space)
-    header = ["trial", "status", *keys, *(m.split("/", 1)[-1] for m in metrics)]
+    header = ["trial", "status", *keys, *metrics, *(f"{m} [95 %]" for m in final)]
     first, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
     ordered = sorted(result.rows, key=lambda r: -sign * r.metrics.get(first, -sign * float("inf")))
     front = {r.trial_id for r in result.pareto}
@@ -110,8 +114,15 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
         )
         status = r.status.lower() if r.finished else "unfinished"
         rows.append([r.trial_id, marks + status, *(_cell(r.config.get(k)) for k in keys),
-                     *(_cell(r.metrics.get(m)) for m in metrics)])  # fmt: skip
+                     *(_cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final)])  # fmt: skip
     return header, rows
+
+
+def _interval(metrics: dict[str, float], key: str) -> str:
+    if key not in metrics:
+        return "-"
+    n, lo, hi = (metrics[k] for k in interval_keys(key))
+    return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}] n={n:.0f}"
 
 
 def _cell(v) -> str:

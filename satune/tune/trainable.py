@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from satune import tracking
+from satune.final import INTEGRITY_TAG
 from satune.runtime import derive_seed
 from satune.specs import TrialSpec, set_path
 from satune.tune.space import REPEAT_KEY
@@ -112,6 +113,9 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         if spec.train.epochs not in tracking.metric_steps(uri, run_id, "time/total_s"):
             tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs)
         tracking.log_dict(uri, run_id, result.to_json(), "result.json")
+        if result.outcomes is not None:
+            tracking.log_text(uri, run_id, result.outcomes.csv(), "outcomes.csv")
+        tracking.set_tags(uri, run_id, {INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
         weights = Path(tmp) / "model.pt"
         torch.save(result.model.state_dict(), weights)
         tracking.log_file(uri, run_id, weights, "model")

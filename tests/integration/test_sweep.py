@@ -205,6 +205,55 @@ def _answers(uri: str) -> bool:
         return False
 
 
+def test_final_stage_evaluates_the_winners_and_resumes_after_a_kill(tmp_path, mlflow_server, ray_address):
+    """AutoAttack on the top 2 of 3 trials over the whole final slice, each logged into its own run
+    with n and an interval; the driver is killed (SIGKILL) once the first evaluation is in, and
+    --resume finishes the stage without repeating it. Then `satune eval` evaluates the third."""
+    name = "final"
+    sweep = smoke_file(tmp_path, name, mlflow_server, **{
+        "search.num_samples": 3, "trial.train.epochs": 1,
+        "final_eval": {"top_k": 2, "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": "all"},
+                       "resources": {"cpu": 1}},
+    })  # fmt: skip
+    killed = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path, env={"SATUNE_KILL_IN_FINAL_STAGE": "1"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    client, _, children = runs_of(mlflow_server, name)
+    assert 1 <= sum("final/aa_acc" in c.data.metrics for c in children) <= 2
+
+    done = satune("sweep", sweep, "--resume", "--address", ray_address, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"for 2 trials \(\w+, \w+\); [12] done before", done.stderr)
+    client, parents, children = runs_of(mlflow_server, name)
+    ranked = sorted(children, key=lambda c: -c.data.metrics["eval/pgd_acc"])
+    winners, rest = ranked[:2], ranked[2:]
+    for c in winners:
+        m = c.data.metrics
+        assert m["final/aa_n"] == m["final/clean_n"] == m["eval/clean_n"]  # the whole final slice
+        assert (
+            m["final/aa_acc_lo"] <= m["final/aa_acc"] <= m["final/aa_acc_hi"]
+            and m["final/aa_acc"] <= m["final/clean_acc"]
+        )
+        assert m["final/pgd_gap"] == pytest.approx(m["eval/pgd_acc"] - m["final/aa_acc"])
+        assert [p.step for p in client.get_metric_history(c.info.run_id, "final/aa_acc")] == [0]  # evaluated once
+        assert c.data.tags["satune.final.autoattack"] == "custom (apgd-ce)" and c.data.tags["satune.integrity"] == "ok"
+        assert {a.path for a in client.list_artifacts(c.info.run_id, "final/0-custom-nall")} >= {
+            "final/0-custom-nall/card.json",
+            "final/0-custom-nall/outcomes.csv",
+            "final/0-custom-nall/card.md",
+        }
+    assert not [k for c in rest for k in c.data.metrics if k.startswith("final/")]  # only the winners
+    best = max(winners, key=lambda c: c.data.metrics["final/aa_acc"])
+    assert parents[0].data.tags["satune.best_trial"] == best.data.tags[TRIAL_TAG]  # judged by AutoAttack
+    assert parents[0].data.metrics["best/final/aa_acc"] == best.data.metrics["final/aa_acc"]
+    assert "final/aa_acc [95 %]" in done.stdout
+
+    (other,) = rest  # later, with other settings: into that run
+    later = satune("eval", other.info.run_id, "--tracking-uri", mlflow_server, "--attack", "apgd-ce", "--n", "50")
+    assert later.returncode == 0, later.stdout + later.stderr
+    m = client.get_run(other.info.run_id).data.metrics
+    assert m["final/aa_n"] == 50 and m["final/aa_acc_lo"] <= m["final/aa_acc"] <= m["final/aa_acc_hi"]
+
+
 def test_killed_driver_resumes_with_every_trial_done_once(tmp_path):
     """Local mode: satune starts its own Ray and MLflow server; the kill takes them down with it."""
     sweep = smoke_file(tmp_path, "killed", None, **{

@@ -96,7 +96,7 @@ def test_alpha_zero_leaves_the_aux_head_without_gradient(aux, variant):
     torch.manual_seed(0)
     model = create_model(ModelSpec(), (1, 8, 8), [10, 20], [0.3], [0.3])
     spec = BiamatSpec(aux=["digits", "noise"], alpha=0.0, warmup_epochs=0, variant=variant)
-    method = Biamat(spec, Attack("linf", 0.1, 0.05, 2), aux, 16, seed=0)
+    method = Biamat(spec, Attack("linf", 0.1, 0.05, 2), aux, aux_batch_size=16, hi_loss="trades", seed=0)
     method.start_epoch(0)
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
     out = method.step(model, x, y, torch.arange(16), torch.Generator().manual_seed(0))
@@ -109,7 +109,8 @@ def test_alpha_zero_leaves_the_aux_head_without_gradient(aux, variant):
 def test_warmup_trains_the_primary_only_and_then_freezes_omega(aux):
     torch.manual_seed(0)
     model = create_model(ModelSpec(), (1, 8, 8), [10, 20], [0.3], [0.3])
-    method = Biamat(BiamatSpec(aux=["digits", "noise"], warmup_epochs=1), Attack("linf", 0.1, 0.05, 1), aux, 8, 0)
+    method = Biamat(BiamatSpec(aux=["digits", "noise"], warmup_epochs=1), Attack("linf", 0.1, 0.05, 1), aux,
+                    aux_batch_size=8, hi_loss="trades", seed=0)  # fmt: skip
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     method.start_epoch(0)
     method.step(model, x, y, torch.arange(8), None)["loss"].backward()
@@ -162,3 +163,12 @@ def test_omega_survives_a_resume(tmp_path):
     drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
     assert drop(resumed.history) == drop(full.history)
     assert {"biamat/hi_ratio/digits_5_6_7_8_9", "biamat/hi_ratio/noise"} <= set(full.history[-1])
+
+
+def test_defaults_follow_the_official_code():
+    assert BiamatSpec(aux=["noise"]).resolved_warmup_epochs == 5
+    assert BiamatSpec(aux=["noise"], gate="all_uniform").resolved_warmup_epochs == 0  # the baseline has none
+    assert BiamatSpec(aux=["noise"], gate="all_uniform", warmup_epochs=2).resolved_warmup_epochs == 2
+    trades = BiamatSpec(aux=["noise"], variant="trades")
+    assert trades.resolved_aux_hi_loss("cifar100") == "ce" and trades.resolved_aux_hi_loss("cifar10") == "trades"
+    assert BiamatSpec(aux=["noise"], variant="trades", aux_hi_loss="trades").resolved_aux_hi_loss("cifar100") == "trades"

@@ -29,12 +29,18 @@ def test_run_writes_the_result_file(tmp_path):
     )
     assert result.exit_code == 0, result.output
     data = json.loads((out / "result.json").read_text())
-    assert set(data) == {"spec", "effective", "metrics", "history"}
+    assert set(data) == {"spec", "effective", "metrics", "history", "integrity"}
     assert data["spec"]["method"]["w_A"] == 3 and data["spec"]["train"]["epochs"] == 1
     # what ran, defaults resolved: smoke.yaml leaves w_B and the PGD steps unset
     assert data["effective"]["method.w_A"] == 3 and data["effective"]["method.w_B"] == 1.0
     assert data["effective"]["threat.step_size"] == 0.1 / 4 and data["effective"]["eval.pgd_step_size"] == 2.5 * 0.1 / 5
-    assert {"eval/clean_acc", "eval/pgd_acc", "train/grad_evals", "time/epoch_s"} <= set(data["metrics"])
+    assert {"eval/clean_acc", "eval/pgd_acc", "proxy/pgd_acc", "last/pgd_acc", "train/grad_evals"} <= set(
+        data["metrics"]
+    )
+    assert {"select/pgd_acc", "time/epoch_s"} <= set(data["history"][-1]) and not {"select/pgd_acc"} & set(
+        data["metrics"]
+    )
+    assert data["integrity"] == [] and (out / "outcomes.csv").read_text().startswith("index,label,clean,pgd\n")
     assert (out / "checkpoint" / "state.pt").exists()
 
 

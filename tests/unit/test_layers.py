@@ -8,7 +8,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "satune"
 ORDER = ["errors", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
-         "tracking", "tune", "report", "cli"]  # fmt: skip
+         "tracking", "final", "tune", "report", "cli"]  # fmt: skip
 HOMES = {"mlflow": {"tracking"}, "ray": {"tune"}, "pyautoattack": {"evaluate"}, "autoattack": {"evaluate"}}
 
 

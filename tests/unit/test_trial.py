@@ -1,3 +1,5 @@
+import pytest
+
 from satune.specs import parse_trial
 from satune.trial import run_trial
 
@@ -35,14 +37,23 @@ def test_result_carries_the_design_metric_names():
         "eval/pgd_acc_A",
         "eval/aa_acc_B",
         "eval/class_aa_acc/3",
+        "eval/aa_n_B",
+        "eval/pgd_acc_lo_A",
+        "proxy/pgd_acc",
+        "last/pgd_acc",
+        "last/pgd_gap",
         "train/grad_evals",
-        "train/attacked_fraction",
-        "time/epoch_s",
+        "train/selected_epoch",
         "time/total_s",
     ):
         assert key in m, key
-    assert 0.15 < m["train/attacked_fraction"] < 0.25  # two of ten classes
+    epoch = result.history[-1]
+    assert {"train/attacked_fraction", "select/pgd_acc", "time/epoch_s"} <= set(epoch)
+    assert 0.15 < epoch["train/attacked_fraction"] < 0.25  # two of ten classes
     assert m["eval/aa_acc"] <= m["eval/clean_acc"]
+    selected = result.history[int(m["train/selected_epoch"])]
+    assert m["proxy/pgd_acc"] == pytest.approx(selected["select/pgd_acc"])  # the selected epoch's, not the last's
+    assert m["last/pgd_gap"] == pytest.approx(m["eval/pgd_acc"] - m["last/pgd_acc"])
     out = result.to_json()
-    assert set(out) == {"spec", "effective", "metrics", "history"} and len(out["history"]) == 6
+    assert set(out) == {"spec", "effective", "metrics", "history", "integrity"} and len(out["history"]) == 6
     assert out["spec"]["method"]["classes"] == ["3", "8"]

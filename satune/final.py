@@ -1,0 +1,208 @@
+"""The final stage of evaluation: AutoAttack on a trained model over the whole final slice (or as
+many examples as asked), with sample sizes, 95 % intervals, per-example outcomes, integrity checks
+and a RobustBench-style card. For a trial's MLflow run (the winners of `satune sweep`, `satune eval
+RUN_ID`) or for a `satune run` directory; the results go into the run they evaluate.
+
+Each evaluation of a run logs `final/*` at the next step (a later one, with more examples or another
+version, is a new point beside the earlier ones), its settings as `satune.final.*` tags and its
+outcomes and card as artifacts under `final/<label>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from satune import runtime, tracking
+from satune.data import load_data
+from satune.evaluate import (
+    Outcomes,
+    accuracies,
+    autoattack_correct,
+    autoattack_package,
+    clean_correct,
+    integrity_problems,
+    robust_above_clean,
+)
+from satune.models import create_model
+from satune.specs import AutoAttackSpec, ThreatSpec, TrialSpec
+
+log = logging.getLogger("satune")
+
+FINAL_TAG = "satune.final_eval"  # the settings key of the latest final evaluation of a run
+INTEGRITY_TAG = "satune.integrity"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a final evaluation runs: AutoAttack's settings, and the threat model when it is not the
+    trial's own evaluation threat (eval.norm / eval.eps, else the training threat)."""
+
+    autoattack: AutoAttackSpec
+    norm: Literal["l2", "linf"] | None = None
+    eps: float | None = None
+
+    def threat(self, trial: TrialSpec) -> ThreatSpec:
+        base = trial.eval_threat
+        if self.norm is None and self.eps is None:
+            return base
+        return ThreatSpec.model_validate({**base.model_dump(), "norm": self.norm or base.norm,
+                                          "eps": self.eps or base.eps, "step_size": None})  # fmt: skip
+
+    def key(self) -> str:
+        """Equal keys, equal evaluations of a trial: a resumed sweep does not repeat one."""
+        aa = self.autoattack
+        threat = f"{self.norm or 'trial'}:{self.eps if self.eps is not None else 'trial'}"
+        return f"{aa.version}:{','.join(aa.attacks or [])}:n={aa.n}:seed={aa.seed}:{threat}"
+
+
+@dataclass
+class Assessment:
+    metrics: dict[str, float]
+    outcomes: Outcomes
+    integrity: list[str]  # failed checks; empty when all passed
+    card: dict[str, Any]
+
+
+def assess(spec: TrialSpec, state: dict, settings: Settings, a_classes: list[str] | None = None) -> Assessment:
+    """AutoAttack (and clean accuracy, on the same examples) of the weights `state` of a trial."""
+    device = runtime.configure(spec.runtime, spec.seed)
+    data = load_data(spec.data, runtime.cache_dir(spec.runtime), device)
+    n_heads = len({k.split(".")[1] for k in state if k.startswith("heads.")})  # BiaMAT's auxiliary head too
+    heads = [int(state[f"heads.{i}.weight"].shape[0]) for i in range(n_heads)]
+    model = create_model(spec.model, data.shape, heads, data.mean, data.std)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    aa, threat = settings.autoattack, settings.threat(spec)
+    x, y = data.final.tensors()
+    n = aa.count(len(y))
+    x, y = x[:n], y[:n]
+    integrity = integrity_problems(model, x[:64], y[:64])
+    log.info("final evaluation: AutoAttack %s, %s eps %.4g, on %d of %d final-slice examples", aa.version,
+             threat.norm, threat.eps, n, len(data.final))  # fmt: skip
+    outcomes = Outcomes(y.cpu())
+    outcomes.correct["clean"] = clean_correct(model, x, y, spec.eval.batch_size).cpu()
+    outcomes.correct["aa"] = autoattack_correct(model, x, y, threat, aa, batch_size=spec.eval.batch_size,
+                                                n_classes=data.num_classes).cpu()  # fmt: skip
+    a_idx = [data.classes.index(c) for c in a_classes] if a_classes else None
+    metrics: dict[str, float] = {}
+    for kind, ok in outcomes.correct.items():
+        metrics |= accuracies("final", kind, ok, outcomes.labels, data.classes, a_idx)
+    integrity += robust_above_clean(outcomes)
+    for problem in integrity:
+        log.warning("evaluation integrity: %s", problem)
+    card = {
+        "dataset": spec.data.dataset,
+        "classes": len(data.classes),
+        "threat_model": threat.norm.upper() if threat.norm == "l2" else "Linf",
+        "eps": threat.eps,
+        "architecture": spec.model.arch,
+        "method": spec.method.kind,
+        "extra_data": spec.method.extra_data(),
+        "clean_acc": metrics["final/clean_acc"],
+        "autoattack_acc": metrics["final/aa_acc"],
+        "autoattack_acc_95": [metrics["final/aa_acc_lo"], metrics["final/aa_acc_hi"]],
+        "n_examples": n,
+        "autoattack": {"version": aa.version, "attacks": aa.attacks, "seed": aa.seed, "package": autoattack_package()},
+        "integrity": integrity or "all checks passed",
+    }
+    return Assessment(metrics, outcomes, integrity, card)
+
+
+def card_markdown(card: dict[str, Any], title: str) -> str:
+    """The card as a person reads it (RobustBench's leaderboard columns)."""
+    lo, hi = card["autoattack_acc_95"]
+    extra = ", ".join(card["extra_data"]) or "none"
+    attacks = card["autoattack"]["version"] + (f" ({', '.join(card['autoattack']['attacks'])})"
+                                               if card["autoattack"]["attacks"] else "")  # fmt: skip
+    rows = [
+        ("dataset", f"{card['dataset']} ({card['classes']} classes), final slice, {card['n_examples']} examples"),
+        ("threat model", f"{card['threat_model']}, eps {card['eps']:.4g}"),
+        ("architecture", card["architecture"]), ("training", card["method"]), ("extra data", extra),
+        ("clean accuracy", f"{card['clean_acc']:.2%}"),
+        ("AutoAttack accuracy", f"{card['autoattack_acc']:.2%} (95 % interval {lo:.2%} – {hi:.2%})"),
+        ("AutoAttack", f"{attacks}, seed {card['autoattack']['seed']}, {card['autoattack']['package']}"),
+        ("integrity checks", card["integrity"] if isinstance(card["integrity"], str) else "; ".join(card["integrity"])),
+    ]  # fmt: skip
+    return f"# {title}\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+
+
+def _label(step: int, settings: Settings) -> str:
+    aa = settings.autoattack
+    return f"{step}-{aa.version}-n{aa.n}"
+
+
+# --------------------------------------------------------------------------------------------
+# Where the model comes from, where the results go
+
+
+def evaluate_run(uri: str, run_id: str, settings: Settings, *, threads: int | None = None) -> dict[str, float]:
+    """Evaluate the selected weights a trial logged (`model/model.pt`) and log into its run."""
+    run = tracking.get_run(uri, run_id)
+    with tempfile.TemporaryDirectory(prefix="satune-final-") as tmp:
+        result = json.loads(tracking.download(uri, run_id, "result.json", Path(tmp)).read_text())
+        weights = tracking.download(uri, run_id, "model/model.pt", Path(tmp))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    spec = _with_threads(TrialSpec.model_validate(result["spec"]), threads)
+    done = assess(spec, state, settings, result.get("effective", {}).get("method.a_classes"))
+    metrics = done.metrics | _gaps(run.data.metrics, done.metrics)
+    step = len(tracking.metric_steps(uri, run_id, "final/aa_acc"))
+    label = _label(step, settings)
+    tracking.log_metrics(uri, run_id, metrics, step=step)
+    tracking.log_text(uri, run_id, done.outcomes.csv(), f"final/{label}/outcomes.csv")
+    tracking.log_text(uri, run_id, json.dumps(done.card, indent=2) + "\n", f"final/{label}/card.json")
+    tracking.log_text(uri, run_id, card_markdown(done.card, run.info.run_name), f"final/{label}/card.md")
+    tracking.set_tags(uri, run_id, _tags(spec, settings, done))
+    return metrics
+
+
+def evaluate_dir(directory: Path, settings: Settings) -> Assessment:
+    """Evaluate a `satune run` directory's selected checkpoint; results beside it in final/<label>/."""
+    result = json.loads((directory / "result.json").read_text())
+    saved = torch.load(directory / "checkpoint" / "state.pt", map_location="cpu", weights_only=True)
+    state = saved["best_state"] if saved.get("best_state") is not None else saved["model"]
+    spec = TrialSpec.model_validate(result["spec"])
+    done = assess(spec, state, settings, result.get("effective", {}).get("method.a_classes"))
+    done.metrics |= _gaps(result["metrics"], done.metrics)
+    previous = sorted((directory / "final").glob("*/metrics.json")) if (directory / "final").exists() else []
+    out = directory / "final" / _label(len(previous), settings)
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps(done.metrics, indent=2) + "\n")
+    (out / "outcomes.csv").write_text(done.outcomes.csv())
+    (out / "card.json").write_text(json.dumps(done.card, indent=2) + "\n")
+    (out / "card.md").write_text(card_markdown(done.card, directory.name))
+    return done
+
+
+def _gaps(trial: dict[str, float], final: dict[str, float]) -> dict[str, float]:
+    """How far the cheap numbers of the search sit above AutoAttack: the select-slice PGD proxy,
+    and PGD on the final slice (a large gap there suggests a weak attack or masked gradients)."""
+    aa = final["final/aa_acc"]
+    keys = {"final/proxy_gap": "proxy/pgd_acc", "final/pgd_gap": "eval/pgd_acc"}
+    return {gap: trial[k] - aa for gap, k in keys.items() if k in trial}
+
+
+def _tags(spec: TrialSpec, settings: Settings, done: Assessment) -> dict[str, object]:
+    aa, threat = settings.autoattack, settings.threat(spec)
+    return {
+        FINAL_TAG: settings.key(),
+        "satune.final.autoattack": aa.version + (f" ({', '.join(aa.attacks)})" if aa.attacks else ""),
+        "satune.final.threat": f"{threat.norm} eps {threat.eps:.6g}",
+        "satune.final.n": done.card["n_examples"],
+        "satune.final.seed": aa.seed,
+        "satune.final.package": done.card["autoattack"]["package"],
+        INTEGRITY_TAG: "; ".join(done.integrity) or "ok",
+    }
+
+
+def _with_threads(spec: TrialSpec, threads: int | None) -> TrialSpec:
+    if threads is None:
+        return spec
+    return TrialSpec.model_validate({**spec.model_dump(mode="json", by_alias=True),
+                                     "runtime": {**spec.runtime.model_dump(), "threads": threads}})  # fmt: skip

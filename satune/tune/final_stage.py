@@ -1,0 +1,122 @@
+"""The sweep's second stage: AutoAttack on the winners of the search, over the final slice.
+
+The search ranks trials by a cheap proxy; when it ends, the top-k trials (or the Pareto front) are
+evaluated with the sweep's `final_eval` settings, each as a Ray task with its own resources, all at
+once as far as the cluster allows. Each task logs into its trial's own MLflow run and tags it with
+the settings it ran: a resumed sweep skips the evaluations that finished.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+import ray
+
+from satune import tracking
+from satune.final import FINAL_TAG, Settings
+from satune.specs import SweepSpec
+from satune.tune.rundir import SweepError
+from satune.tune.summary import TrialRow, pareto_front
+
+
+def winners(sweep: SweepSpec, rows: list[TrialRow], top_k: int | str) -> list[TrialRow]:
+    """The finished trials to evaluate, best first by the search's first metric: the top k, or the
+    Pareto front of the search's metrics."""
+    metrics, modes = sweep.search.metrics, sweep.search.modes
+    scored = [r for r in rows if r.status == "TERMINATED" and all(m in r.metrics for m in metrics)]
+    if top_k == "pareto":
+        scored = pareto_front(scored, metrics, modes)
+    sign = 1 if modes[0] == "max" else -1
+    ranked = sorted(scored, key=lambda r: -sign * r.metrics[metrics[0]])
+    return ranked if isinstance(top_k, str) else ranked[:top_k]
+
+
+def run(sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str, parent: str,
+        echo: Callable[[str], None]) -> None:  # fmt: skip
+    """Evaluate the winners that have not been evaluated with these settings yet; add their final/*
+    numbers to their rows."""
+    final = sweep.final_eval
+    assert final is not None
+    chosen = winners(sweep, rows, final.top_k)
+    settings = Settings(final.autoattack)
+    key = settings.key()
+    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.child_runs(uri, experiment_id, parent)}
+    todo = [r for r in chosen if runs[r.trial_id].data.tags.get(FINAL_TAG) != key]
+    aa = final.autoattack
+    echo(f"final evaluation: AutoAttack {aa.version} on {aa.n} final-slice examples for {len(chosen)} trials "
+         f"({', '.join(r.trial_id for r in chosen)}); {len(chosen) - len(todo)} done before")  # fmt: skip
+    task = ray.remote(num_cpus=final.resources.cpu, num_gpus=final.resources.gpu)(_evaluate)
+    threads = max(1, int(final.resources.cpu))
+    pending = {task.remote(uri, runs[r.trial_id].info.run_id, aa.model_dump(), threads): r for r in todo}
+    while pending:
+        [ready], _ = ray.wait(list(pending))
+        row = pending.pop(ready)
+        metrics = ray.get(ready)
+        echo(
+            f"final evaluation of trial {row.trial_id}: final/aa_acc={metrics['final/aa_acc']:.4f} "
+            f"[{metrics['final/aa_acc_lo']:.3f}, {metrics['final/aa_acc_hi']:.3f}] on {metrics['final/aa_n']:.0f}"
+        )
+        _injected_kill()
+    for row in chosen:  # what the runs hold now, the evaluations of earlier attempts included
+        logged = tracking.get_run(uri, runs[row.trial_id].info.run_id).data.metrics
+        row.metrics |= {k: v for k, v in logged.items() if k.startswith("final/")}
+
+
+def best(rows: list[TrialRow]) -> TrialRow | None:
+    """The trial with the highest AutoAttack accuracy of the final stage, if any was evaluated."""
+    evaluated = [r for r in rows if "final/aa_acc" in r.metrics]
+    return max(evaluated, key=lambda r: r.metrics["final/aa_acc"]) if evaluated else None
+
+
+def _evaluate(uri: str, run_id: str, autoattack: dict, threads: int) -> dict[str, float]:
+    from satune.final import evaluate_run
+    from satune.specs import FinalAutoAttackSpec
+
+    return evaluate_run(uri, run_id, Settings(FinalAutoAttackSpec.model_validate(autoattack)), threads=threads)
+
+
+def _injected_kill() -> None:
+    """Fault injection for tests: SATUNE_KILL_IN_FINAL_STAGE=1 kills the driver (SIGKILL, no clean-up)
+    once the first evaluation has been logged, as a lost machine would."""
+    if os.environ.get("SATUNE_KILL_IN_FINAL_STAGE") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def evaluate_sweep(sweep: SweepSpec, settings: Settings, *, top_k: int | str, echo: Callable[[str], None]
+                   ) -> list[tuple[str, dict[str, float]]]:  # fmt: skip
+    """`satune eval SWEEP`: the winners of the sweep's newest run, evaluated in this process one
+    after the other (no Ray), each logged into its own run."""
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    from satune.final import evaluate_run
+    from satune.tune.rundir import latest_run_dir, read_state
+
+    run_dir = latest_run_dir(sweep)
+    if run_dir is None:
+        raise SweepError(f"no run of sweep '{sweep.name}' in {sweep.storage}: run `satune sweep` first")
+    state = read_state(run_dir)
+    if "parent_run_id" not in state:
+        raise SweepError(f"the run {run_dir} never reached MLflow: nothing to evaluate")
+    with ExitStack() as stack:
+        if sweep.tracking.uri is None:
+            uri = stack.enter_context(tracking.LocalServer(Path(sweep.storage))).uri
+        else:
+            uri = sweep.tracking.uri
+            tracking.check_reachable(uri)
+        children = tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])
+        run_ids = {
+            r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in children if tracking.TRIAL_TAG in r.data.tags
+        }
+        rows = [TrialRow(r.data.tags[tracking.TRIAL_TAG], "TERMINATED" if r.info.status == "FINISHED" else r.info.status,
+                         {}, dict(r.data.metrics)) for r in children if tracking.TRIAL_TAG in r.data.tags]  # fmt: skip
+        chosen = winners(sweep, rows, top_k)
+        if not chosen:
+            raise SweepError(f"{run_dir} has no finished trial with {sweep.search.metrics[0]} to evaluate")
+        results = []
+        for row in chosen:
+            echo(f"evaluating trial {row.trial_id} (run {run_ids[row.trial_id]})")
+            results.append((row.trial_id, evaluate_run(uri, run_ids[row.trial_id], settings)))
+        return results
