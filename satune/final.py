@@ -49,11 +49,7 @@ class Settings:
     eps: float | None = None
 
     def threat(self, trial: TrialSpec) -> ThreatSpec:
-        base = trial.eval_threat
-        if self.norm is None and self.eps is None:
-            return base
-        return ThreatSpec.model_validate({**base.model_dump(), "norm": self.norm or base.norm,
-                                          "eps": self.eps or base.eps, "step_size": None})  # fmt: skip
+        return trial.eval_threat.under(self.norm, self.eps)
 
     def key(self) -> str:
         """Equal keys, equal evaluations of a trial: a resumed sweep does not repeat one."""

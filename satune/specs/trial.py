@@ -95,6 +95,14 @@ class ThreatSpec(Spec):
     def n_steps(self) -> int:
         return 1 if self.attack == "fgsm_rs" else self.steps
 
+    def under(self, norm: str | None, eps: float | None) -> ThreatSpec:
+        """The same attack under another norm and/or budget (its step size then derived anew)."""
+        if norm is None and eps is None:
+            return self
+        return ThreatSpec.model_validate(
+            {**self.model_dump(), "norm": norm or self.norm, "eps": eps or self.eps, "step_size": None}
+        )
+
     @property
     def alpha(self) -> float:
         if self.step_size is not None:
@@ -179,16 +187,7 @@ class TrialSpec(Spec):
     @property
     def eval_threat(self) -> ThreatSpec:
         """The threat model robustness is evaluated under."""
-        if self.eval.norm is None and self.eval.eps is None:
-            return self.threat
-        return ThreatSpec.model_validate(
-            {
-                **self.threat.model_dump(),
-                "norm": self.eval.norm or self.threat.norm,
-                "eps": self.eval.eps or self.threat.eps,
-                "step_size": None,
-            }  # fmt: skip
-        )
+        return self.threat.under(self.eval.norm, self.eval.eps)
 
 
 def reported_metrics(trial: TrialSpec) -> set[str]:

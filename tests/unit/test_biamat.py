@@ -171,4 +171,6 @@ def test_defaults_follow_the_official_code():
     assert BiamatSpec(aux=["noise"], gate="all_uniform", warmup_epochs=2).resolved_warmup_epochs == 2
     trades = BiamatSpec(aux=["noise"], variant="trades")
     assert trades.resolved_aux_hi_loss("cifar100") == "ce" and trades.resolved_aux_hi_loss("cifar10") == "trades"
-    assert BiamatSpec(aux=["noise"], variant="trades", aux_hi_loss="trades").resolved_aux_hi_loss("cifar100") == "trades"
+    assert (
+        BiamatSpec(aux=["noise"], variant="trades", aux_hi_loss="trades").resolved_aux_hi_loss("cifar100") == "trades"
+    )

@@ -186,3 +186,12 @@ def test_relative_paths_become_absolute(tmp_path):
     f.write_text(yaml.safe_dump({"name": "x", "trial": base_trial(), "storage": "out"}))
     spec = load_sweep(f, base_dir=tmp_path)
     assert spec.storage == str(tmp_path / "out")
+
+
+def test_the_evaluation_threat_may_differ_from_training():
+    trial = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.031, "step_size": 0.007},
+                         "method": {"kind": "trades"}, "eval": {"eps": "8/255"}})  # fmt: skip
+    assert trial.threat.eps == 0.031 and trial.eval_threat.eps == 8 / 255 and trial.eval_threat.norm == "linf"
+    assert trial.eval_threat.alpha == 8 / 255 / 4  # its own step, not training's 0.007
+    plain = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "l2", "eps": 0.5}, "method": {"kind": "at"}})
+    assert plain.eval_threat is plain.threat
