@@ -158,7 +158,7 @@ def sweep(
         return
     _logging(verbose)
     from satune.tune.driver import SweepInterrupted, run_sweep
-    from satune.tune.summary import reproduce_command, table
+    from satune.tune.summary import configuration_table, reproduce_command, table
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:
@@ -168,13 +168,10 @@ def sweep(
         err.print(f"interrupted: {again}" if started else "interrupted before the sweep started; nothing to resume",
                   highlight=False)  # fmt: skip
         raise typer.Exit(130) from None
-    header, rows = table(spec, result)
-    shown = Table(title=f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})")
-    for i, name in enumerate(header):
-        shown.add_column(name, justify="left" if i < 2 else "right")
-    for row in rows:
-        shown.add_row(*row)
-    out.print(shown)
+    out.print(_table(f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})", *table(spec, result), 2))
+    if spec.search.repeats > 1:
+        title = f"per configuration, over its {spec.search.repeats} repeats (one seed each)"
+        out.print(_table(title, *configuration_table(spec, result), 1))
     if result.interrupted:
         err.print(f"interrupted: {again}", highlight=False)
         raise typer.Exit(130)
@@ -301,6 +298,15 @@ def _summary(metrics: dict) -> None:
     out.print(accuracy_table("final metrics (final slice, selected checkpoint)", metrics))
     rest = ("train/selected_epoch", "last/pgd_gap", "train/grad_evals", "time/total_s")
     out.print("  ".join(f"{k} {_value(metrics[k])}" for k in rest if k in metrics), highlight=False)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]], text_columns: int) -> Table:
+    shown = Table(title=title)
+    for i, name in enumerate(header):
+        shown.add_column(name, justify="left" if i < text_columns else "right")
+    for row in rows:
+        shown.add_row(*row)
+    return shown
 
 
 def accuracy_table(title: str, metrics: dict) -> Table:

@@ -265,8 +265,9 @@ def log_new_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def trial_run(
-    uri: str, *, experiment_id: str, parent_id: str, trial_id: str, name: str, spec: Mapping, run_id: str | None
-) -> str:
+    uri: str, *, experiment_id: str, parent_id: str, trial_id: str, name: str, spec: Mapping, run_id: str | None,
+    tags: Mapping[str, str] | None = None,
+) -> str:  # fmt: skip
     """The child run of a trial: the one in its checkpoint, else the one tagged with its id, else new.
 
     Looking up by tag too means a trial retried before its first checkpoint still continues its
@@ -283,7 +284,7 @@ def trial_run(
     if run_id is not None:
         c.update_run(run_id, status="RUNNING")
         return run_id
-    run = c.create_run(experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id})
+    run = c.create_run(experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id, **(tags or {})})
     c.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _params(spec).items()])
     return run.info.run_id
 

@@ -4,6 +4,7 @@ resources, tracking, storage)."""
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 import urllib.parse
 from typing import Annotated, Any, Literal
@@ -81,8 +82,12 @@ class SearchSpec(Spec):
     algorithm: AlgorithmName = "tpe"
     metric: str | list[str] = "eval/pgd_acc"
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
-    num_samples: PositiveInt = 8  # trials (grid: repeats of the whole grid)
+    num_samples: PositiveInt = 8  # configurations per grid cell (algorithm: grid: repeats of the whole grid)
     space: dict[str, DomainSpec] = {}
+    # Discrete axes: every combination is a cell, and `algorithm` searches `space` within each cell,
+    # one Optuna study per cell, `num_samples` configurations each.
+    grid: dict[str, Annotated[list[Any], check("a non-empty list of values", bool)]] = {}
+    repeats: PositiveInt = 1  # trials per configuration, each with its own seed; the search sees their mean
     # shared: every trial trains with the same seed (per repeat), so trials differ by their values
     # alone; per_config: the seed also depends on the sampled values.
     seeds: Literal["shared", "per_config"] = "shared"
@@ -91,14 +96,23 @@ class SearchSpec(Spec):
     def metrics(self) -> list[str]:
         return [self.metric] if isinstance(self.metric, str) else list(self.metric)
 
+    def cells(self) -> list[dict[str, Any]]:
+        """Every combination of the grid's values (one empty cell without a grid)."""
+        keys = list(self.grid)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.grid.values())]
+
     @property
-    def trial_count(self) -> int:
-        """Trials the search will run: num_samples, times the grid's size for algorithm: grid."""
-        n = self.num_samples
+    def configurations(self) -> int:
+        """Distinct configurations: per cell num_samples (algorithm: grid: the whole grid, num_samples times)."""
+        n = self.num_samples * len(self.cells())
         if self.algorithm == "grid":
             for dom in self.space.values():
                 n *= len(dom.value)
         return n
+
+    @property
+    def trial_count(self) -> int:
+        return self.configurations * self.repeats
 
     @property
     def modes(self) -> list[str]:
@@ -118,6 +132,8 @@ class SearchSpec(Spec):
                 problems.append((f"space.{key}", f"algorithm: grid needs grid or choice values, got {dom.kind}"))
             if self.algorithm != "grid" and dom.kind == "grid":
                 problems.append((f"space.{key}", "grid values need algorithm: grid"))
+        for key in set(self.grid) & set(self.space):
+            problems.append((f"grid.{key}", "is searched in space too; a key is either a grid axis or searched"))
         if self.algorithm == "cmaes" and any(d.kind in ("choice",) for d in self.space.values()):
             problems.append(("algorithm", "cmaes searches numeric ranges only; use tpe for choices"))
         if self.algorithm == "cmaes" and len(self.metrics) > 1:
@@ -215,6 +231,9 @@ class SweepSpec(Spec):
         base = self.trial.model_dump(exclude_unset=True)
         for key, dom in self.search.space.items():
             problems += [(f"search.space.{key}", msg) for msg in check_search_key(base, key, dom)]
+        for key, values in self.search.grid.items():
+            axis = DomainSpec.model_validate({"grid": values})
+            problems += [(f"search.grid.{key}", msg) for msg in check_search_key(base, key, axis)]
         known = reported_metrics(self.trial)
         final = {m for m in known if is_final(m)}
         for i, metric in enumerate(self.search.metrics):

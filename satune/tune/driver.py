@@ -24,15 +24,18 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from satune import tracking
+from satune.runtime import derive_seed
 from satune.specs import SweepSpec
 from satune.tune import cluster, final_stage
 from satune.tune.progress import Progress, echo_stderr
 from satune.tune.rundir import RunDir, prepare, writable_by_others
-from satune.tune.space import grid_space, optuna_space, sampler
-from satune.tune.summary import SweepResult, TrialRow, best_of, log_summary
+from satune.tune.search import Cells, Replicates
+from satune.tune.space import cell_label, grid_space, optuna_space, sampler
+from satune.tune.summary import SweepResult, TrialRow, best_configuration, log_summary
 from satune.tune.trainable import TrialContext, resolve_trial, run
 
 JOURNAL_FILE = "optuna.journal"
@@ -105,7 +108,7 @@ def run_sweep(
             # 3. The final stage: AutoAttack on the winners; then they are judged by it.
             if sweep.final_eval is not None and not result.interrupted:
                 final_stage.run(sweep, result.rows, uri=uri, experiment_id=experiment_id, parent=parent, echo=echo)
-                result.best = final_stage.best(result.rows) or result.best
+                result.best = final_stage.best(sweep, result.rows) or result.best
 
             # 4. The summary goes into the parent run.
             _injected_interrupt("summary")
@@ -199,6 +202,7 @@ def _parent_params(sweep: SweepSpec) -> dict:
     return {
         "search.algorithm": s.algorithm, "search.metric": ",".join(s.metrics), "search.mode": ",".join(s.modes),
         "search.num_samples": s.num_samples, "search.space": {k: {d.kind: d.value} for k, d in s.space.items()},
+        "search.grid": s.grid, "search.repeats": s.repeats,
         "scheduler.kind": sweep.scheduler.kind, "seed": sweep.seed, "resources.cpu": sweep.resources.cpu,
         "resources.gpu": sweep.resources.gpu, "resources.max_concurrent": sweep.resources.max_concurrent,
     }  # fmt: skip
@@ -260,7 +264,7 @@ def _fit(
     interrupted = len(rows) < sweep.search.trial_count or not all(r.finished for r in rows)
     if not interrupted:
         _fail_orphans(run_dir, sweep)
-    best, front = best_of([r for r in rows if r.status == "TERMINATED"], sweep.search.metrics, sweep.search.modes)
+    best, front = best_configuration(sweep, rows)
     return SweepResult(run_dir, rows, best, front, interrupted)
 
 
@@ -271,24 +275,32 @@ def _max_epochs(sweep: SweepSpec) -> int:
 
 
 def _is_grid(sweep: SweepSpec) -> bool:
-    """A grid, or nothing to search (repeats of the base trial): Tune's grid, without Optuna."""
+    """A grid, or nothing to search (cells and repeats of the base trial): Tune's grid, no Optuna."""
     return sweep.search.algorithm == "grid" or not sweep.search.space
 
 
 def _tune_config(sweep: SweepSpec, run_dir: Path) -> tune.TuneConfig:
     s = sweep.search
-    search_alg, num_samples = None, s.num_samples
+    search_alg: Searcher | None = None
+    num_samples = s.trial_count
     if not _is_grid(sweep):
-        search_alg = _FinalResultOptunaSearch(
-            space=optuna_space(s),
-            metric=s.metrics if len(s.metrics) > 1 else s.metrics[0],
-            mode=s.modes if len(s.modes) > 1 else s.modes[0],
-            sampler=sampler(s, sweep.seed),
-            study_name=sweep.name,
-            storage=JournalStorage(JournalFileBackend(str(run_dir / JOURNAL_FILE))),
-        )
+        metric = s.metrics if len(s.metrics) > 1 else s.metrics[0]
+        mode = s.modes if len(s.modes) > 1 else s.modes[0]
+        storage = JournalStorage(JournalFileBackend(str(run_dir / JOURNAL_FILE)))
+        cells = s.cells()
+
+        def study(i: int) -> OptunaSearch:  # one Optuna study per grid cell, in one journal
+            name = sweep.name if len(cells) == 1 else f"{sweep.name}/{cell_label(cells[i])}"
+            seed = sweep.seed if i == 0 else derive_seed(sweep.seed, "cell", i) % 2**32
+            return _FinalResultOptunaSearch(space=optuna_space(s), metric=metric, mode=mode, sampler=sampler(s, seed),
+                                            study_name=name, storage=storage)  # fmt: skip
+
+        search_alg = study(0) if len(cells) == 1 else Cells(cells, [study(i) for i in range(len(cells))],
+                                                              s.num_samples, metric, mode)  # fmt: skip
+        if s.repeats > 1:
+            search_alg = Replicates(search_alg, s.repeats, s.metrics)
     else:
-        num_samples = 1  # the grid already holds every repeat
+        num_samples = 1  # the grid already holds every configuration and repeat
     scheduler = None
     if sweep.scheduler.kind == "asha":
         sch = sweep.scheduler
@@ -333,9 +345,10 @@ def _fail_orphans(run_dir: Path, sweep: SweepSpec) -> None:
     if not journal.exists():
         return
     storage = JournalStorage(JournalFileBackend(str(journal)))
-    study = optuna.load_study(study_name=sweep.name, storage=storage)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    for name in optuna.get_all_study_names(storage):  # one per grid cell
+        study = optuna.load_study(study_name=name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
 def _row(ctx: TrialContext, trial, saved_status: str | None) -> TrialRow:

@@ -18,19 +18,23 @@ from satune import tracking
 from satune.final import FINAL_TAG, Settings
 from satune.specs import SweepSpec
 from satune.tune.rundir import SweepError
-from satune.tune.summary import TrialRow, pareto_front
+from satune.tune.summary import TrialRow, best_configuration, configurations, pareto_front
 
 
 def winners(sweep: SweepSpec, rows: list[TrialRow], top_k: int | str) -> list[TrialRow]:
     """The finished trials to evaluate, best first by the search's first metric: the top k, or the
-    Pareto front of the search's metrics."""
+    Pareto front of the search's metrics. With repeats, configurations compete by their means,
+    and every repeat of a winning configuration is evaluated (its spread is part of its result)."""
     metrics, modes = sweep.search.metrics, sweep.search.modes
     scored = [r for r in rows if r.status == "TERMINATED" and all(m in r.metrics for m in metrics)]
+    groups = {g.key: g for g in configurations(scored)}
+    candidates = [g.as_row(metrics) for g in groups.values()] if sweep.search.repeats > 1 else scored
     if top_k == "pareto":
-        scored = pareto_front(scored, metrics, modes)
+        candidates = pareto_front(candidates, metrics, modes)
     sign = 1 if modes[0] == "max" else -1
-    ranked = sorted(scored, key=lambda r: -sign * r.metrics[metrics[0]])
-    return ranked if isinstance(top_k, str) else ranked[:top_k]
+    ranked = sorted(candidates, key=lambda r: -sign * r.metrics[metrics[0]])
+    chosen = ranked if isinstance(top_k, str) else ranked[:top_k]
+    return [t for r in chosen for t in groups[r.trial_id].rows] if sweep.search.repeats > 1 else chosen
 
 
 def run(sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str, parent: str,
@@ -64,10 +68,10 @@ def run(sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str,
         row.metrics |= {k: v for k, v in logged.items() if k.startswith("final/")}
 
 
-def best(rows: list[TrialRow]) -> TrialRow | None:
-    """The trial with the highest AutoAttack accuracy of the final stage, if any was evaluated."""
-    evaluated = [r for r in rows if "final/aa_acc" in r.metrics]
-    return max(evaluated, key=lambda r: r.metrics["final/aa_acc"]) if evaluated else None
+def best(sweep: SweepSpec, rows: list[TrialRow]) -> TrialRow | None:
+    """The trial (with repeats: the configuration, by its mean) with the highest AutoAttack
+    accuracy of the final stage, if any was evaluated."""
+    return best_configuration(sweep, [r for r in rows if "final/aa_acc" in r.metrics], ["final/aa_acc"])[0]
 
 
 def _evaluate(uri: str, run_id: str, autoattack: dict, threads: int) -> dict[str, float]:

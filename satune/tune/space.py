@@ -51,9 +51,16 @@ def sampler(search: SearchSpec, seed: int) -> Any:
 
 
 def grid_space(search: SearchSpec) -> dict[str, Any]:
-    """A Tune grid over every grid/choice value, repeated num_samples times."""
+    """A Tune grid over every value of the grid axes (and of grid/choice values in space), each
+    configuration num_samples x repeats times, one seed each."""
     from ray import tune
 
     space = {key: tune.grid_search(list(dom.value)) for key, dom in search.space.items()}
-    space[REPEAT_KEY] = tune.grid_search(list(range(search.num_samples)))
+    space |= {key: tune.grid_search(list(values)) for key, values in search.grid.items()}
+    space[REPEAT_KEY] = tune.grid_search(list(range(search.num_samples * search.repeats)))
     return space
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    """A cell's name, as its Optuna study is named after it: `method.fraction=0.3,method.ranking=random`."""
+    return ",".join(f"{k}={v}" for k, v in cell.items())

@@ -3,8 +3,10 @@ reproduces a trial, the end table, and the summary logged into the parent run. N
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,60 @@ class TrialRow:
     metrics: dict[str, float]
     seed: int | None = None
     finished: bool = True  # completed, stopped by the scheduler, or failed for good
+
+
+@dataclass
+class Configuration:
+    """The repeats of one configuration (the same values, one seed each)."""
+
+    key: str
+    config: dict[str, Any]  # the values, without the repeat index
+    rows: list[TrialRow]
+
+    def values(self, metric: str) -> list[float]:
+        return [r.metrics[metric] for r in self.rows if metric in r.metrics]
+
+    def stats(self, metric: str) -> tuple[float, float, int] | None:
+        """Mean, sample standard deviation (0 for one value) and n over the repeats that report it."""
+        values = self.values(metric)
+        if not values:
+            return None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+    def as_row(self, metrics: list[str]) -> TrialRow:
+        """A row of means, to rank configurations as trials are ranked."""
+        means = {m: s[0] for m in metrics if (s := self.stats(m)) is not None}
+        return TrialRow(self.key, "TERMINATED", self.config, means)
+
+
+def config_id(config: dict[str, Any]) -> str:
+    """The same values, the same id, whichever repeat: a key MLflow's UI can group runs by."""
+    values = {k: v for k, v in config.items() if k != REPEAT_KEY}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def configurations(rows: list[TrialRow]) -> list[Configuration]:
+    groups: dict[str, Configuration] = {}
+    for r in sorted(rows, key=lambda r: r.config.get(REPEAT_KEY, 0)):
+        key = config_id(r.config)
+        config = {k: v for k, v in r.config.items() if k != REPEAT_KEY}
+        groups.setdefault(key, Configuration(key, config, [])).rows.append(r)
+    return list(groups.values())
+
+
+def best_configuration(sweep: SweepSpec, rows: list[TrialRow], metrics: list[str] | None = None
+                       ) -> tuple[TrialRow | None, list[TrialRow]]:  # fmt: skip
+    """With repeats, configurations compete by their means: the best one's first repeat, and the
+    first repeats of the Pareto front. Without, the trials themselves."""
+    metrics = metrics or sweep.search.metrics
+    modes = sweep.search.modes if metrics == sweep.search.metrics else ["max"] * len(metrics)
+    finished = [r for r in rows if r.status == "TERMINATED"]
+    if sweep.search.repeats == 1:
+        return best_of(finished, metrics, modes)
+    groups = {g.key: g for g in configurations(finished)}
+    best, front = best_of([g.as_row(metrics) for g in groups.values()], metrics, modes)
+    first = lambda row: groups[row.trial_id].rows[0]  # noqa: E731
+    return (first(best) if best else None), [first(r) for r in front]
 
 
 @dataclass
@@ -88,21 +144,43 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
     }
     if result.best is not None:
         tags["satune.best_trial"] = result.best.trial_id
-        final = {k: v for k, v in result.best.metrics.items() if k.startswith("final/") and "/class_" not in k}
-        tracking.log_metrics(uri, parent, {f"best/{m}": result.best.metrics[m] for m in sweep.search.metrics}
-                             | {f"best/{k}": v for k, v in final.items()})  # fmt: skip
+        best = {k: v for k, v in result.best.metrics.items() if k in sweep.search.metrics
+                or k.startswith("final/") and "/class_" not in k}  # fmt: skip
+        if sweep.search.repeats > 1:  # the best configuration's mean and spread over its repeats
+            (group,) = [g for g in configurations(result.rows) if result.best in g.rows]
+            tags["satune.best_config"] = group.key
+            stats = {k: s for k in best if (s := group.stats(k)) is not None}
+            best = {k: s[0] for k, s in stats.items()} | {f"{k}_std": s[1] for k, s in stats.items()}
+        tracking.log_metrics(uri, parent, {f"best/{k}": v for k, v in best.items()})
     if result.pareto:
         tags["satune.pareto_trials"] = ",".join(r.trial_id for r in result.pareto)
         tracking.log_dict(uri, parent, [record(r) for r in result.pareto], "pareto.json")
+    if sweep.search.repeats > 1:
+        tracking.log_dict(uri, parent, configuration_records(sweep, result), "configurations.json")
     tracking.set_tags(uri, parent, tags)
+
+
+def shown_metrics(sweep: SweepSpec) -> list[str]:
+    """The metrics the end tables show: the searched ones, the final slice's, the final stage's."""
+    shown = ["eval/clean_acc", "eval/pgd_acc"] + (["eval/aa_acc"] if sweep.trial.eval.autoattack.n != 0 else [])
+    return list(dict.fromkeys(sweep.search.metrics + shown + (["final/aa_acc"] if sweep.final_eval else [])))
+
+
+def configuration_records(sweep: SweepSpec, result: SweepResult) -> list[dict]:
+    """Per configuration: its values, its trials, and mean, std and n of each shown metric."""
+    records = []
+    for g in configurations(result.rows):
+        stats = {m: s for m in shown_metrics(sweep) if (s := g.stats(m)) is not None}
+        records.append({"config": g.key, **g.config, "trials": [r.trial_id for r in g.rows],
+                        **{m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in stats.items()}})  # fmt: skip
+    return records
 
 
 def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]]:
     """The end table: searched values and the key metrics per trial, the objective's best first."""
-    shown = ["eval/clean_acc", "eval/pgd_acc"] + (["eval/aa_acc"] if sweep.trial.eval.autoattack.n != 0 else [])
-    metrics = list(dict.fromkeys(sweep.search.metrics + shown))
+    metrics = [m for m in shown_metrics(sweep) if not m.startswith("final/")]
     final = ["final/aa_acc"] if sweep.final_eval is not None else []
-    keys = list(sweep.search.space)
+    keys = [*sweep.search.grid, *sweep.search.space] + ([REPEAT_KEY] if sweep.search.repeats > 1 else [])
     header = ["trial", "status", *keys, *metrics, *(f"{m} [95 %]" for m in final)]
     first, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
     ordered = sorted(result.rows, key=lambda r: -sign * r.metrics.get(first, -sign * float("inf")))
@@ -116,6 +194,23 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
         rows.append([r.trial_id, marks + status, *(_cell(r.config.get(k)) for k in keys),
                      *(_cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final)])  # fmt: skip
     return header, rows
+
+
+def configuration_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]]:
+    """With repeats: one line per configuration, each metric as mean ± std over its n repeats."""
+    keys = [*sweep.search.grid, *sweep.search.space]
+    metrics = shown_metrics(sweep)
+    first, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
+    groups = sorted(configurations(result.rows),
+                    key=lambda g: -sign * (s[0] if (s := g.stats(first)) else -sign * float("inf")))  # fmt: skip
+    rows = []
+    for g in groups:
+        cells = []
+        for m in metrics:
+            s = g.stats(m)
+            cells.append("-" if s is None else f"{s[0]:.4f} ± {s[1]:.4f} (n={s[2]})")
+        rows.append([g.key, *(_cell(g.config.get(k)) for k in keys), *cells])
+    return ["config", *keys, *(f"{m} mean ± std" for m in metrics)], rows
 
 
 def _interval(metrics: dict[str, float], key: str) -> str:

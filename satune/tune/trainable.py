@@ -73,7 +73,7 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         uri = ctx.tracking_uri
         run_id = tracking.trial_run(uri, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id,
                                     trial_id=trial_id, name=f"trial-{trial_id}", spec=spec.model_dump(mode="json"),
-                                    run_id=meta.get("run_id"))  # fmt: skip
+                                    run_id=meta.get("run_id"), tags=_grouping(config))  # fmt: skip
         if restored is not None:
             tracking.set_tags(uri, run_id, {"satune.resumed_after_epoch": meta["epoch"]})
         fail_at = ctx.fail_at_epoch if restored is None else None
@@ -121,3 +121,10 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking.log_file(uri, run_id, weights, "model")
         tune.report(final)
         tracking.end_run(uri, run_id, "FINISHED")
+
+
+def _grouping(config: dict[str, Any]) -> dict[str, str]:
+    """Tags that group a configuration's repeats in MLflow's UI (group by satune.config)."""
+    from satune.tune.summary import config_id
+
+    return {"satune.config": config_id(config), "satune.repeat": str(config.get(REPEAT_KEY, 0))}

@@ -254,6 +254,46 @@ def test_final_stage_evaluates_the_winners_and_resumes_after_a_kill(tmp_path, ml
     assert m["final/aa_n"] == 50 and m["final/aa_acc_lo"] <= m["final/aa_acc"] <= m["final/aa_acc_hi"]
 
 
+def test_grid_cells_with_optuna_and_seed_replicates(tmp_path, mlflow_server, ray_address):
+    """Two grid cells, Optuna in each, every configuration twice: repeats share their values, not
+    their seeds; Optuna is told their mean; MLflow groups them; the parent holds mean, std and n."""
+    name = "replicates"
+    sweep = smoke_file(tmp_path, name, mlflow_server, **{
+        "search": {"algorithm": "random", "num_samples": 1, "repeats": 2, "metric": "eval/pgd_acc",
+                   "grid": {"method.fraction": [0.3, 0.6]}, "space": {"method.w_A": {"loguniform": [0.5, 4]}}},
+        "trial.train.epochs": 1,
+    })  # fmt: skip
+    done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 trials (2 grid cells x 1 configurations x 2 repeats)" in done.stdout
+    assert "per configuration, over its 2 repeats" in done.stdout
+    client, parents, children = runs_of(mlflow_server, name)
+    groups: dict[str, list] = {}
+    for c in children:
+        groups.setdefault(c.data.tags["satune.config"], []).append(c)
+    assert len(groups) == 2 and all(len(g) == 2 for g in groups.values())
+    seeds = {c.data.tags["satune.repeat"]: set() for c in children}
+    for g in groups.values():
+        assert {c.data.params["method.w_A"] for c in g} == {g[0].data.params["method.w_A"]}  # the same values
+        assert len({c.data.params["seed"] for c in g}) == 2  # their own seeds
+        for c in g:
+            seeds[c.data.tags["satune.repeat"]].add(c.data.params["seed"])
+    assert all(len(s) == 1 for s in seeds.values())  # shared seeds: repeat r trains with one seed everywhere
+    study_names = optuna.get_all_study_names(
+        JournalStorage(JournalFileBackend(str(run_dir_of(tmp_path, name) / "optuna.journal")))
+    )
+    assert sorted(study_names) == [f"{name}/method.fraction=0.3", f"{name}/method.fraction=0.6"]
+    records = json.loads(
+        open(client.download_artifacts(parents[0].info.run_id, "configurations.json", str(tmp_path))).read()
+    )
+    for record in records:
+        g = groups[record["config"]]
+        values = [c.data.metrics["eval/pgd_acc"] for c in g]
+        assert record["eval/pgd_acc"]["n"] == 2 and record["eval/pgd_acc"]["mean"] == pytest.approx(sum(values) / 2)
+        study = study_of(run_dir_of(tmp_path, name), f"{name}/method.fraction={record['method.fraction']}")
+        assert [t.value for t in study.trials] == [pytest.approx(sum(values) / 2)]  # Optuna saw the mean
+
+
 def test_killed_driver_resumes_with_every_trial_done_once(tmp_path):
     """Local mode: satune starts its own Ray and MLflow server; the kill takes them down with it."""
     sweep = smoke_file(tmp_path, "killed", None, **{
