@@ -93,7 +93,7 @@ def test_optuna_space_follows_the_domains(tmp_path):
 
 def test_plan_names_trials_and_space(tmp_path):
     text = "\n".join(plan_lines(sweep(tmp_path)))
-    assert "8 trials of sat on digits" in text and "search method.w_A: loguniform" in text
+    assert "8 trials (8 configurations) of sat on digits" in text and "search method.w_A: loguniform" in text
 
 
 def test_resume_refuses_what_cannot_resume(tmp_path):
