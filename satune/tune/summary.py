@@ -157,6 +157,13 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
         tracking.log_dict(uri, parent, [record(r) for r in result.pareto], "pareto.json")
     if sweep.search.repeats > 1:
         tracking.log_dict(uri, parent, configuration_records(sweep, result), "configurations.json")
+    matrix = transfer_matrix(sweep, result)
+    if matrix is not None:
+        title, header, rows = matrix
+        csv = "\n".join(",".join(f'"{c}"' if "," in c else c for c in line) for line in [header, *rows]) + "\n"
+        (result.directory / "transfer_matrix.csv").write_text(csv)
+        tracking.log_text(uri, parent, csv, "transfer_matrix.csv")
+        tags["satune.transfer_matrix"] = title
     tracking.set_tags(uri, parent, tags)
 
 
@@ -194,6 +201,31 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
         rows.append([r.trial_id, marks + status, *(_cell(r.config.get(k)) for k in keys),
                      *(_cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final)])  # fmt: skip
     return header, rows
+
+
+def transfer_matrix(sweep: SweepSpec, result: SweepResult) -> tuple[str, list[str], list[list[str]]] | None:
+    """SAT's class-transfer matrix (the paper's Fig. 2) for a sweep over the attacked classes:
+    one row per attacked class set, one column per evaluated class, robust accuracy on the final
+    slice (mean over repeats), and the A_val / B_val means. None for other sweeps."""
+    if "method.classes" not in sweep.search.grid and "method.classes" not in sweep.search.space:
+        return None
+    names = sweep.trial.data.class_names()
+    finished = [r for r in result.rows if r.status == "TERMINATED"]
+    if names is None or not finished:
+        return None
+    # One kind of number for every row: AutoAttack of the final stage, else of the trials, else PGD.
+    sources = [("final", "aa"), ("eval", "aa"), ("eval", "pgd")]
+    prefix, kind = next(((p, k) for p, k in sources
+                         if all(f"{p}/class_{k}_acc/{names[0]}" in r.metrics for r in finished)), ("eval", "pgd"))  # fmt: skip
+    columns = [f"{prefix}/class_{kind}_acc/{c}" for c in names] + [f"eval/{kind}_acc_A", f"eval/{kind}_acc_B"]
+    if prefix == "final":
+        columns[-2:] = [f"final/{kind}_acc_A", f"final/{kind}_acc_B"]
+    rows = []
+    for g in sorted(configurations(finished), key=lambda g: str(g.config.get("method.classes"))):
+        attacked = ",".join(map(str, g.config.get("method.classes") or []))
+        rows.append([attacked, *(f"{s[0]:.4f}" if (s := g.stats(c)) else "" for c in columns)])
+    title = f"{kind} accuracy ({prefix}) of each evaluated class, by the classes attacked (A)"
+    return title, ["attacked", *names, "A_val", "B_val"], rows
 
 
 def configuration_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]]:

@@ -14,7 +14,7 @@ from satune.tune.driver import _tune_config
 from satune.tune.plan import plan_lines
 from satune.tune.rundir import STATE_FILE, SweepError, latest_run_dir, prepare, writable_by_others
 from satune.tune.space import REPEAT_KEY, optuna_space
-from satune.tune.summary import TrialRow, best_of, pareto_front, reproduce_command
+from satune.tune.summary import SweepResult, TrialRow, best_of, pareto_front, reproduce_command, transfer_matrix
 from satune.tune.trainable import TrialContext, resolve_trial
 
 
@@ -178,3 +178,24 @@ def test_a_trial_the_scheduler_stopped_is_pruned_in_optuna(tmp_path, metric):
     search.on_trial_complete("done", {"eval/clean_acc": 0.9, "eval/pgd_acc": 0.5, "done": True})
     study = optuna.load_study(study_name="t", storage=search._storage)
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_the_class_transfer_matrix_averages_repeats(tmp_path):
+    spec = parse_sweep({
+        "name": "m", "storage": str(tmp_path / "runs"),
+        "trial": {"data": {"dataset": "digits", "classes": [0, 1, 2]}, "threat": {"norm": "linf", "eps": 0.1},
+                  "method": {"kind": "sat", "split": "class", "classes": [0]}},
+        "search": {"grid": {"method.classes": [["0"], ["1"]]}, "repeats": 2, "metric": "eval/pgd_acc"},
+    })  # fmt: skip
+
+    def row(tid, attacked, repeat, base):
+        metrics = {f"eval/class_pgd_acc/{c}": base + 0.1 * i + 0.02 * repeat for i, c in enumerate("012")}
+        metrics |= {"eval/pgd_acc_A": base, "eval/pgd_acc_B": base + 0.05}
+        return TrialRow(tid, "TERMINATED", {"method.classes": attacked, REPEAT_KEY: repeat}, metrics)
+
+    rows = [row("a", ["0"], 0, 0.5), row("b", ["0"], 1, 0.5), row("c", ["1"], 0, 0.3), row("d", ["1"], 1, 0.3)]
+    title, header, lines = transfer_matrix(spec, SweepResult(tmp_path, rows, None))
+    assert title.startswith("pgd accuracy (eval)") and header == ["attacked", "0", "1", "2", "A_val", "B_val"]
+    assert lines == [["0", "0.5100", "0.6100", "0.7100", "0.5000", "0.5500"],
+                     ["1", "0.3100", "0.4100", "0.5100", "0.3000", "0.3500"]]  # fmt: skip
+    assert transfer_matrix(sweep(tmp_path), SweepResult(tmp_path, rows, None)) is None  # not a sweep over classes
