@@ -158,7 +158,7 @@ def sweep(
         return
     _logging(verbose)
     from satune.tune.driver import SweepInterrupted, run_sweep
-    from satune.tune.summary import configuration_table, reproduce_command, table, transfer_matrix
+    from satune.tune.summary import configuration_table, reproduce_command, source_table, table, transfer_matrix
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:
@@ -172,6 +172,8 @@ def sweep(
     if spec.search.repeats > 1:
         title = f"per configuration, over its {spec.search.repeats} repeats (one seed each)"
         out.print(_table(title, *configuration_table(spec, result), 1))
+    if (sources := source_table(spec, result)) is not None:
+        out.print(_table("transferred, by source (mean ± std over the sources trained alike)", *sources, 1))
     if (matrix := transfer_matrix(spec, result)) is not None:
         out.print(_table(f"class-transfer matrix: {matrix[0]} ({result.directory / 'transfer_matrix.csv'})",
                          *matrix[1:], 1))  # fmt: skip

@@ -30,8 +30,10 @@ from satune.evaluate import (
     integrity_problems,
     robust_above_clean,
 )
+from satune.methods import Source, kind_of
 from satune.models import create_model
 from satune.specs import AutoAttackSpec, ThreatSpec, TrialSpec
+from satune.trial import load_folder
 
 log = logging.getLogger("satune")
 
@@ -66,15 +68,21 @@ class Assessment:
     card: dict[str, Any]
 
 
-def assess(spec: TrialSpec, state: dict, settings: Settings, a_classes: list[str] | None = None) -> Assessment:
-    """AutoAttack (and clean accuracy, on the same examples) of the weights `state` of a trial."""
+def assess(spec: TrialSpec, result: dict, state: dict, settings: Settings) -> Assessment:
+    """AutoAttack (and clean accuracy, on the same examples) of the weights `state` of a trial whose
+    result file is `result`."""
     device = runtime.configure(spec.runtime, spec.seed)
     data = load_data(spec.data, runtime.cache_dir(spec.runtime), device)
-    n_heads = len({k.split(".")[1] for k in state if k.startswith("heads.")})  # BiaMAT's auxiliary head too
-    heads = [int(state[f"heads.{i}.weight"].shape[0]) for i in range(n_heads)]
-    model = create_model(spec.model, data.shape, heads, data.mean, data.std)
-    model.load_state_dict(state)
+    rebuild = kind_of(spec.method).rebuild
+    if rebuild is not None:
+        model = rebuild(result, state)
+    else:
+        n_heads = len({k.split(".")[1] for k in state if k.startswith("heads.")})  # BiaMAT's auxiliary head too
+        heads = [int(state[f"heads.{i}.weight"].shape[0]) for i in range(n_heads)]
+        model = create_model(spec.model, data.shape, heads, data.mean, data.std)
+        model.load_state_dict(state)
     model.to(device).eval()
+    a_classes = result.get("effective", {}).get("method.a_classes")
     aa, threat = settings.autoattack, settings.threat(spec)
     x, y = data.final.tensors()
     n = aa.count(len(y))
@@ -141,12 +149,10 @@ def _label(step: int, settings: Settings) -> str:
 def evaluate_run(uri: str, run_id: str, settings: Settings, *, threads: int | None = None) -> dict[str, float]:
     """Evaluate the selected weights a trial logged (`model/model.pt`) and log into its run."""
     run = tracking.get_run(uri, run_id)
-    with tempfile.TemporaryDirectory(prefix="satune-final-") as tmp:
-        result = json.loads(tracking.download(uri, run_id, "result.json", Path(tmp)).read_text())
-        weights = tracking.download(uri, run_id, "model/model.pt", Path(tmp))
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+    found = load_logged(uri, run_id)
+    result, state = found.result, found.state
     spec = _with_threads(TrialSpec.model_validate(result["spec"]), threads)
-    done = assess(spec, state, settings, result.get("effective", {}).get("method.a_classes"))
+    done = assess(spec, result, state, settings)
     metrics = done.metrics | _gaps(run.data.metrics, done.metrics)
     step = len(tracking.metric_steps(uri, run_id, "final/aa_acc"))
     label = _label(step, settings)
@@ -158,13 +164,19 @@ def evaluate_run(uri: str, run_id: str, settings: Settings, *, threads: int | No
     return metrics
 
 
+def load_logged(uri: str, run_id: str) -> Source:
+    """A trial's run as a source: its result.json and its selected weights (model/model.pt)."""
+    with tempfile.TemporaryDirectory(prefix="satune-run-") as tmp:
+        result = json.loads(tracking.download(uri, run_id, "result.json", Path(tmp)).read_text())
+        weights = tracking.download(uri, run_id, "model/model.pt", Path(tmp))
+        return Source(result, torch.load(weights, map_location="cpu", weights_only=True))
+
+
 def evaluate_dir(directory: Path, settings: Settings) -> Assessment:
     """Evaluate a `satune run` directory's selected checkpoint; results beside it in final/<label>/."""
-    result = json.loads((directory / "result.json").read_text())
-    saved = torch.load(directory / "checkpoint" / "state.pt", map_location="cpu", weights_only=True)
-    state = saved["best_state"] if saved.get("best_state") is not None else saved["model"]
-    spec = TrialSpec.model_validate(result["spec"])
-    done = assess(spec, state, settings, result.get("effective", {}).get("method.a_classes"))
+    found = load_folder(str(directory))
+    result, spec = found.result, TrialSpec.model_validate(found.result["spec"])
+    done = assess(spec, result, found.state, settings)
     done.metrics |= _gaps(result["metrics"], done.metrics)
     previous = sorted((directory / "final").glob("*/metrics.json")) if (directory / "final").exists() else []
     out = directory / "final" / _label(len(previous), settings)

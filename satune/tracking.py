@@ -25,7 +25,8 @@ from satune.errors import UserError
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "satune.trial_id"
-SWEEP_TAG = "satune.sweep"
+SWEEP_TAG = "satune.sweep"  # the parent run's name: <sweep name>-<run directory>
+SWEEP_NAME_TAG = "satune.sweep_name"
 
 
 class TrackingError(UserError):
@@ -292,6 +293,19 @@ def trial_run(
 def metric_steps(uri: str, run_id: str, key: str) -> set[int]:
     """The steps at which `run_id` has logged `key`."""
     return {m.step for m in client(uri).get_metric_history(run_id, key)}
+
+
+def finished_trials(uri: str, sweep_name: str) -> list:
+    """The FINISHED trial runs of the newest parent run of sweep `sweep_name`, in any experiment of
+    this store, oldest first."""
+    c = client(uri)
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    parents = c.search_runs(experiments, filter_string=f"tags.`{SWEEP_NAME_TAG}` = '{sweep_name}'",
+                            order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    if not parents:
+        return []
+    runs = child_runs(uri, parents[0].info.experiment_id, parents[0].info.run_id)
+    return sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.start_time)
 
 
 def child_runs(uri: str, experiment_id: str, parent_id: str) -> list:

@@ -7,6 +7,7 @@ trial resolves is reported in `effective`, so that what ran can be read back and
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -19,7 +20,7 @@ import torch
 
 from satune import runtime
 from satune.attacks import Attack
-from satune.data import load_data
+from satune.data import DataError, load_data
 from satune.evaluate import (
     Outcomes,
     counted,
@@ -29,7 +30,7 @@ from satune.evaluate import (
     robust_above_clean,
     select_metrics,
 )
-from satune.methods import BuildContext, kind_of
+from satune.methods import BuildContext, Source, kind_of
 from satune.models import create_model
 from satune.ranking import difficulty_scores
 from satune.specs import TrialSpec, interval_keys
@@ -61,7 +62,20 @@ class TrialResult:
         }
 
 
-def build_context(spec: TrialSpec) -> BuildContext:
+SourceLoader = Callable[[str], Source]
+
+
+def load_folder(where: str) -> Source:
+    """A `satune run` folder as a source: its result.json and selected checkpoint."""
+    folder = Path(where)
+    if not (folder / "result.json").exists() or not (folder / "checkpoint" / "state.pt").exists():
+        raise DataError(f"trial.method.source: {where} is not a `satune run` folder (result.json, checkpoint/)")
+    saved = torch.load(folder / "checkpoint" / "state.pt", map_location="cpu", weights_only=True)
+    state = saved["best_state"] if saved.get("best_state") is not None else saved["model"]
+    return Source(json.loads((folder / "result.json").read_text()), state)
+
+
+def build_context(spec: TrialSpec, sources: SourceLoader = load_folder) -> BuildContext:
     """The trial's runtime, data and attack, as its method kind is built from them."""
     device = runtime.configure(spec.runtime, spec.seed)
     cache = runtime.cache_dir(spec.runtime)
@@ -69,7 +83,7 @@ def build_context(spec: TrialSpec) -> BuildContext:
     log.info("data: %s, %d train / %d select / %d final, device %s", spec.data.dataset, len(data.train),
              len(data.select), len(data.final), device)  # fmt: skip
     return BuildContext(spec, data, Attack.from_threat(spec.threat), device, cache,
-                        scores=lambda: difficulty_scores(spec, data, device, cache))  # fmt: skip
+                        scores=lambda: difficulty_scores(spec, data, device, cache), source=sources)  # fmt: skip
 
 
 def prepare(spec: TrialSpec) -> None:
@@ -86,6 +100,7 @@ def run_trial(
     on_start: OnStart | None = None,
     checkpoint: Path | None = None,
     workdir: Path | None = None,
+    sources: SourceLoader = load_folder,
 ) -> TrialResult:
     """Train and evaluate one trial.
 
@@ -94,16 +109,18 @@ def run_trial(
     per-epoch checkpoint (a temporary directory when omitted).
     """
     t0 = time.perf_counter()
-    ctx = build_context(spec)
+    ctx = build_context(spec, sources)
     data, device = ctx.data, ctx.device
     built = kind_of(spec.method).build(ctx)
     if built.summary:
         log.info("%s", built.summary)
 
-    heads = [data.num_classes] + ([built.aux_classes] if built.aux_classes else [])
-    with torch.random.fork_rng(devices=[]):  # initial weights depend on the trial seed alone
-        torch.manual_seed(runtime.derive_seed(spec.seed, "model"))
-        model = create_model(spec.model, data.shape, heads, data.mean, data.std)
+    model = built.model
+    if model is None:
+        heads = [data.num_classes] + ([built.aux_classes] if built.aux_classes else [])
+        with torch.random.fork_rng(devices=[]):  # initial weights depend on the trial seed alone
+            torch.manual_seed(runtime.derive_seed(spec.seed, "model"))
+            model = create_model(spec.model, data.shape, heads, data.mean, data.std)
 
     final_x, final_y = data.final.tensors(spec.eval.n)
     threat = spec.eval_threat
@@ -115,6 +132,7 @@ def run_trial(
         "eval.pgd_step_size": eval_step_size(threat, spec.eval),
         "eval.n": len(final_x),
         "eval.autoattack.n": spec.eval.autoattack.count(len(final_x)),
+        "data.shape": list(data.shape),
         "data.train_examples": len(data.train),
         "data.select_examples": len(data.select),
         "runtime.device": str(device),

@@ -9,7 +9,7 @@ import torch
 
 from satune.data.catalog import DataError, load_raw
 from satune.data.sources import FolderSource, TensorSource
-from satune.data.splits import restrict_classes, select_final, stratified_split
+from satune.data.splits import reshape, restrict_classes, select_final, stratified_split
 from satune.specs import DataSpec
 
 __all__ = ["DataBundle", "DataError", "load_data", "TensorSource", "FolderSource"]
@@ -52,6 +52,9 @@ def load_data(spec: DataSpec, cache: Path, device: torch.device) -> DataBundle:
         kept, held = stratified_split(ty, spec.val_fraction, spec.split_seed)
         tx, ty, test = tx[kept], ty[kept], (tx[held], ty[held])
     vx, vy = test
+    if spec.resize is not None:  # e.g. 8x8 digits for a model trained on 28x28 MNIST
+        shape = (tx.shape[1], spec.resize, spec.resize)
+        tx, vx = reshape(tx, shape), reshape(vx, shape)
     if spec.train_size is not None and spec.train_size < len(ty):
         _, subset = stratified_split(ty, spec.train_size / len(ty), spec.split_seed + 1)
         tx, ty = tx[subset], ty[subset]

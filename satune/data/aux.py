@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from satune.data.catalog import DataError, load_raw
 from satune.data.sources import Batch, TensorSource
-from satune.data.splits import restrict_classes, stratified_split
+from satune.data.splits import reshape, restrict_classes, stratified_split
 from satune.specs import AUX_CLASSES, AuxSpec, DataSpec
 
 NOISE_IMAGES = 5000
@@ -54,7 +53,7 @@ def load_aux(
         if spec.size is not None and spec.dataset != "noise" and spec.size < len(y):
             _, keep = stratified_split(y, spec.size / len(y), seed=i)
             x, y = x[keep], y[keep]
-        xs.append(_reshape(x, shape))
+        xs.append(reshape(x, shape))
         ys.append(y + offset)
         sources.append(torch.full((len(y),), i, dtype=torch.int64))
         offset += spec.n_classes
@@ -79,21 +78,3 @@ def _noise(spec: AuxSpec, shape: tuple[int, int, int]) -> tuple[torch.Tensor, to
     n = spec.size or NOISE_IMAGES
     x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
     return x, torch.randint(0, len(AUX_CLASSES["noise"]), (n,), generator=g)
-
-
-def _reshape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """uint8 images -> the primary's (C, H, W): grey <-> RGB, bilinear resize (antialiased down)."""
-    c, h, w = shape
-    if tuple(x.shape[1:]) == shape:
-        return x
-    xf = x.float()
-    if xf.shape[1] != c:
-        xf = xf.mean(1, keepdim=True).expand(-1, c, -1, -1) if c in (1, 3) else xf[:, :1].expand(-1, c, -1, -1)
-    if xf.shape[2:] != (h, w):
-        out = []
-        for i in range(0, len(xf), 1024):  # in chunks: a whole dataset at once can be large
-            out.append(
-                F.interpolate(xf[i : i + 1024], size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-            )
-        xf = torch.cat(out)
-    return xf.round().clamp(0, 255).to(torch.uint8)

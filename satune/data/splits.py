@@ -1,8 +1,10 @@
-"""Seeded, stratified splits: train/validation, and validation -> select (10 %) / final (90 %)."""
+"""Seeded, stratified splits: train/validation, and validation -> select (10 %) / final (90 %); and
+reshaping images to another (C, H, W)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -45,3 +47,21 @@ def restrict_classes(
     remap = torch.full((len(names),), -1, dtype=torch.int64)
     remap[old] = torch.arange(len(keep))
     return x[mask], remap[y[mask]]
+
+
+def reshape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 images -> the primary's (C, H, W): grey <-> RGB, bilinear resize (antialiased down)."""
+    c, h, w = shape
+    if tuple(x.shape[1:]) == shape:
+        return x
+    xf = x.float()
+    if xf.shape[1] != c:
+        xf = xf.mean(1, keepdim=True).expand(-1, c, -1, -1) if c in (1, 3) else xf[:, :1].expand(-1, c, -1, -1)
+    if xf.shape[2:] != (h, w):
+        out = []
+        for i in range(0, len(xf), 1024):  # in chunks: a whole dataset at once can be large
+            out.append(
+                F.interpolate(xf[i : i + 1024], size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+            )
+        xf = torch.cat(out)
+    return xf.round().clamp(0, 255).to(torch.uint8)

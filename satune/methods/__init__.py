@@ -6,13 +6,14 @@ entry in KINDS below; tests/unit/test_names.py fails when any of the three is mi
 
 from __future__ import annotations
 
-from satune.methods.base import BuildContext, Built, Kind, Method, MethodBase
+from satune.methods.base import BuildContext, Built, Kind, Method, MethodBase, Source
 from satune.methods.biamat import BIAMAT, Biamat
 from satune.methods.sat import AT, CLEAN, SAT, SubsetAdversarial, subset_weights
 from satune.methods.trades import TRADES, Trades
+from satune.methods.transfer import TRANSFER
 from satune.specs import MethodSpecBase
 
-KINDS: dict[str, Kind] = {k.name: k for k in (CLEAN, AT, SAT, TRADES, BIAMAT)}
+KINDS: dict[str, Kind] = {k.name: k for k in (CLEAN, AT, SAT, TRADES, BIAMAT, TRANSFER)}
 
 
 def kind_of(spec: MethodSpecBase) -> Kind:
@@ -20,4 +21,4 @@ def kind_of(spec: MethodSpecBase) -> Kind:
 
 
 __all__ = ["KINDS", "Biamat", "BuildContext", "Built", "Kind", "Method", "MethodBase", "SubsetAdversarial",
-           "Trades", "kind_of", "subset_weights"]  # fmt: skip
+           "Source", "Trades", "kind_of", "subset_weights"]  # fmt: skip

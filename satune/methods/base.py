@@ -79,6 +79,15 @@ class BuildContext:
     device: torch.device
     cache: Path  # rankings, embedded data, auxiliary sets
     scores: Callable[[], torch.Tensor]  # SAT's difficulty scores, computed (or read from the cache) on demand
+    source: Callable[[str], Source]  # a trained model (a transfer's source): its result file and weights
+
+
+@dataclass(frozen=True)
+class Source:
+    """A trained trial: its result file (spec, effective values, metrics) and selected weights."""
+
+    result: dict[str, Any]
+    state: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -90,6 +99,7 @@ class Built:
     aux_classes: int = 0  # size of a second (auxiliary) head; 0: none
     a_classes: list[int] | None = None  # a class split's A, for A_val / B_val accuracies
     summary: str | None = None  # one line for the log
+    model: nn.Module | None = None  # the model to train, when the kind brings its own (else create_model's)
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,8 @@ class Kind:
     spec: type[MethodSpecBase]
     build: Callable[[BuildContext], Built]
     prepare: Callable[[BuildContext], None] | None = None  # what every trial of a sweep shares, computed once
+    # The trained model from its result file and weights, when it is not create_model's (evaluations later).
+    rebuild: Callable[[dict[str, Any], dict[str, torch.Tensor]], nn.Module] | None = None
 
     @property
     def name(self) -> str:

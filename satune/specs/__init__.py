@@ -34,6 +34,7 @@ from satune.specs.methods import (
     MethodSpecBase,
     SatSpec,
     TradesSpec,
+    TransferSpec,
     class_count,
 )
 from satune.specs.names import (
@@ -56,6 +57,7 @@ from satune.specs.sweep import (
     FinalAutoAttackSpec,
     FinalEvalSpec,
     ResourcesSpec,
+    RunsOf,
     SchedulerSpec,
     SearchSpec,
     SweepSpec,
@@ -78,8 +80,8 @@ __all__ = [
     "AUX_CLASSES", "DATASET_CLASSES", "DOMAIN_KINDS", "EMBEDDED_DATASETS", "FINAL_ONLY", "FinalAutoAttackSpec", "FinalEvalSpec", "TaskResourcesSpec", "METHOD_KINDS",
     "METHOD_SPECS", "PER_EPOCH_METRICS", "AlgorithmName", "ArchName", "AtSpec", "AutoAttackSpec", "AuxDatasetName",
     "AuxSpec", "BiamatSpec", "CleanSpec", "DataSpec", "DatasetName", "DomainSpec", "EvalSpec", "MethodSpec",
-    "MethodSpecBase", "ModelSpec", "ResourcesSpec", "RuntimeSpec", "SatSpec", "SchedulerSpec", "SearchSpec", "Spec",
-    "SpecError", "SweepSpec", "ThreatSpec", "TrackingSpec", "TradesSpec", "TrainSpec", "TrialSpec", "absolutize",
+    "MethodSpecBase", "ModelSpec", "ResourcesSpec", "RunsOf", "RuntimeSpec", "SatSpec", "SchedulerSpec", "SearchSpec", "Spec",
+    "SpecError", "SweepSpec", "ThreatSpec", "TrackingSpec", "TradesSpec", "TransferSpec", "TrainSpec", "TrialSpec", "absolutize",
     "absolutize_trial", "apply_overrides", "class_count", "load_sweep", "parse_final_settings", "parse_sweep", "parse_trial", "parse_yaml",
     "interval_keys", "is_final", "read_yaml", "reported_metrics", "resolve_field", "set_path", "shown",
 ]  # fmt: skip

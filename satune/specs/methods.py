@@ -20,6 +20,7 @@ from satune.specs.base import (
     PositiveInt,
     Seed,
     Spec,
+    check,
     class_problems,
     raise_if,
     shown,
@@ -304,8 +305,33 @@ class BiamatSpec(MethodSpecBase):
         return keys
 
 
+class TransferSpec(MethodSpecBase):
+    """SAT's transfer setting (S-CSAT / S-ESAT, paper §4.3): a trained source model's backbone,
+    frozen (BatchNorm in eval mode), under a new head Linear(K, hidden)-ReLU-Linear(hidden, N) trained
+    with clean cross-entropy on this trial's data; clean and robust accuracy are measured here."""
+
+    kind: Literal["transfer"] = "transfer"
+    # mlflow:<run id> (a finished trial in this sweep's tracking store) or a `satune run` folder
+    source: Annotated[str, check("mlflow:<run id> or a satune run folder", lambda v: bool(v.strip()))]
+    hidden: PositiveInt | None = None  # width of the new head's hidden layer (default K, the feature size)
+
+    def metrics(self, common: set[str], evals: list[str]) -> set[str]:
+        return common - {"train/adv_acc"}  # the head trains on clean images
+
+    def extra_data(self) -> list[str]:
+        return [f"the source model's training data ({self.source})"]
+
+    def with_paths(self, resolve: Callable[[str], str]) -> dict:
+        data = self.model_dump(exclude_unset=True, by_alias=True)
+        if not self.source.startswith("mlflow:"):
+            data["source"] = resolve(self.source)
+        return data
+
+
 # Every kind, by its `kind` key. A new kind goes here too (a test checks that none is missing).
-MethodSpec = Annotated[CleanSpec | AtSpec | SatSpec | TradesSpec | BiamatSpec, Field(discriminator="kind")]
+MethodSpec = Annotated[
+    CleanSpec | AtSpec | SatSpec | TradesSpec | BiamatSpec | TransferSpec, Field(discriminator="kind")
+]
 METHOD_SPECS: tuple[type[MethodSpecBase], ...] = typing.get_args(typing.get_args(MethodSpec)[0])
 METHOD_KINDS: tuple[str, ...] = tuple(c.model_fields["kind"].default for c in METHOD_SPECS)
 

@@ -78,15 +78,24 @@ class DomainSpec(Spec):
         return list(self.value)
 
 
+class RunsOf(Spec):
+    """A grid axis of sources: every finished trial of the newest run of sweep `runs_of`, found in
+    this sweep's tracking store when the sweep starts (as `mlflow:<run id>`)."""
+
+    runs_of: Name
+
+
 class SearchSpec(Spec):
     algorithm: AlgorithmName = "tpe"
     metric: str | list[str] = "eval/pgd_acc"
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
-    num_samples: PositiveInt = 8  # configurations per grid cell (algorithm: grid: repeats of the whole grid)
+    # Configurations per grid cell (algorithm: grid: runs of the whole grid); default 8 for a search,
+    # 1 for a grid (nothing to search: each cell is one configuration).
+    num_samples: PositiveInt | None = None
     space: dict[str, DomainSpec] = {}
     # Discrete axes: every combination is a cell, and `algorithm` searches `space` within each cell,
     # one Optuna study per cell, `num_samples` configurations each.
-    grid: dict[str, Annotated[list[Any], check("a non-empty list of values", bool)]] = {}
+    grid: dict[str, Annotated[list[Any], check("a non-empty list of values", bool)] | RunsOf] = {}
     repeats: PositiveInt = 1  # trials per configuration, each with its own seed; the search sees their mean
     # shared: every trial trains with the same seed (per repeat), so trials differ by their values
     # alone; per_config: the seed also depends on the sampled values.
@@ -96,15 +105,23 @@ class SearchSpec(Spec):
     def metrics(self) -> list[str]:
         return [self.metric] if isinstance(self.metric, str) else list(self.metric)
 
+    @property
+    def samples(self) -> int:
+        if self.num_samples is not None:
+            return self.num_samples
+        return 1 if self.algorithm == "grid" or not self.space else 8
+
     def cells(self) -> list[dict[str, Any]]:
-        """Every combination of the grid's values (one empty cell without a grid)."""
+        """Every combination of the grid's values (one empty cell without a grid). An axis of sources
+        (runs_of) counts as one value until the sweep starts and finds them."""
         keys = list(self.grid)
-        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.grid.values())]
+        axes = [[axis] if isinstance(axis, RunsOf) else axis for axis in self.grid.values()]
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*axes)]
 
     @property
     def configurations(self) -> int:
         """Distinct configurations: per cell num_samples (algorithm: grid: the whole grid, num_samples times)."""
-        n = self.num_samples * len(self.cells())
+        n = self.samples * len(self.cells())
         if self.algorithm == "grid":
             for dom in self.space.values():
                 n *= len(dom.value)
@@ -134,6 +151,9 @@ class SearchSpec(Spec):
                 problems.append((f"space.{key}", "grid values need algorithm: grid"))
         for key in set(self.grid) & set(self.space):
             problems.append((f"grid.{key}", "is searched in space too; a key is either a grid axis or searched"))
+        for key, axis in self.grid.items():
+            if isinstance(axis, RunsOf) and key != "method.source":
+                problems.append((f"grid.{key}", "runs_of gives transfer sources: only method.source takes it"))
         if self.algorithm == "cmaes" and any(d.kind in ("choice",) for d in self.space.values()):
             problems.append(("algorithm", "cmaes searches numeric ranges only; use tpe for choices"))
         if self.algorithm == "cmaes" and len(self.metrics) > 1:
@@ -232,6 +252,8 @@ class SweepSpec(Spec):
         for key, dom in self.search.space.items():
             problems += [(f"search.space.{key}", msg) for msg in check_search_key(base, key, dom)]
         for key, values in self.search.grid.items():
+            if isinstance(values, RunsOf):  # sources found when the sweep starts; their form is checked then
+                continue
             axis = DomainSpec.model_validate({"grid": values})
             problems += [(f"search.grid.{key}", msg) for msg in check_search_key(base, key, axis)]
         known = reported_metrics(self.trial)

@@ -50,6 +50,7 @@ class DataSpec(Spec):
     split_seed: Seed = 90622  # fixed permutation of the validation set (SAT's seed)
     augment: Literal["auto", "none", "crop", "crop_flip", "sat"] = "auto"
     image_size: PositiveInt = 224  # imagefolder: training crops and validation centre crops
+    resize: PositiveInt | None = None  # tensor sets: images resized to resize x resize (bilinear, antialiased)
     num_workers: LoaderWorkers = 0  # imagefolder: DataLoader worker processes
 
     @model_validator(mode="after")

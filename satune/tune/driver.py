@@ -29,10 +29,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from satune import tracking
 from satune.runtime import derive_seed
-from satune.specs import SweepSpec
+from satune.specs import RunsOf, SweepSpec
 from satune.tune import cluster, final_stage
 from satune.tune.progress import Progress, echo_stderr
-from satune.tune.rundir import RunDir, prepare, writable_by_others
+from satune.tune.rundir import RunDir, SweepError, prepare, writable_by_others
 from satune.tune.search import Cells, Replicates
 from satune.tune.space import cell_label, grid_space, optuna_space, sampler
 from satune.tune.summary import SweepResult, TrialRow, best_configuration, log_summary
@@ -87,7 +87,8 @@ def run_sweep(
             experiment_id = tracking.ensure_experiment(uri, experiment)
             if parent is None:
                 parent = tracking.start_parent(uri, experiment_id=experiment_id, name=f"{sweep.name}-{run_dir.name}",
-                                               params=_parent_params(sweep), tags=tracking.provenance())  # fmt: skip
+                                               params=_parent_params(sweep),
+                                               tags={tracking.SWEEP_NAME_TAG: sweep.name} | tracking.provenance())  # fmt: skip
             else:
                 tracking.reopen(uri, parent)
             run.save(parent_run_id=parent, experiment_id=experiment_id, tracking_uri=uri, status="running")
@@ -102,6 +103,7 @@ def run_sweep(
             _injected_interrupt("startup")
             echo(cluster.dashboard_hint(dashboard))
             cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu)
+            sweep = _find_sources(sweep, run, uri, echo)
             _prepare(sweep, echo)
             result = _fit(sweep, run_dir, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo)
 
@@ -122,12 +124,42 @@ def run_sweep(
             if parent is not None and uri is not None:
                 tracking.end_run(uri, parent, "FAILED")
             raise
+        result.labels = run.state.get("source_labels", {})
         if result.interrupted:
             _end_interrupted(run, echo)
         else:
             tracking.end_run(uri, parent, "FINISHED")
             run.save(status="finished")
         return result
+
+
+def _find_sources(sweep: SweepSpec, run: RunDir, uri: str, echo) -> SweepSpec:
+    """A grid axis `runs_of: <sweep>` becomes that sweep's finished trials (`mlflow:<run id>`), from
+    the newest run of it in this tracking store; found once, and kept in sweep.json for --resume."""
+    axes = {k: v for k, v in sweep.search.grid.items() if isinstance(v, RunsOf)}
+    if not axes:
+        return sweep
+    if "sources" not in run.state:
+        sources: dict[str, list[str]] = {}
+        labels: dict[str, str] = {}
+        for key, axis in axes.items():
+            found = tracking.finished_trials(uri, axis.runs_of)
+            if not found:
+                raise SweepError(f"search.grid.{key}: no finished trial of sweep '{axis.runs_of}' at {uri}; "
+                                 f"run `satune sweep` on it first, with this storage or tracking server")  # fmt: skip
+            sources[key] = [f"mlflow:{r.info.run_id}" for r in found]
+            labels |= {f"mlflow:{r.info.run_id}": _source_label(r.data.params) for r in found}
+        run.save(sources=sources, source_labels=labels)
+    echo(f"sources: {', '.join(f'{len(v)} trials of {axes[k].runs_of}' for k, v in run.state['sources'].items())}")
+    data = sweep.model_dump(mode="json", by_alias=True)
+    data["search"]["grid"] |= run.state["sources"]
+    return SweepSpec.model_validate(data)
+
+
+def _source_label(params: dict[str, str]) -> str:
+    """What tells sources apart in a table: their kind and what a SAT source was trained with."""
+    keys = ("method.kind", "method.split", "method.fraction", "method.classes", "method.weighting", "seed")
+    return ", ".join(f"{k.removeprefix('method.')}={params[k]}" for k in keys if k in params)
 
 
 def _injected_interrupt(phase: str) -> None:
@@ -201,7 +233,7 @@ def _parent_params(sweep: SweepSpec) -> dict:
     s = sweep.search
     return {
         "search.algorithm": s.algorithm, "search.metric": ",".join(s.metrics), "search.mode": ",".join(s.modes),
-        "search.num_samples": s.num_samples, "search.space": {k: {d.kind: d.value} for k, d in s.space.items()},
+        "search.num_samples": s.samples, "search.space": {k: {d.kind: d.value} for k, d in s.space.items()},
         "search.grid": s.grid, "search.repeats": s.repeats,
         "scheduler.kind": sweep.scheduler.kind, "seed": sweep.seed, "resources.cpu": sweep.resources.cpu,
         "resources.gpu": sweep.resources.gpu, "resources.max_concurrent": sweep.resources.max_concurrent,
@@ -296,7 +328,7 @@ def _tune_config(sweep: SweepSpec, run_dir: Path) -> tune.TuneConfig:
                                             study_name=name, storage=storage)  # fmt: skip
 
         search_alg = study(0) if len(cells) == 1 else Cells(cells, [study(i) for i in range(len(cells))],
-                                                              s.num_samples, metric, mode)  # fmt: skip
+                                                              s.samples, metric, mode)  # fmt: skip
         if s.repeats > 1:
             search_alg = Replicates(search_alg, s.repeats, s.metrics)
     else:

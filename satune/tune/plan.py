@@ -3,7 +3,7 @@ dry run costs what validating the file costs."""
 
 from __future__ import annotations
 
-from satune.specs import SweepSpec
+from satune.specs import RunsOf, SweepSpec
 
 
 def plan_lines(sweep: SweepSpec) -> list[str]:
@@ -23,7 +23,12 @@ def plan_lines(sweep: SweepSpec) -> list[str]:
         f"'{sweep.tracking.experiment or sweep.name}'; storage {sweep.storage}",
     ]
     for key, values in s.grid.items():
-        lines.append(f"  grid {key}: {values}")
+        shown = (
+            f"every finished trial of sweep '{values.runs_of}' (found at start)"
+            if isinstance(values, RunsOf)
+            else values
+        )
+        lines.append(f"  grid {key}: {shown}")
     for key, dom in s.space.items():
         lines.append(f"  search {key}: {dom.kind} {dom.value}")
     if sweep.final_eval is not None:

@@ -56,8 +56,8 @@ def grid_space(search: SearchSpec) -> dict[str, Any]:
     from ray import tune
 
     space = {key: tune.grid_search(list(dom.value)) for key, dom in search.space.items()}
-    space |= {key: tune.grid_search(list(values)) for key, values in search.grid.items()}
-    space[REPEAT_KEY] = tune.grid_search(list(range(search.num_samples * search.repeats)))
+    space |= {key: tune.grid_search(list(values)) for key, values in search.grid.items()}  # (sources: found)
+    space[REPEAT_KEY] = tune.grid_search(list(range(search.samples * search.repeats)))
     return space
 
 

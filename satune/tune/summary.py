@@ -87,6 +87,7 @@ class SweepResult:
     best: TrialRow | None
     pareto: list[TrialRow] = field(default_factory=list)
     interrupted: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # a transfer source (mlflow:<id>) -> what it is
 
 
 def reproduce_command(source: Path, row: TrialRow, threads: int | None) -> str:
@@ -198,7 +199,8 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
             "pareto " if r.trial_id in front else ""
         )
         status = r.status.lower() if r.finished else "unfinished"
-        rows.append([r.trial_id, marks + status, *(_cell(r.config.get(k)) for k in keys),
+        rows.append([r.trial_id, marks + status, *(_cell(result.labels.get(str(r.config.get(k)), r.config.get(k)))
+                                                   for k in keys),
                      *(_cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final)])  # fmt: skip
     return header, rows
 
@@ -226,6 +228,24 @@ def transfer_matrix(sweep: SweepSpec, result: SweepResult) -> tuple[str, list[st
         rows.append([attacked, *(f"{s[0]:.4f}" if (s := g.stats(c)) else "" for c in columns)])
     title = f"{kind} accuracy ({prefix}) of each evaluated class, by the classes attacked (A)"
     return title, ["attacked", *names, "A_val", "B_val"], rows
+
+
+def source_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]] | None:
+    """A transfer sweep, by source: the transferred numbers (mean ± std over the sources trained
+    alike, e.g. the seeds of one fraction and weighting): the shape of SAT's Fig. 7/8."""
+    if "method.source" not in sweep.search.grid or not result.labels:
+        return None
+    metrics = [m for m in shown_metrics(sweep) if not m.startswith("proxy/")]
+    groups: dict[str, list[TrialRow]] = {}
+    for r in result.rows:
+        if r.status == "TERMINATED":
+            groups.setdefault(result.labels.get(str(r.config.get("method.source")), "?"), []).append(r)
+    rows = []
+    for label, members in sorted(groups.items()):
+        g = Configuration(label, {}, members)
+        rows.append([label, *("-" if (s := g.stats(m)) is None else f"{s[0]:.4f} ± {s[1]:.4f} (n={s[2]})"
+                              for m in metrics)])  # fmt: skip
+    return ["source", *(f"{m} mean ± std" for m in metrics)], rows
 
 
 def configuration_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
 
         try:
             result = run_trial(spec, on_epoch=on_epoch, on_start=on_start, checkpoint=restored,
-                               workdir=Path(tmp) / "work")  # fmt: skip
+                               workdir=Path(tmp) / "work", sources=partial(load_source, uri))  # fmt: skip
         except Exception:
             tracking.end_run(uri, run_id, "FAILED")
             raise
@@ -128,3 +129,11 @@ def _grouping(config: dict[str, Any]) -> dict[str, str]:
     from satune.tune.summary import config_id
 
     return {"satune.config": config_id(config), "satune.repeat": str(config.get(REPEAT_KEY, 0))}
+
+
+def load_source(uri: str, where: str) -> Any:
+    """A transfer's source: `mlflow:<run id>` from this sweep's tracking server, else a folder."""
+    from satune.final import load_logged
+    from satune.trial import load_folder
+
+    return load_logged(uri, where.removeprefix("mlflow:")) if where.startswith("mlflow:") else load_folder(where)

@@ -294,6 +294,31 @@ def test_grid_cells_with_optuna_and_seed_replicates(tmp_path, mlflow_server, ray
         assert [t.value for t in study.trials] == [pytest.approx(sum(values) / 2)]  # Optuna saw the mean
 
 
+def test_a_transfer_sweep_takes_its_sources_from_a_finished_sweep(tmp_path, mlflow_server, ray_address):
+    """SAT's transfer setting: every finished trial of one sweep becomes the source of a trial of
+    another, which trains a new head on the frozen backbone, found through the tracking server."""
+    source = smoke_file(tmp_path, "sources", mlflow_server, **{"trial.train.epochs": 1})
+    assert satune("sweep", source, "--address", ray_address, cwd=tmp_path).returncode == 0
+    _, _, sources = runs_of(mlflow_server, "sources")
+    target = smoke_file(tmp_path, "transfer", mlflow_server, **{
+        "trial.data": {"dataset": "digits", "classes": [0, 1, 2, 3, 4]},
+        "trial.method": {"kind": "transfer", "source": "(from the grid)", "hidden": 16},
+        "search": {"metric": "eval/pgd_acc", "grid": {"method.source": {"runs_of": "sources"}}},
+    })  # fmt: skip
+    done = satune("sweep", target, "--address", ray_address, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sources: 2 trials of sources" in done.stderr and "transferred, by source" in done.stdout
+    _, _, children = runs_of(mlflow_server, "transfer")
+    assert sorted(c.data.params["method.source"] for c in children) == sorted(
+        f"mlflow:{r.info.run_id}" for r in sources
+    )
+    for c in children:
+        assert c.info.status == "FINISHED" and c.data.params["source.method.kind"] == "sat"
+        assert c.data.params["method.hidden"] == "16" and "eval/pgd_acc" in c.data.metrics
+    state = json.loads((run_dir_of(tmp_path, "transfer") / "sweep.json").read_text())
+    assert len(state["sources"]["method.source"]) == 2  # found once; --resume keeps them
+
+
 def test_killed_driver_resumes_with_every_trial_done_once(tmp_path):
     """Local mode: satune starts its own Ray and MLflow server; the kill takes them down with it."""
     sweep = smoke_file(tmp_path, "killed", None, **{

@@ -3,10 +3,13 @@ nothing else. A method kind is whole: its spec class in the union, its registrat
 methods.KINDS, and the metrics its spec promises are exactly those a tiny real trial reports."""
 
 import typing
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from satune import models
+from satune.cli import app
 from satune.data import catalog
 from satune.methods import KINDS
 from satune.specs import (
@@ -25,6 +28,8 @@ from satune.specs import (
 )
 from satune.trial import run_trial
 from satune.tune import space
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def names(literal) -> set[str]:
@@ -80,7 +85,18 @@ TINY = {
         {"kind": "biamat", "aux": "mnist5k[5-9]", "variant": "trades", "warmup_epochs": 1, "gate": "naive"},
         data={"dataset": "digits", "classes": [0, 1, 2, 3, 4]},
     ),  # fmt: skip
+    "transfer": tiny({"kind": "transfer", "source": "(the source fixture)"}),
 }
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A trained trial for the transfer kind to start from: a `satune run` folder."""
+    folder = tmp_path_factory.mktemp("source")
+    done = CliRunner().invoke(app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=1",
+                                    "--out", str(folder)])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    return str(folder)
 
 
 def test_the_tiny_trials_cover_every_kind():
@@ -88,8 +104,8 @@ def test_the_tiny_trials_cover_every_kind():
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_a_kind_reports_exactly_the_metrics_its_spec_promises(name):
-    spec = parse_trial(TINY[name])
+def test_a_kind_reports_exactly_the_metrics_its_spec_promises(name, source):
+    spec = parse_trial(TINY[name] | ({"method": {"kind": "transfer", "source": source}} if name == "transfer" else {}))
     if spec.method.preparation() is not None:
         assert KINDS[spec.method.kind].prepare is not None, "the spec asks for a preparation the kind lacks"
     result = run_trial(spec)
