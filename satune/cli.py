@@ -84,7 +84,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Sweep files to ch
             for line in str(exc).splitlines():
                 _error(line)
             continue
-        out.print(f"{f}: ok ({sweep.trial.method.kind}, {len(sweep.search.space)} searched, "
+        out.print(f"{f}: ok ({sweep.trial.method.kind}, {len(sweep.search.grid)} grid axes, {len(sweep.search.space)} searched, "
                   f"{sweep.search.trial_count} trials)", highlight=False)  # fmt: skip
     if failed:
         raise typer.Exit(2)

@@ -14,7 +14,8 @@ def plan_lines(sweep: SweepSpec) -> list[str]:
                        + [f"{s.repeats} repeats"] * (s.repeats > 1))  # fmt: skip
     lines = [
         f"sweep {sweep.name}: {s.trial_count} trials ({shape}) of {t.method.kind} on {t.data.dataset}, "
-        f"{t.train.epochs} epochs each, {s.algorithm} search for {objective}",
+        f"{t.train.epochs} epochs each, "
+        + (f"{s.algorithm} search for {objective}" if s.space else f"ranked by {objective}"),
         f"resources: {r.cpu:g} cpu, {r.gpu:g} gpu per trial, at most {r.max_concurrent} at once, "
         f"{sweep.max_failures} retries from the last checkpoint",
         f"scheduler: {sweep.scheduler.kind}"
