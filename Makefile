@@ -12,7 +12,7 @@ $(BIN)/satune: pyproject.toml constraints.txt
 
 install: $(BIN)/satune
 
-# The main job: SAT's w_A sweep on Ray Tune + Optuna + MLflow, on the embedded default.
+# The main job: SAT's weighting study on Ray Tune + Optuna + MLflow, on the embedded default.
 sweep: install
 	$(BIN)/satune sweep sweeps/wA.yaml
 

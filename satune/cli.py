@@ -158,7 +158,14 @@ def sweep(
         return
     _logging(verbose)
     from satune.tune.driver import SweepInterrupted, run_sweep
-    from satune.tune.summary import configuration_table, reproduce_command, source_table, table, transfer_matrix
+    from satune.tune.summary import (
+        config_id,
+        configuration_table,
+        reproduce_command,
+        source_table,
+        table,
+        transfer_matrix,
+    )
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:
@@ -185,7 +192,13 @@ def sweep(
                   highlight=False)  # fmt: skip
     if result.best is not None:
         threads = None if spec.trial.runtime.threads is not None else max(1, int(spec.resources.cpu))
-        out.print(f"best trial {result.best.trial_id}; reproduce it without Ray or MLflow:", highlight=False)
+        what = f"best trial {result.best.trial_id}"
+        if spec.search.repeats > 1:
+            what = (
+                f"best configuration {config_id(result.best.config)} (by its mean over {spec.search.repeats} repeats)"
+            )
+            what += f"; its repeat {result.best.config.get('repeat', 0)}, trial {result.best.trial_id}"
+        out.print(f"{what}; reproduce it without Ray or MLflow:", highlight=False)
         out.print("  " + reproduce_command(file, result.best, threads), highlight=False, soft_wrap=True)
     out.print(f"compare the trials in the MLflow UI: satune ui {file}", highlight=False)
     if any(r.status == "ERROR" for r in result.rows):

@@ -32,7 +32,7 @@ from satune.evaluate import (
 )
 from satune.methods import Source, kind_of
 from satune.models import create_model
-from satune.specs import AutoAttackSpec, ThreatSpec, TrialSpec
+from satune.specs import AutoAttackSpec, ThreatSpec, TrialSpec, set_path
 from satune.trial import load_folder
 
 log = logging.getLogger("satune")
@@ -212,5 +212,5 @@ def _tags(spec: TrialSpec, settings: Settings, done: Assessment) -> dict[str, ob
 def _with_threads(spec: TrialSpec, threads: int | None) -> TrialSpec:
     if threads is None:
         return spec
-    return TrialSpec.model_validate({**spec.model_dump(mode="json", by_alias=True),
-                                     "runtime": {**spec.runtime.model_dump(), "threads": threads}})  # fmt: skip
+    return TrialSpec.model_validate(set_path(spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
+                                             "runtime.threads", threads))  # fmt: skip

@@ -52,9 +52,10 @@ class TrialResult:
     integrity: list[str] = field(default_factory=list)  # failed evaluation checks (empty: all passed)
 
     def to_json(self) -> dict:
-        """The result file: the spec as given, the values as run, the final report, every epoch."""
+        """The result file: the spec as given (unset fields left out, so that it validates again to
+        the same spec), the values as run, the final report, every epoch."""
         return {
-            "spec": self.spec.model_dump(mode="json", by_alias=True),
+            "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
             "effective": self.effective,
             "metrics": self.metrics,
             "history": self.history,

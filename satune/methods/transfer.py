@@ -74,14 +74,14 @@ def _build(ctx: BuildContext) -> Built:
         torch.manual_seed(ctx.trial.seed)
         model = Transferred(source, ctx.data.num_classes, spec.hidden)
     clean = SubsetAdversarial(ctx.attack, torch.zeros(len(ctx.data.train), dtype=torch.bool, device=ctx.device))
-    src = found.result["spec"]
-    effective = {"method.hidden": spec.hidden or feature_size(source), "source.model.arch": src["model"]["arch"],
-                 "source.data.dataset": src["data"]["dataset"], "source.method.kind": src["method"]["kind"]}  # fmt: skip
+    src = TrialSpec.model_validate(found.result["spec"])
+    effective = {"method.hidden": spec.hidden or feature_size(source), "source.model.arch": src.model.arch,
+                 "source.data.dataset": src.data.dataset, "source.method.kind": src.method.kind}  # fmt: skip
     for key in ("method.fraction", "method.weighting", "method.w_A", "method.classes", "method.split"):
-        value = found.result["effective"].get(key, src["method"].get(key.split(".", 1)[1]))
+        value = found.result["effective"].get(key, getattr(src.method, key.split(".", 1)[1], None))
         if value is not None:
             effective[f"source.{key}"] = value
-    summary = f"transfer: {src['method']['kind']} {src['model']['arch']} from {spec.source}, a new head on top"
+    summary = f"transfer: {src.method.kind} {src.model.arch} from {spec.source}, a new head on top"
     return Built(clean, effective, model=model, summary=summary)
 
 

@@ -101,7 +101,12 @@ class ThreatSpec(Spec):
         if norm is None and eps is None:
             return self
         return ThreatSpec.model_validate(
-            {**self.model_dump(), "norm": norm or self.norm, "eps": eps or self.eps, "step_size": None}
+            {
+                **self.model_dump(exclude_unset=True),
+                "norm": norm or self.norm,
+                "eps": eps or self.eps,
+                "step_size": None,
+            }
         )
 
     @property

@@ -151,7 +151,7 @@ def _find_sources(sweep: SweepSpec, run: RunDir, uri: str, echo) -> SweepSpec:
             labels |= {f"mlflow:{r.info.run_id}": _source_label(r.data.params) for r in found}
         run.save(sources=sources, source_labels=labels)
     echo(f"sources: {', '.join(f'{len(v)} trials of {axes[k].runs_of}' for k, v in run.state['sources'].items())}")
-    data = sweep.model_dump(mode="json", by_alias=True)
+    data = sweep.model_dump(mode="json", by_alias=True, exclude_unset=True)  # as written: it is validated again
     data["search"]["grid"] |= run.state["sources"]
     return SweepSpec.model_validate(data)
 
@@ -219,7 +219,7 @@ def _prepare(sweep: SweepSpec, echo) -> None:
     echo(what)
     task = ray.remote(num_cpus=sweep.resources.cpu, num_gpus=sweep.resources.gpu)(_prepare_on_worker)
     threads = sweep.trial.runtime.threads or max(1, int(sweep.resources.cpu))
-    ray.get(task.remote(sweep.trial.model_dump(mode="json", by_alias=True), threads))
+    ray.get(task.remote(sweep.trial.model_dump(mode="json", by_alias=True, exclude_unset=True), threads))
 
 
 def _prepare_on_worker(trial: dict, threads: int) -> None:

@@ -1,7 +1,8 @@
 import pytest
+import torch
 
 from satune.specs import parse_trial
-from satune.trial import run_trial
+from satune.trial import TrialResult, run_trial
 
 
 def digits_trial(method):
@@ -57,3 +58,11 @@ def test_result_carries_the_design_metric_names():
     out = result.to_json()
     assert set(out) == {"spec", "effective", "metrics", "history", "integrity"} and len(out["history"]) == 6
     assert out["spec"]["method"]["classes"] == ["3", "8"]
+
+
+def test_the_result_files_spec_validates_again_to_the_same_spec():
+    """What satune eval and transfer read back: rules that look at which fields were set must hold."""
+    spec = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs"},
+                        "method": {"kind": "sat", "split": "class", "classes": ["3"]}})  # fmt: skip
+    written = TrialResult(spec, {}, [], torch.nn.Identity()).to_json()["spec"]
+    assert parse_trial(written) == spec
