@@ -100,7 +100,8 @@ class SatSpec(MethodSpecBase):
                 problems.append(("fraction", "required for an example split (share of examples in A)"))
         elif (self.fraction is None) == (self.classes is None):
             problems.append(("fraction", "a class split takes exactly one of fraction or classes"))
-        if self.classes is not None and "ranking" in self.model_fields_set:
+        # (compared with the default, not with what was set: a spec written out whole validates again)
+        if self.classes is not None and self.ranking != SatSpec.model_fields["ranking"].default:
             problems.append(("ranking", "unused when classes are listed; remove it or use fraction"))
         problems += class_problems("classes", self.classes, None, "")
         custom = self.weighting in (None, "custom")

@@ -88,7 +88,8 @@ class ThreatSpec(Spec):
 
     @model_validator(mode="after")
     def _rules(self):
-        if self.attack == "fgsm_rs" and "steps" in self.model_fields_set and self.steps != 1:
+        # (compared with the default, not with what was set: a spec written out whole validates again)
+        if self.attack == "fgsm_rs" and self.steps not in (1, ThreatSpec.model_fields["steps"].default):
             raise FieldProblems([("steps", f"fgsm_rs takes exactly one step, got {self.steps}")])
         return self
 

@@ -195,3 +195,13 @@ def test_the_evaluation_threat_may_differ_from_training():
     assert trial.eval_threat.alpha == 8 / 255 / 4  # its own step, not training's 0.007
     plain = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "l2", "eps": 0.5}, "method": {"kind": "at"}})
     assert plain.eval_threat is plain.threat
+
+
+def test_rules_about_ignored_fields_hold_for_specs_written_out_whole():
+    with pytest.raises(SpecError, match="unused when classes are listed"):
+        parse_trial(base_trial(kind="sat", split="class", classes=[3], ranking="random"))
+    with pytest.raises(SpecError, match="fgsm_rs takes exactly one step"):
+        parse_trial({**base_trial(), "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs", "steps": 3}})
+    whole = parse_trial({**base_trial(kind="sat", split="class", classes=[3]),
+                         "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs"}})  # fmt: skip
+    assert parse_trial(whole.model_dump(mode="json")) == whole  # defaults written out are not "set" mistakes
