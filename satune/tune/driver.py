@@ -157,8 +157,9 @@ def _find_sources(sweep: SweepSpec, run: RunDir, uri: str, echo) -> SweepSpec:
 
 
 def _source_label(params: dict[str, str]) -> str:
-    """What tells sources apart in a table: their kind and what a SAT source was trained with."""
-    keys = ("method.kind", "method.split", "method.fraction", "method.classes", "method.weighting", "seed")
+    """What a source was trained with (its kind, and a SAT source's split, fraction, classes and
+    weighting): sources trained alike, with other seeds, share a label and are averaged."""
+    keys = ("method.kind", "method.split", "method.fraction", "method.classes", "method.weighting")
     return ", ".join(f"{k.removeprefix('method.')}={params[k]}" for k in keys if k in params)
 
 

@@ -37,9 +37,9 @@ class Progress(tune.Callback):
         if self.sweep.search.metrics[0] in result:
             return  # the final report: on_trial_complete prints it
         proxy = self.sweep.trial.eval.select_metric
+        selected = f"{proxy}={_fmt(result[proxy])} " if proxy in result else ""  # (not every epoch: select_every)
         self.echo(f"{self._status()} trial {trial.trial_id} epoch {result.get('epoch', 0) + 1}/"
-                  f"{self.sweep.trial.train.epochs}: {proxy}={_fmt(result.get(proxy))} "
-                  f"train/loss={_fmt(result.get('train/loss'))}")  # fmt: skip
+                  f"{self.sweep.trial.train.epochs}: {selected}train/loss={_fmt(result.get('train/loss'))}")  # fmt: skip
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done.add(trial.trial_id)
