@@ -1,13 +1,19 @@
 """GPU paths: run where CUDA exists, skipped elsewhere (the CPU suite covers the logic)."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from satune.attacks import Attack
+from satune.cli import app
 from satune.models import create_model
 from satune.specs import ModelSpec, parse_trial
 from satune.train import CHECKPOINT_FILE
-from satune.trial import run_trial
+from satune.trial import load_folder, run_trial
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.gpu,
@@ -67,3 +73,24 @@ def test_attack_follows_the_models_device():
     x, y = torch.rand(8, 1, 8, 8, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
     x_adv = Attack("l2", 0.5, 0.2, 3, random_start=True)(model, x, y, gen=torch.Generator().manual_seed(0))
     assert x_adv.is_cuda and ((x_adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+
+
+def test_transfer_from_a_cuda_trained_source_keeps_its_backbone_on_cuda(tmp_path):
+    """The source's weights are saved from CUDA and loaded on the CPU first; the transfer trial
+    must move the frozen backbone to the GPU with its head, and leave it untouched."""
+    source = tmp_path / "source"
+    done = CliRunner().invoke(app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=1",
+                                    "--set", "runtime.device=cuda", "--out", str(source)])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    before = load_folder(str(source)).state
+    result = run_trial(parse_trial({
+        "data": {"dataset": "digits"},
+        "threat": {"norm": "linf", "eps": 0.1, "steps": 3},
+        "method": {"kind": "transfer", "source": str(source), "hidden": 32},
+        "train": {"epochs": 2, "batch_size": 64}, "eval": {"pgd_steps": 3, "autoattack": {"n": 0}},
+        "runtime": {"device": "cuda"},
+    }))  # fmt: skip
+    state = result.model.state_dict()
+    assert all(v.is_cuda for v in state.values())
+    assert all(torch.equal(state[f"source.{k}"].cpu(), v) for k, v in before.items())
+    assert result.metrics["eval/clean_acc"] > 0.5
