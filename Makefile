@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install sweep run ui test test-unit lint bench clean
+.PHONY: install browser sweep run ui test test-unit lint bench clean
 
 $(BIN)/satune: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -11,6 +11,11 @@ $(BIN)/satune: pyproject.toml constraints.txt
 	touch $@
 
 install: $(BIN)/satune
+
+# Headless Chromium for the browser tests: Debian's package, never a test tool's own browser download.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
 
 # The main job: SAT's weighting study on Ray Tune + Optuna + MLflow, on the embedded default.
 sweep: install
@@ -24,8 +29,9 @@ run: install
 ui: install
 	$(BIN)/satune ui sweeps/wA.yaml
 
-# Lint and types, then unit tests, integration tests (real Ray, real MLflow server on 127.0.0.1), GPU tests where CUDA exists.
-test: install
+# Lint and types, then unit tests, integration tests (real Ray, real MLflow server on 127.0.0.1; pages opened
+# in headless Chromium, screenshots kept in test-artifacts/), GPU tests where CUDA exists.
+test: install browser
 	$(BIN)/ruff check satune tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

@@ -146,9 +146,18 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and print the trial plan; start nothing.")
     ] = False,
+    report: Annotated[
+        bool, typer.Option(help="Draw the report at the end (`satune report`): figures, numbers, model cards.")
+    ] = True,
+    plain: Annotated[
+        bool, typer.Option("--plain", envvar="SATUNE_PLAIN", help="Plain progress lines instead of the live table.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
-    """Run a sweep: Ray Tune runs the trials, Optuna proposes them, MLflow records them."""
+    """Run a sweep: Ray Tune runs the trials, Optuna proposes them, MLflow records them.
+
+    Progress is a live table of the trials on a terminal; one line per trial event in a log or pipe,
+    with TERM=dumb, or with --plain."""
     spec = load_sweep(file)
     from satune.tune.plan import plan_lines  # no Ray, no torch: a dry run costs what validation costs
 
@@ -157,6 +166,10 @@ def sweep(
     if dry_run:
         return
     _logging(verbose)
+    if plain:
+        import os
+
+        os.environ["SATUNE_PLAIN"] = "1"  # read where Tune runs: a resumed sweep's callback is Tune's own copy
     from satune.tune.driver import SweepInterrupted, run_sweep
     from satune.tune.summary import (
         config_id,
@@ -169,7 +182,7 @@ def sweep(
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:
-        result = run_sweep(spec, file, resume=resume, address=address)
+        result = run_sweep(spec, file, resume=resume, address=address, report=_reporter(spec) if report else None)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         started = isinstance(exc, SweepInterrupted) and exc.run_dir is not None
         err.print(f"interrupted: {again}" if started else "interrupted before the sweep started; nothing to resume",
@@ -203,6 +216,56 @@ def sweep(
     out.print(f"compare the trials in the MLflow UI: satune ui {file}", highlight=False)
     if any(r.status == "ERROR" for r in result.rows):
         raise typer.Exit(1)
+
+
+def _reporter(spec) -> Callable[[str], None]:
+    def draw(uri: str) -> None:
+        from satune.report import build_report
+
+        index = build_report(uri, spec.name, echo=lambda m: err.print(m, highlight=False))
+        out.print(f"report: {index.resolve().as_uri()}", highlight=False)
+
+    return draw
+
+
+@app.command()
+@user_errors
+def report(
+    sweep: Annotated[str, typer.Argument(help="A sweep file, or a sweep's name (with --tracking-uri).")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for index.html, the figures and their CSV files "
+                                  "(default: report/ in the sweep's newest run folder).")  # fmt: skip
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="For a sweep's name: the MLflow server (default: MLFLOW_TRACKING_URI).")
+    ] = None,
+    log: Annotated[bool, typer.Option(help="Also log the report into the sweep's parent run.")] = True,
+) -> None:
+    """Draw a finished sweep's report from MLflow: figures chosen by what the sweep holds, the numbers
+    behind each (CSV), model cards; one HTML page that opens from a file, logged into the parent run."""
+    import os
+    from contextlib import ExitStack
+
+    from satune.tracking import LocalServer, check_reachable, store_paths
+
+    path = Path(sweep)
+    spec = load_sweep(path) if path.is_file() else None
+    uri = spec.tracking.uri if spec is not None else tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if spec is None and uri is None:
+        raise OptionError(f"'{sweep}' is not a file; for a sweep's name pass --tracking-uri")
+    from satune.report import build_report
+
+    with ExitStack() as stack:
+        if uri is None:  # a sweep file in local mode: serve its store while reading it
+            assert spec is not None
+            if not store_paths(Path(spec.storage))[0].exists():
+                raise OptionError(f"no MLflow store under {spec.storage}: run `satune sweep {sweep}` first")
+            uri = stack.enter_context(LocalServer(Path(spec.storage))).uri
+        else:
+            check_reachable(uri)
+        index = build_report(uri, spec.name if spec else sweep, out_dir, echo=lambda m: err.print(m, highlight=False),
+                             log=log)  # fmt: skip
+    out.print(f"report: {index.resolve().as_uri()}", highlight=False)
 
 
 @app.command("eval")
@@ -279,24 +342,51 @@ def evaluate(
 @app.command()
 @user_errors
 def ui(
-    file: Annotated[Path, typer.Argument(help="A sweep file: serves the MLflow store under its storage.")],
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    file: Annotated[Path, typer.Argument(help="A sweep file: compares the trials of its newest run.")],
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI (local mode: satune serves the store).")] = 5000,
+    optuna_port: Annotated[int, typer.Option(help="Port of optuna-dashboard.")] = 8080,
     host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 unless you mean to expose it.")] = "127.0.0.1",
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the trials in a browser, where there is a display.")
+    ] = True,
 ) -> None:
-    """Serve the MLflow UI of a sweep's local store to compare its trials."""
-    import os
+    """Compare a sweep's trials: the MLflow UI on its newest run's trials (local mode: serving its store), and
+    optuna-dashboard on its Optuna studies. Ctrl-C stops both."""
+    from contextlib import ExitStack
 
-    from satune.tracking import server_command, server_env, store_paths
+    from satune import tracking
+    from satune.tune.rundir import JOURNAL_FILE, latest_run_dir, read_state
+    from satune.tune.summary import shown_metrics
 
     spec = load_sweep(file)
-    if spec.tracking.uri is not None:
-        out.print(f"this sweep logs to {spec.tracking.uri}: open that in a browser", highlight=False)
-        return
-    db, artifacts = store_paths(Path(spec.storage))
-    if not db.exists():
-        raise OptionError(f"no MLflow store at {db}: run `satune sweep {file}` first")
-    out.print(f"MLflow UI: http://{host}:{port}  (Ctrl-C stops it)", highlight=False)
-    os.execvpe(sys.executable, server_command(db, artifacts, host, port), server_env())
+    run_dir = latest_run_dir(spec)
+    state = read_state(run_dir) if run_dir is not None else {}
+    if run_dir is None or "parent_run_id" not in state:
+        raise OptionError(f"no MLflow run of sweep '{spec.name}' under {spec.storage}: run `satune sweep {file}` first")
+    servers: list[tracking.LocalServer | tracking.StudyDashboard] = []
+    try:
+        with ExitStack() as stack:
+            if spec.tracking.uri is None:
+                if not tracking.store_paths(Path(spec.storage))[0].exists():
+                    raise OptionError(f"no MLflow store under {spec.storage}: run `satune sweep {file}` first")
+                servers.append(stack.enter_context(tracking.LocalServer(Path(spec.storage), host, port)))
+                uri = servers[0].uri
+                out.print(f"MLflow UI: {uri}  (Ctrl-C stops it)", highlight=False)
+            else:
+                uri = spec.tracking.uri
+                tracking.check_reachable(uri)
+            link = tracking.trials_view(uri, spec, state["experiment_id"], state["parent_run_id"], shown_metrics(spec),
+                                        name=f"{spec.name} {run_dir.name}: trials")  # fmt: skip
+            out.print(f"the trials of {run_dir}: {link}", highlight=False)
+            if (run_dir / JOURNAL_FILE).exists():
+                servers.append(stack.enter_context(tracking.StudyDashboard(run_dir / JOURNAL_FILE, host, optuna_port)))
+                out.print(f"optuna-dashboard: {servers[-1].uri}", highlight=False)
+            if open_browser:
+                tracking.open_in_browser(link)
+            if servers:
+                tracking.serve_until_interrupted(servers)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def _progress(epochs: int) -> Callable:

@@ -14,19 +14,30 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from satune.errors import UserError
+
+if TYPE_CHECKING:
+    from satune.specs import SweepSpec
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "satune.trial_id"
 SWEEP_TAG = "satune.sweep"  # the parent run's name: <sweep name>-<run directory>
 SWEEP_NAME_TAG = "satune.sweep_name"
+# MLflow's own keys, as its UI (3.17, server/js/build) reads them. The kind is what the UI's own
+# experiment-kind selector writes; 3.17 itself picks the view by the `workflowType` URL parameter (runs_link).
+EXPERIMENT_KIND_TAG, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # a run's description, markdown
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: a saved view of an experiment's runs table
 
 
 class TrackingError(UserError):
@@ -98,6 +109,10 @@ class LocalServer:
     @property
     def uri(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 120.0) -> LocalServer:
         self.db.parent.mkdir(parents=True, exist_ok=True)
@@ -181,11 +196,13 @@ def ensure_experiment(uri: str, name: str) -> str:
     """Create the experiment on the driver (trials creating it at once would race)."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            c.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return c.create_experiment(name)
+    if exp is None:
+        return c.create_experiment(name, tags={EXPERIMENT_KIND_TAG: ML_EXPERIMENT})
+    if exp.lifecycle_stage == "deleted":
+        c.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind the user chose in the UI stays
+        c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, ML_EXPERIMENT)
+    return exp.experiment_id
 
 
 def start_parent(uri: str, *, experiment_id: str, name: str, params: Mapping, tags: Mapping[str, str]) -> str:
@@ -231,6 +248,7 @@ def log_text(uri: str, run_id: str, text: str, name: str) -> None:
 
 def download(uri: str, run_id: str, name: str, into: Path) -> Path:
     """A run's artifact `name`, fetched through the server into the folder `into`."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file drowns the output
     return Path(client(uri).download_artifacts(run_id, name, str(into)))
 
 
@@ -314,6 +332,32 @@ def child_runs(uri: str, experiment_id: str, parent_id: str) -> list:
     )
 
 
+def sweep_parents(uri: str, sweep_name: str) -> list:
+    """The parent runs of sweep `sweep_name` in any experiment of this store, newest first."""
+    c = client(uri)
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    return c.search_runs(experiments, filter_string=f"tags.`{SWEEP_NAME_TAG}` = '{sweep_name}'",
+                         order_by=["attributes.start_time DESC"], max_results=100)  # fmt: skip
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of `key`, by step."""
+    return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
+
+
+def artifact_paths(uri: str, run_id: str, folder: str | None = None) -> list[str]:
+    """The artifact files of a run under `folder`, recursively."""
+    out: list[str] = []
+    for f in client(uri).list_artifacts(run_id, folder):
+        out += artifact_paths(uri, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def log_folder(uri: str, run_id: str, folder: Path, artifact_path: str) -> None:
+    """Every file of `folder` under `artifact_path` (files of the same name are replaced)."""
+    client(uri).log_artifacts(run_id, str(folder), artifact_path)
+
+
 def provenance() -> dict[str, str]:
     """Git commit and package versions, for the parent run's tags."""
     from importlib.metadata import PackageNotFoundError, version
@@ -333,3 +377,142 @@ def provenance() -> dict[str, str]:
             dirty = subprocess.run([git, "status", "--porcelain"], cwd=here, capture_output=True, text=True)
             tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
     return tags
+
+
+# --------------------------------------------------------------------------------------------
+# The comparison view: the MLflow UI on a sweep's trials, optuna-dashboard on its studies
+
+
+def sweep_description(sweep: SweepSpec, source: Path, run_dir: Path, report_link: str | None = None) -> str:
+    """The parent run's description (markdown): what the sweep is, and where its trials and report are."""
+    from satune.specs import RunsOf
+
+    s, trial = sweep.search, sweep.trial
+    goals = [f"{'maximise' if mode == 'max' else 'minimise'} `{m}`" for m, mode in zip(s.metrics, s.modes, strict=True)]
+    grid = {key: f"the finished trials of sweep `{axis.runs_of}`" if isinstance(axis, RunsOf) else json.dumps(axis)
+            for key, axis in s.grid.items()}  # fmt: skip
+    lines = [
+        f"Sweep **{sweep.name}**: a {s.algorithm} search of {s.trial_count} trials of "
+        f"`{trial.method.kind}` on `{trial.data.dataset}` (`{trial.model.arch}`).",
+        "",
+        *(f"- **searched** `{key}`: {dom.kind} {json.dumps(list(dom.value))}" for key, dom in s.space.items()),
+        *(f"- **grid** `{key}`: {values}" for key, values in grid.items()),
+        f"- **objective**: {', '.join(goals)}" + (" (a Pareto front)" if len(goals) > 1 else ""),
+    ]
+    if s.repeats > 1:
+        lines.append(f"- **repeats**: {s.repeats} seeds per configuration")
+    lines += [
+        f"- **report**: {f'[report/index.html]({report_link})' if report_link else '`report/index.html`'} in this "
+        f"run's artifacts, drawn at the sweep's end (again by `satune report {source}`)",
+        f"- **trials**: the child runs of this run; `satune ui {source}` lists them side by side",
+        f"- **sweep file**: `{source.name}` in this run's artifacts (from `{source.resolve()}`)",
+        f"- **run directory**: `{run_dir}` (Tune's state, the Optuna journal)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def artifact_link(experiment_id: str, run_id: str, path: str) -> str:
+    """A link, relative to the MLflow UI's address, to a run's artifact shown in its Artifacts tab."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}?workflowType=machine_learning"
+
+
+def describe_sweep(uri: str, run_id: str, text: str) -> None:
+    """`text` (markdown) as the run's description, on its page in the MLflow UI."""
+    set_tags(uri, run_id, {NOTE_TAG: text})
+
+
+def runs_view(sweep: SweepSpec, parent_id: str, metrics: list[str]) -> dict[str, Any]:
+    """The state of MLflow's runs table that compares one sweep run's trials: its child runs in one
+    flat list (sorting by a metric un-nests them; a saved view cannot expand rows), best first by
+    the first searched metric, the searched keys and `metrics` as columns."""
+    params = [*sweep.search.space, *sweep.search.grid]
+    tags = ["satune.config", "satune.repeat"] if sweep.search.repeats > 1 else []
+    return {
+        "searchFilter": f"tags.`{PARENT_TAG}` = '{parent_id}'",
+        "orderByKey": f"metrics.`{sweep.search.metrics[0]}`",
+        "orderByAsc": sweep.search.modes[0] == "min",
+        "selectedColumns": [f"params.`{k}`" for k in params] + [f"metrics.`{k}`" for k in metrics]
+        + [f"tags.`{k}`" for k in tags],
+    }  # fmt: skip
+
+
+def save_view(uri: str, experiment_id: str, view_id: str, name: str, state: Mapping[str, Any]) -> None:
+    """Save `state` as the experiment's view `view_id`, in the envelope of the UI's "Views" menu."""
+    now = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client(uri).set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + view_id, json.dumps(envelope))
+
+
+def trials_view(uri: str, sweep: SweepSpec, experiment_id: str, parent_id: str, metrics: list[str], name: str) -> str:
+    """Save the view of one sweep run's trials (runs_view) as `name`; the link that opens it."""
+    view_id = f"satune-{parent_id}"
+    save_view(uri, experiment_id, view_id, name, runs_view(sweep, parent_id, metrics))
+    return runs_link(uri, experiment_id, view_id)
+
+
+def runs_link(uri: str, experiment_id: str, view_id: str) -> str:
+    """The experiment's runs page in the model-training view (not GenAI's), showing saved view `view_id`."""
+    return f"{uri}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view_id}"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # a line per request would bury the links
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class StudyDashboard:
+    """optuna-dashboard on a sweep's Optuna journal, served by a thread of this process."""
+
+    def __init__(self, journal: Path, host: str = "127.0.0.1", port: int = 8080):
+        self.journal, self.host, self.port = journal, host, port
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> StudyDashboard:
+        import optuna_dashboard
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        app = optuna_dashboard.wsgi(JournalStorage(JournalFileBackend(str(self.journal))))
+        try:
+            self._server = make_server(self.host, self.port, app, _ThreadingWSGIServer, _QuietHandler)
+        except OSError as exc:
+            raise TrackingError(f"cannot serve optuna-dashboard on {self.uri} ({exc.strerror})") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def serve_until_interrupted(servers: list[LocalServer | StudyDashboard]) -> None:
+    """Block until Ctrl-C (KeyboardInterrupt) or until one of `servers` stops (TrackingError)."""
+    while all(s.running for s in servers):
+        time.sleep(0.5)
+    stopped = next(s for s in servers if not s.running)
+    log = f"; see {stopped.log_path}" if isinstance(stopped, LocalServer) else ""
+    raise TrackingError(f"the server at {stopped.uri} stopped{log}")
+
+
+def open_in_browser(url: str) -> None:
+    """Open `url` where a graphical browser can show it; on a headless machine `webbrowser` would
+    start a console browser in the terminal instead."""
+    import webbrowser
+
+    if sys.platform in ("darwin", "win32") or any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")):
+        webbrowser.open(url)

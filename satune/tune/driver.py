@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -31,14 +32,12 @@ from satune import tracking
 from satune.runtime import derive_seed
 from satune.specs import RunsOf, SweepSpec
 from satune.tune import cluster, final_stage
-from satune.tune.progress import Progress, echo_stderr
-from satune.tune.rundir import RunDir, SweepError, prepare, writable_by_others
+from satune.tune.progress import Progress, echo_stderr, live_view
+from satune.tune.rundir import JOURNAL_FILE, RunDir, SweepError, prepare, writable_by_others
 from satune.tune.search import Cells, Replicates
 from satune.tune.space import cell_label, grid_space, optuna_space, sampler
 from satune.tune.summary import SweepResult, TrialRow, best_configuration, log_summary
 from satune.tune.trainable import TrialContext, resolve_trial, run
-
-JOURNAL_FILE = "optuna.journal"
 
 
 class SweepInterrupted(Exception):
@@ -60,9 +59,11 @@ def run_sweep(
     resume: bool = False,
     address: str | None = None,
     echo: Callable[[str], None] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep. An interrupt at any point (Ctrl-C, SIGTERM) ends with the state
-    saved, the parent run KILLED and unfinished trials' runs KILLED: `--resume` continues it."""
+    saved, the parent run KILLED and unfinished trials' runs KILLED: `--resume` continues it.
+    `report(tracking_uri)` runs at the end, while the tracking server still runs."""
     echo = echo or echo_stderr
     run = prepare(sweep, source, resume)  # checks --resume; writes nothing
     experiment = sweep.tracking.experiment or sweep.name
@@ -89,6 +90,8 @@ def run_sweep(
                 parent = tracking.start_parent(uri, experiment_id=experiment_id, name=f"{sweep.name}-{run_dir.name}",
                                                params=_parent_params(sweep),
                                                tags={tracking.SWEEP_NAME_TAG: sweep.name} | tracking.provenance())  # fmt: skip
+                link = tracking.artifact_link(experiment_id, parent, "report/index.html")
+                tracking.describe_sweep(uri, parent, tracking.sweep_description(sweep, source, run_dir, link))
             else:
                 tracking.reopen(uri, parent)
             run.save(parent_run_id=parent, experiment_id=experiment_id, tracking_uri=uri, status="running")
@@ -115,6 +118,14 @@ def run_sweep(
             # 4. The summary goes into the parent run.
             _injected_interrupt("summary")
             log_summary(sweep, result, uri, parent)
+
+            # 5. The report, into the parent run too: a failure to draw loses no result, so it only warns.
+            if report is not None and not result.interrupted:
+                try:
+                    report(uri)
+                except Exception as exc:  # noqa: BLE001 - the sweep's results are safe; say how to retry
+                    echo(f"warning: the report failed ({type(exc).__name__}: {exc}); `satune report {source}` "
+                         "draws it again")  # fmt: skip
         except KeyboardInterrupt:
             _end_interrupted(run, echo)
             raise SweepInterrupted(run.path) from None
@@ -287,7 +298,8 @@ def _fit(
         )
     sigint = signal.getsignal(signal.SIGINT)
     try:
-        grid = tuner.fit()  # Ctrl-C: Tune saves its state, stops the trials and returns
+        with live_view():  # a live table on a terminal (the callback draws it; elsewhere it prints lines)
+            grid = tuner.fit()  # Ctrl-C: Tune saves its state, stops the trials and returns
     finally:
         signal.signal(signal.SIGINT, sigint)  # Tune leaves its own handler behind, even after a normal end
     # After an interrupt Tune marks the trials it stopped TERMINATED in memory, like finished ones;
@@ -325,8 +337,12 @@ def _tune_config(sweep: SweepSpec, run_dir: Path) -> tune.TuneConfig:
         def study(i: int) -> OptunaSearch:  # one Optuna study per grid cell, in one journal
             name = sweep.name if len(cells) == 1 else f"{sweep.name}/{cell_label(cells[i])}"
             seed = sweep.seed if i == 0 else derive_seed(sweep.seed, "cell", i) % 2**32
-            return _FinalResultOptunaSearch(space=optuna_space(s), metric=metric, mode=mode, sampler=sampler(s, seed),
-                                            study_name=name, storage=storage)  # fmt: skip
+            search = _FinalResultOptunaSearch(space=optuna_space(s), metric=metric, mode=mode,
+                                              sampler=sampler(s, seed), study_name=name, storage=storage)  # fmt: skip
+            # optuna-dashboard then names the objectives after the metrics, not "Objective 0"
+            with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+                optuna.load_study(study_name=name, storage=storage).set_metric_names(s.metrics)
+            return search
 
         search_alg = study(0) if len(cells) == 1 else Cells(cells, [study(i) for i in range(len(cells))],
                                                               s.samples, metric, mode)  # fmt: skip

@@ -17,6 +17,7 @@ from satune.errors import UserError
 from satune.specs import SweepSpec
 
 STATE_FILE = "sweep.json"
+JOURNAL_FILE = "optuna.journal"  # the sweep's Optuna studies, one per grid cell
 # What may change between a sweep and its --resume: how it runs, not what it computes.
 RESUMABLE_CHANGES = {"resources", "max_failures"}
 

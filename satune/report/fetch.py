@@ -1,0 +1,142 @@
+"""A finished sweep read back through MLflow's client: its spec as it ran, its trials (values,
+metrics, tags), their metric histories and artifacts, and its Optuna studies. No Ray."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from satune import tracking
+from satune.errors import UserError
+from satune.specs import SweepSpec, parse_sweep
+from satune.tune.rundir import JOURNAL_FILE
+from satune.tune.space import REPEAT_KEY
+from satune.tune.summary import TrialRow
+
+
+class ReportError(UserError):
+    """Nothing to report on; one line for the user."""
+
+
+@dataclass
+class Trial:
+    run_id: str
+    row: TrialRow  # trial id, status as Tune says it (TERMINATED for finished), values, latest metrics
+    name: str
+    tags: dict[str, str]
+
+
+@dataclass
+class SweepData:
+    uri: str
+    spec: SweepSpec
+    parent_id: str
+    parent_name: str
+    started: datetime
+    tags: dict[str, str]
+    trials: list[Trial]
+    run_dir: Path  # where satune keeps this run's files (Tune's, Optuna's): on this machine or not
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)  # transfer: mlflow:<id> -> its params
+    _cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def journal(self) -> Path | None:
+        """The sweep's Optuna journal, where this machine can read it."""
+        path = self.run_dir / JOURNAL_FILE
+        return path if path.exists() else None
+
+    @property
+    def finished(self) -> list[Trial]:
+        return [t for t in self.trials if t.row.status == "TERMINATED"]
+
+    @property
+    def rows(self) -> list[TrialRow]:
+        return [t.row for t in self.trials]
+
+    def history(self, trial: Trial, key: str) -> list[tuple[int, float]]:
+        if (trial.run_id, key) not in self._cache:
+            self._cache[trial.run_id, key] = tracking.metric_history(self.uri, trial.run_id, key)
+        return self._cache[trial.run_id, key]
+
+    def artifact_text(self, trial: Trial, name: str) -> str | None:
+        """A run's artifact as text, or None when it has none of that name."""
+        if (trial.run_id, name) not in self._cache:
+            folder = name.rpartition("/")[0] or None
+            text = None
+            if name in tracking.artifact_paths(self.uri, trial.run_id, folder):
+                with tempfile.TemporaryDirectory() as tmp:
+                    text = tracking.download(self.uri, trial.run_id, name, Path(tmp)).read_text()
+            self._cache[trial.run_id, name] = text
+        return self._cache[trial.run_id, name]
+
+    def outcomes(self, trial: Trial, name: str = "outcomes.csv") -> list[dict[str, str]] | None:
+        text = self.artifact_text(trial, name)
+        return None if text is None else list(csv.DictReader(io.StringIO(text)))
+
+    def final_labels(self, trial: Trial) -> list[str]:
+        """The labels of the trial's final-stage evaluations (`final/<label>/card.json`), oldest first."""
+        paths = tracking.artifact_paths(self.uri, trial.run_id, "final")
+        labels = {p.split("/")[1] for p in paths if p.endswith("/card.json")}
+        return sorted(labels, key=lambda s: int(s.split("-")[0]) if s.split("-")[0].isdigit() else 0)
+
+
+def find_sweep(uri: str, name: str, echo: Callable[[str], None]) -> SweepData:
+    """The newest run of sweep `name` in the store at `uri`, with its trials, read with the spec it
+    ran with (from its parent run: the file may have changed since)."""
+    parents = tracking.sweep_parents(uri, name)
+    if not parents:
+        raise ReportError(f"no run of sweep '{name}' at {uri}: run `satune sweep` first")
+    parent = parents[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = json.loads(tracking.download(uri, parent.info.run_id, "resolved_spec.json", Path(tmp)).read_text())
+    spec = parse_sweep(data, source=f"run {parent.info.run_id}")
+    children = tracking.child_runs(uri, parent.info.experiment_id, parent.info.run_id)
+    echo(f"report: sweep {name}, parent run {parent.info.run_id}, {len(children)} trial runs at {uri}")
+    keys = [*spec.search.grid, *spec.search.space]
+    trials = []
+    for r in sorted(children, key=lambda r: r.info.start_time):
+        trial_id = r.data.tags.get(tracking.TRIAL_TAG)
+        if trial_id is None:
+            continue
+        config = {k: _value(r.data.params[k]) for k in keys if k in r.data.params}
+        if spec.search.repeats > 1:
+            config[REPEAT_KEY] = int(r.data.tags.get("satune.repeat", 0))
+        seed = r.data.params.get("seed")
+        status = "TERMINATED" if r.info.status == "FINISHED" else r.info.status
+        row = TrialRow(trial_id, status, config, dict(r.data.metrics), seed=int(seed) if seed else None)
+        trials.append(Trial(r.info.run_id, row, r.info.run_name, dict(r.data.tags)))
+    run_dir = Path(spec.storage) / spec.name / parent.info.run_name.removeprefix(f"{name}-")
+    data_ = SweepData(uri, spec, parent.info.run_id, parent.info.run_name,
+                      datetime.fromtimestamp(parent.info.start_time / 1000, tz=UTC), dict(parent.data.tags), trials,
+                      run_dir)  # fmt: skip
+    if not data_.finished:
+        raise ReportError(f"sweep '{name}' (run {parent.info.run_name}) has no finished trial yet: nothing to draw")
+    if "method.source" in spec.search.grid:
+        data_.sources = _sources(uri, {str(t.row.config.get("method.source")) for t in data_.finished})
+    return data_
+
+
+def _sources(uri: str, sources: set[str]) -> dict[str, dict[str, str]]:
+    """What each transfer source is: the params of its MLflow run (a folder source: none)."""
+    out = {}
+    for s in sources:
+        if s.startswith("mlflow:"):
+            out[s] = dict(tracking.get_run(uri, s.removeprefix("mlflow:")).data.params)
+    return out
+
+
+def _value(text: str) -> Any:
+    """An MLflow param (a string) back to the value it was: YAML reads numbers, lists and words."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text

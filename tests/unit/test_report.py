@@ -1,0 +1,70 @@
+"""The report's figures from trial rows alone (no server): which are drawn, and the numbers behind them.
+tests/integration/test_sweep_report.py checks them against a real sweep in MLflow."""
+
+from datetime import UTC, datetime
+
+import pytest
+from scipy.stats import binomtest
+
+from satune.report.fetch import SweepData, Trial, _value
+from satune.report.figures import class_transfer, fraction_curves, mcnemar_p, objective_vs_parameters, pareto
+from satune.specs import parse_sweep
+from satune.tune.summary import TrialRow
+
+
+def data(tmp_path, rows: list[TrialRow], grid: dict, space: dict | None = None) -> SweepData:
+    spec = parse_sweep({
+        "name": "r", "storage": str(tmp_path),
+        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "sat", "fraction": 0.5}},
+        "search": {"grid": grid, "space": space or {}, "num_samples": 1},
+    })  # fmt: skip
+    trials = [Trial(f"run{i}", r, r.trial_id, {}) for i, r in enumerate(rows)]
+    return SweepData("http://127.0.0.1:9", spec, "parent", "r-1", datetime.now(UTC), {}, trials, tmp_path)
+
+
+def row(i: int, config: dict, clean: float, pgd: float, **more: float) -> TrialRow:
+    return TrialRow(f"t{i}", "TERMINATED", config, {"eval/clean_acc": clean, "eval/pgd_acc": pgd, **more})
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (3, 0), (7, 2), (20, 31), (50, 50)])
+def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_pairs(b, c):
+    expected = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+    assert mcnemar_p(b, c) == pytest.approx(expected)
+
+
+def test_fraction_curves_are_means_and_spreads_over_seeds_per_line(tmp_path):
+    rows = [
+        row(0, {"method.fraction": 0.1, "method.ranking": "random"}, 0.9, 0.2),
+        row(1, {"method.fraction": 0.1, "method.ranking": "random"}, 0.8, 0.4),
+        row(2, {"method.fraction": 0.5, "method.ranking": "random"}, 0.7, 0.5),
+        row(3, {"method.fraction": 0.1, "method.ranking": "entropy_hardest"}, 0.6, 0.1),
+        row(4, {"method.fraction": 0.5, "method.ranking": "entropy_hardest"}, 0.5, 0.3),
+    ]
+    (drawn,) = fraction_curves(data(tmp_path, rows, {"method.fraction": [0.1, 0.5],
+                                                       "method.ranking": ["random", "entropy_hardest"]}))  # fmt: skip
+    point = {(r["group"], r["fraction"], r["metric"]): r for r in drawn.table}
+    assert point["ranking=random", 0.1, "eval/pgd_acc"]["mean"] == pytest.approx(0.3)
+    assert point["ranking=random", 0.1, "eval/pgd_acc"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert point["ranking=entropy_hardest", 0.5, "eval/clean_acc"] | {"std": 0.0} == {
+        "group": "ranking=entropy_hardest", "fraction": 0.5, "metric": "eval/clean_acc", "mean": 0.5, "std": 0.0, "n": 1}
+    assert len(drawn.table) == 8  # 2 lines x 2 fractions x (clean, robust)
+
+
+def test_nothing_is_drawn_empty(tmp_path):
+    one = data(tmp_path, [row(0, {"method.fraction": 0.3}, 0.9, 0.2)], {"method.fraction": [0.3]})
+    assert fraction_curves(one) == [] and pareto(one) == [] and class_transfer(one) == []
+    assert objective_vs_parameters(one) == []  # one value is no axis
+
+
+def test_pareto_front_and_the_cost_panel_only_where_costs_differ(tmp_path):
+    rows = [row(0, {"method.w_A": 1.0}, 0.9, 0.2, **{"train/grad_evals": 10.0}),
+            row(1, {"method.w_A": 2.0}, 0.8, 0.3, **{"train/grad_evals": 10.0}),
+            row(2, {"method.w_A": 4.0}, 0.7, 0.25, **{"train/grad_evals": 10.0})]  # fmt: skip
+    (drawn,) = pareto(data(tmp_path, rows, {}, {"method.w_A": {"loguniform": [0.5, 4]}}))
+    assert {r["trial"]: r["pareto"] for r in drawn.table} == {"t0": True, "t1": True, "t2": False}
+    assert len(drawn.figure.axes) == 1
+
+
+def test_params_read_back_as_the_values_they_were():
+    assert [_value(v) for v in ("0.5", "3", "random", "[1, 2]", "True", "1.0e-05")] == [
+        0.5, 3, "random", [1, 2], True, 1e-05]  # fmt: skip
