@@ -381,6 +381,8 @@ def ui(
             if (run_dir / JOURNAL_FILE).exists():
                 servers.append(stack.enter_context(tracking.StudyDashboard(run_dir / JOURNAL_FILE, host, optuna_port)))
                 out.print(f"optuna-dashboard: {servers[-1].uri}", highlight=False)
+            else:
+                out.print("optuna-dashboard: none (this run has no Optuna study: a plain grid)", highlight=False)
             if open_browser:
                 tracking.open_in_browser(link)
             if servers:

@@ -168,6 +168,8 @@ class LocalServer:
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    # Ending a run prints "View run ..." links on stdout: noise between satune's own lines and tables.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(tracking_uri=uri)
 
 
