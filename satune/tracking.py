@@ -18,7 +18,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,32 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def watched(uri: str, patience: float, on_lost: Callable[[str], None], every: float = 2.0) -> Iterator[None]:
+    """While the block runs, a server that has not answered for `patience` seconds is lost:
+    `on_lost(why)` is called once (from another thread)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        down_since = None
+        while not done.wait(every):
+            try:
+                check_reachable(uri, timeout=every)
+                down_since = None
+            except TrackingError:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since >= patience:
+                    return on_lost(f"the MLflow server at {uri} has not answered for {patience:.0f}s")
+
+    thread = threading.Thread(target=watch, name="mlflow-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -143,6 +170,37 @@ class LocalServer:
             except TrackingError:
                 time.sleep(0.3)
         raise TrackingError(f"the local MLflow server did not answer within {timeout:.0f}s; see {self.log_path}")
+
+    @contextmanager
+    def restarted_when_dead(self, echo: Callable[[str], None], limit: int = 3) -> Iterator[LocalServer]:
+        """While the block runs, a server that dies (killed, out of memory) starts again on the same
+        store and port. Trials' requests wait meanwhile (MLflow's client retries with backoff), so
+        nothing they log is lost. After `limit` restarts it stays down: trials then fail, resumably."""
+        done = threading.Event()
+
+        def watch() -> None:  # (the thread that starts a server must outlive it: _die_with_parent)
+            restarts = 0
+            while not done.wait(1.0):
+                proc = self.proc
+                if proc is None or proc.poll() is None:
+                    continue
+                if restarts == limit:
+                    echo(f"MLflow: the local server died {limit + 1} times; not starting it again (see {self.log_path})")
+                    return
+                restarts += 1
+                echo(f"MLflow: the local server died (exit {proc.returncode}); starting it again on {self.uri}")
+                try:
+                    self.start()
+                except TrackingError as exc:
+                    echo(f"MLflow: {exc}")
+
+        thread = threading.Thread(target=watch, name="mlflow-watchdog", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            done.set()
+            thread.join()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

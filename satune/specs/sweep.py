@@ -208,6 +208,9 @@ class FinalEvalSpec(Spec):
 class TrackingSpec(Spec):
     uri: str | None = None  # None: satune starts a local MLflow server on SQLite under storage
     experiment: ExperimentName | None = None  # default: the sweep's name
+    # How long the sweep waits for a tracking server that stopped answering (a restart by its operator,
+    # or satune's own) before it stops, resumably: trials' requests wait with it.
+    patience_s: float = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _rules(self):

@@ -68,6 +68,7 @@ def run_sweep(
     run = prepare(sweep, source, resume)  # checks --resume; writes nothing
     experiment = sweep.tracking.experiment or sweep.name
     uri, parent = sweep.tracking.uri, run.state.get("parent_run_id")
+    lost = threading.Event()  # set when the tracking server stopped answering for good
     with _sigterm_as_sigint(), ExitStack() as stack:
         try:
             if uri is not None:  # a server the user runs must answer before anything is written
@@ -81,10 +82,12 @@ def run_sweep(
             # 1. MLflow: start the local server (or use the given one) and open the parent run.
             if uri is None:
                 server = stack.enter_context(tracking.LocalServer(Path(sweep.storage)))
+                stack.enter_context(server.restarted_when_dead(echo))
                 uri = server.uri
                 echo(f"MLflow: local server {uri} (store {server.db.parent}); `satune ui {source}` serves it later")
             else:
                 echo(f"MLflow: {uri}")
+            stack.enter_context(tracking.watched(uri, sweep.tracking.patience_s, partial(_lost, lost, echo)))
             experiment_id = tracking.ensure_experiment(uri, experiment)
             if parent is None:
                 parent = tracking.start_parent(uri, experiment_id=experiment_id, name=f"{sweep.name}-{run_dir.name}",
@@ -109,6 +112,8 @@ def run_sweep(
             sweep = _find_sources(sweep, run, uri, echo)
             _prepare(sweep, echo)
             result = _fit(sweep, run_dir, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo)
+            if lost.is_set():  # nothing more can reach MLflow: end as interrupted, without the summary
+                raise KeyboardInterrupt
 
             # 3. The final stage: AutoAttack on the winners; then they are judged by it.
             if sweep.final_eval is not None and not result.interrupted:
@@ -127,12 +132,12 @@ def run_sweep(
                     echo(f"warning: the report failed ({type(exc).__name__}: {exc}); `satune report {source}` "
                          "draws it again")  # fmt: skip
         except KeyboardInterrupt:
-            _end_interrupted(run, echo)
+            _end_interrupted(run, echo, tracked=not lost.is_set())
             raise SweepInterrupted(run.path) from None
         except BaseException:
             if run.path is not None:
                 run.save(status="failed")
-            if parent is not None and uri is not None:
+            if parent is not None and uri is not None and not lost.is_set():
                 tracking.end_run(uri, parent, "FAILED")
             raise
         result.labels = run.state.get("source_labels", {})
@@ -174,6 +179,14 @@ def _source_label(params: dict[str, str]) -> str:
     return ", ".join(f"{k.removeprefix('method.')}={params[k]}" for k in keys if k in params)
 
 
+def _lost(lost: threading.Event, echo: Callable[[str], None], why: str) -> None:
+    """The tracking server is gone for good: stop the sweep as Ctrl-C does (state saved, resumable),
+    rather than let trials fail and retry against it."""
+    echo(f"MLflow: {why}; stopping the sweep: once it answers again, --resume continues")
+    lost.set()
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def _injected_interrupt(phase: str) -> None:
     """Fault injection for tests: SATUNE_INTERRUPT_AT=<phase>[:SIGTERM] sends this process a real
     SIGINT (or SIGTERM) at that point, where no test could time a signal from outside."""
@@ -203,14 +216,17 @@ def _sigterm_to_sigint() -> None:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
-def _end_interrupted(run: RunDir, echo) -> None:
+def _end_interrupted(run: RunDir, echo, tracked: bool = True) -> None:
     """The state first (it decides what --resume does), then MLflow: the parent and every trial
-    run still RUNNING end KILLED; a resumed trial re-opens its own run."""
+    run still RUNNING end KILLED; a resumed trial re-opens its own run. `tracked`: MLflow answers."""
     if run.path is None:  # nothing was written yet: nothing to resume
         return
     run.save(status="interrupted")
     state = run.state
     if state.get("parent_run_id") is None:
+        return
+    if not tracked:
+        echo("MLflow: the runs stay RUNNING there; --resume re-opens them")
         return
     uri, parent = state["tracking_uri"], state["parent_run_id"]
     try:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -41,6 +42,19 @@ def runs_of(uri: str, experiment: str):
 def study_of(run_dir, name: str):
     storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def processes() -> list[tuple[int, list[str]]]:
+    """(pid, argv) of this machine's processes, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1] if entry.name.isdigit() else []
+        except OSError:  # it ended meanwhile
+            continue
+        if argv:
+            found.append((int(entry.name), [a.decode(errors="replace") for a in argv]))
+    return found
 
 
 def epochs_logged(client, run) -> list[int]:
@@ -352,6 +366,72 @@ def test_killed_driver_resumes_with_every_trial_done_once(tmp_path):
     assert state_of(tmp_path, "killed")["status"] == "finished"
     again = satune("sweep", sweep, "--resume", cwd=tmp_path)
     assert again.returncode == 2 and "nothing to resume" in again.stderr
+
+
+def test_the_local_mlflow_server_killed_mid_sweep_starts_again_and_nothing_is_lost(tmp_path):
+    """The sweep's own MLflow server dies (SIGKILL to its process group) while trials log: satune
+    starts it again on the same store and port, the trials' requests wait for it, and the sweep
+    ends with Tune, Optuna and MLflow agreeing, every epoch logged once."""
+    sweep = smoke_file(tmp_path, "serverdies", None, **{"trial.train.epochs": 6})
+    proc = start_satune("sweep", sweep, "--no-report")
+    uri = None
+
+    def an_epoch_logged() -> bool:
+        nonlocal uri
+        state = next(iter(tmp_path.glob("runs/serverdies/*/sweep.json")), None)
+        uri = json.loads(state.read_text()).get("tracking_uri") if state else None
+        return uri is not None and any("train/loss" in c.data.metrics for c in runs_of(uri, "serverdies")[2])
+
+    wait_until("a trial's first epoch in MLflow", an_epoch_logged, proc)
+    port = uri.rsplit(":", 1)[1]
+    (server,) = [pid for pid, args in processes() if args[1:4] == ["-m", "mlflow", "server"] and port in args]
+    os.killpg(os.getpgid(server), signal.SIGKILL)  # the server and its workers
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert f"the local server died (exit -9); starting it again on {uri}" in output
+
+    with LocalServer(tmp_path / "runs") as again:
+        client, parents, children = runs_of(again.uri, "serverdies")
+        assert [p.info.status for p in parents] == ["FINISHED"]
+        assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+        assert all(epochs_logged(client, c) == list(range(6)) for c in children)
+        assert all("eval/pgd_acc" in c.data.metrics for c in children)
+    study = study_of(run_dir_of(tmp_path, "serverdies"), "serverdies")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert sorted(t.value for t in study.trials) == sorted(c.data.metrics["eval/pgd_acc"] for c in children)
+    assert state_of(tmp_path, "serverdies")["status"] == "finished"
+
+
+def test_a_shared_mlflow_server_that_stays_down_stops_the_sweep_resumably(tmp_path, ray_address):
+    """A tracking server run by someone else dies mid-sweep and stays down past tracking.patience_s:
+    the sweep stops as Ctrl-C stops it, with one line that says why; with the server back on the
+    same store, --resume finishes every trial once."""
+    store, port = tmp_path / "shared", free_port()
+    server = LocalServer(store, port=port).start()
+    uri = server.uri
+    sweep = smoke_file(tmp_path, "down", uri, **{"trial.train.epochs": 6, "tracking.patience_s": 5})
+    proc = start_satune("sweep", sweep, "--address", ray_address, "--no-report")
+    try:
+        wait_until("a trial's first epoch in MLflow", lambda: any(
+            "train/loss" in c.data.metrics for c in runs_of(uri, "down")[2]), proc)  # fmt: skip
+        server.stop()  # as a crash: nobody restarts it within the patience
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == 130, output
+    assert f"MLflow: the MLflow server at {uri} has not answered for 5s; stopping the sweep" in output
+    assert "Traceback" not in output
+
+    with LocalServer(store, port=port):  # its operator starts it again
+        done = satune("sweep", sweep, "--resume", "--address", ray_address, "--no-report", cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        client, parents, children = runs_of(uri, "down")
+        assert [p.info.status for p in parents] == ["FINISHED"]
+        assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+        assert all(epochs_logged(client, c) == list(range(6)) for c in children)
+    study = study_of(run_dir_of(tmp_path, "down"), "down")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert sorted(t.value for t in study.trials) == sorted(c.data.metrics["eval/pgd_acc"] for c in children)
 
 
 def test_an_interrupt_in_every_phase_then_resume_finishes_every_trial_once(tmp_path, mlflow_server, ray_address):

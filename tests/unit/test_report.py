@@ -7,15 +7,25 @@ import pytest
 from scipy.stats import binomtest
 
 from satune.report.fetch import SweepData, Trial, _value
-from satune.report.figures import class_transfer, fraction_curves, mcnemar_p, objective_vs_parameters, pareto
+from satune.report.figures import (
+    biamat_gate,
+    class_transfer,
+    fraction_curves,
+    mcnemar_p,
+    objective_vs_parameters,
+    pareto,
+    transfer_by_fraction,
+)
 from satune.specs import parse_sweep
 from satune.tune.summary import TrialRow
 
 
-def data(tmp_path, rows: list[TrialRow], grid: dict, space: dict | None = None) -> SweepData:
+def data(tmp_path, rows: list[TrialRow], grid: dict, space: dict | None = None, method: dict | None = None
+         ) -> SweepData:  # fmt: skip
     spec = parse_sweep({
         "name": "r", "storage": str(tmp_path),
-        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "sat", "fraction": 0.5}},
+        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1},
+                  "method": method or {"kind": "sat", "fraction": 0.5}},
         "search": {"grid": grid, "space": space or {}, "num_samples": 1},
     })  # fmt: skip
     trials = [Trial(f"run{i}", r, r.trial_id, {}) for i, r in enumerate(rows)]
@@ -68,3 +78,45 @@ def test_pareto_front_and_the_cost_panel_only_where_costs_differ(tmp_path):
 def test_params_read_back_as_the_values_they_were():
     assert [_value(v) for v in ("0.5", "3", "random", "[1, 2]", "True", "1.0e-05")] == [
         0.5, 3, "random", [1, 2], True, 1e-05]  # fmt: skip
+
+
+def test_class_transfer_heatmap_holds_the_matrix(tmp_path):
+    names = [str(c) for c in range(10)]
+
+    def classes_row(i: int, attacked: list[int]) -> TrialRow:
+        per_class = {f"eval/class_pgd_acc/{c}": (0.8 if int(c) in attacked else 0.1) + i / 100 for c in names}
+        return TrialRow(f"t{i}", "TERMINATED", {"method.classes": attacked},
+                        {**per_class, "eval/pgd_acc_A": 0.8, "eval/pgd_acc_B": 0.1})  # fmt: skip
+
+    sweep = data(tmp_path, [classes_row(0, [1]), classes_row(1, [2, 3])], {"method.classes": [[1], [2, 3]]},
+                 method={"kind": "sat", "split": "class", "classes": [1]})  # fmt: skip
+    (drawn,) = class_transfer(sweep)
+    assert [r["attacked"] for r in drawn.table] == ["1", "2,3"]
+    assert drawn.table[1]["3"] == "0.8100" and drawn.table[1]["1"] == "0.1100" and drawn.table[0]["B_val"] == "0.1000"
+
+
+def test_transferred_robustness_by_the_sources_fraction_and_weighting(tmp_path):
+    rows = [row(i, {"method.source": f"mlflow:s{i % 3}"}, 0.9, 0.5 + i / 10, **{"eval/aa_acc": 0.4 + i / 10})
+            for i in range(6)]  # fmt: skip
+    sweep = data(tmp_path, rows, {"method.source": [f"mlflow:s{i}" for i in range(3)]},
+                 method={"kind": "transfer", "source": "mlflow:s0"})  # fmt: skip
+    sweep.sources = {"mlflow:s0": {"method.kind": "sat", "method.fraction": "0.1", "method.weighting": "vanilla"},
+                     "mlflow:s1": {"method.kind": "sat", "method.fraction": "0.5", "method.weighting": "vanilla"},
+                     "mlflow:s2": {"method.kind": "at"}}  # fmt: skip
+    (drawn,) = transfer_by_fraction(sweep)
+    by = {(r["source"], r["fraction"]): r for r in drawn.table}
+    assert by["SAT vanilla", 0.1]["mean"] == pytest.approx((0.4 + 0.7) / 2) and by["SAT vanilla", 0.1]["n"] == 2
+    assert by["at", ""]["mean"] == pytest.approx((0.6 + 0.9) / 2)  # a source without SAT: a reference line
+
+
+def test_biamat_gate_follows_each_auxiliary_source_over_the_epochs(tmp_path):
+    rows = [row(0, {"method.w_A": 1.0}, 0.9, 0.5, **{"biamat/hi_ratio": 0.5, "biamat/hi_ratio/svhn": 0.4,
+                                                      "biamat/omega": 0.7})]  # fmt: skip
+    sweep = data(tmp_path, rows, {"method.w_A": [1.0]})  # (the figure reads the metrics a BiaMAT trial logs)
+    history = {"biamat/hi_ratio/svhn": [(0, 0.2), (1, 0.4)], "biamat/omega": [(0, 0.6), (1, 0.7)]}
+    sweep._cache.update({("run0", k): v for k, v in history.items()})  # what MLflow would answer
+    (drawn,) = biamat_gate(sweep)
+    assert [(r["metric"], r["epoch"], r["value"]) for r in drawn.table] == [
+        ("biamat/hi_ratio/svhn", 1, 0.2), ("biamat/hi_ratio/svhn", 2, 0.4),
+        ("biamat/omega", 1, 0.6), ("biamat/omega", 2, 0.7)]  # fmt: skip
+    assert len(drawn.figure.axes) == 2
