@@ -58,6 +58,7 @@ def resolve_trial(ctx: TrialContext, config: dict[str, Any]) -> TrialSpec:
 
 def run(config: dict[str, Any], ctx: TrialContext) -> None:
     # Imported here: the driver imports this module too, and never needs torch.
+    import ray
     import torch
     from ray import tune
 
@@ -75,8 +76,12 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         run_id = tracking.trial_run(uri, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id,
                                     trial_id=trial_id, name=f"trial-{trial_id}", spec=spec.model_dump(mode="json"),
                                     run_id=meta.get("run_id"), tags=_grouping(config))  # fmt: skip
+        # Where this attempt runs (a retried trial may land elsewhere): which node, by Ray's id and address.
+        node = ray.get_runtime_context()
+        where = {"satune.node": f"{node.get_node_id()} ({ray.util.get_node_ip_address()})"}
         if restored is not None:
-            tracking.set_tags(uri, run_id, {"satune.resumed_after_epoch": meta["epoch"]})
+            where["satune.resumed_after_epoch"] = meta["epoch"]
+        tracking.set_tags(uri, run_id, where)
         fail_at = ctx.fail_at_epoch if restored is None else None
 
         # Every epoch reaches MLflow exactly once, whatever stopped an earlier attempt: epochs are
