@@ -91,6 +91,21 @@ def dashboard_hint(url: str | None) -> str:
             f"`ray get-auth-token` prints, stored in {token_path()})")  # fmt: skip
 
 
+def check_one_node_for_local_tracking(address: str) -> None:
+    """Before anything is written: with `tracking.uri: null` satune serves MLflow on this machine's
+    127.0.0.1, which trials on another node cannot reach, so a cluster of several nodes is refused."""
+    import ray
+
+    start(address)
+    try:
+        nodes = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    finally:
+        stop()
+    if len(nodes) > 1:
+        raise ClusterError(f"tracking.uri: the cluster at {address} has {len(nodes)} machines, and trials on the others "
+                           "cannot reach a local MLflow server: set tracking.uri to a shared http(s):// server")  # fmt: skip
+
+
 def check_feasible(cpu: float, gpu: float) -> None:
     """Fail at once when no node can host one trial, instead of letting Tune wait forever."""
     import ray

@@ -73,6 +73,8 @@ def run_sweep(
         try:
             if uri is not None:  # a server the user runs must answer before anything is written
                 tracking.check_reachable(uri)
+            elif address or os.environ.get("SATUNE_RAY_ADDRESS"):
+                cluster.check_one_node_for_local_tracking(address or os.environ["SATUNE_RAY_ADDRESS"])
             run_dir = run.claim()
             shared = writable_by_others(run_dir)
             if shared is not None:

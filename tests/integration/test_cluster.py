@@ -21,7 +21,8 @@ from satune.tune.rundir import JOURNAL_FILE
 pytestmark = pytest.mark.integration
 
 # Holds the cluster in a process of its own (the test process stays a plain client, as satune is),
-# and changes it on command: `add NAME CPUS GPUS` (a node with the custom resource NAME), `kill NAME`.
+# and changes it on command: `add NAME CPUS GPUS [IP]` (a node with the custom resource NAME; another
+# loopback IP makes it look like another machine), `kill NAME`.
 HOLDER = """
 import json, sys
 from ray.cluster_utils import Cluster
@@ -31,7 +32,8 @@ print(json.dumps({"address": cluster.address}), flush=True)
 for line in sys.stdin:
     cmd, *args = line.split()
     if cmd == "add":
-        node = cluster.add_node(num_cpus=float(args[1]), num_gpus=float(args[2]), resources={args[0]: 1})
+        node = cluster.add_node(num_cpus=float(args[1]), num_gpus=float(args[2]), resources={args[0]: 1},
+                                **({"node_ip_address": args[3]} if args[3:] else {}))
         cluster.wait_for_nodes()
         nodes[args[0]] = node
         print(json.dumps({"node": args[0], "id": node.node_id}), flush=True)
@@ -56,8 +58,8 @@ class LocalCluster:
             pytest.fail(f"the test cluster exited ({self.proc.wait()})")
         return json.loads(line)
 
-    def add(self, name: str, cpus: float, gpus: float = 0) -> str:
-        self.proc.stdin.write(f"add {name} {cpus} {gpus}\n")
+    def add(self, name: str, cpus: float, gpus: float = 0, ip: str = "") -> str:
+        self.proc.stdin.write(f"add {name} {cpus} {gpus} {ip}\n")
         self.proc.stdin.flush()
         self.nodes[name] = self._answer()["id"]
         return self.nodes[name]
@@ -147,3 +149,14 @@ def test_a_node_lost_mid_trial_continues_the_trial_from_its_checkpoint_elsewhere
         str(run_dir / JOURNAL_FILE))))  # fmt: skip
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert json.loads((run_dir / "sweep.json").read_text())["status"] == "finished"
+
+
+def test_a_local_tracking_server_is_refused_when_the_cluster_spans_machines(tmp_path, cluster):
+    """Trials on another machine cannot reach satune's MLflow server on this one's 127.0.0.1."""
+    sweep = smoke_file(tmp_path, "far", None)  # (nodes on one machine share it: test_sweep.py joins one so)
+    cluster.add("far", 1, ip="127.0.0.2")
+    done = satune("sweep", sweep, "--address", cluster.address, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "has 2 machines" in line and "set tracking.uri to a shared http(s):// server" in line
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
