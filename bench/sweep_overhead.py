@@ -5,6 +5,7 @@ Everything runs in this one process, one after another, on a copy of a sweep fil
 in a temporary directory:
 
     .venv/bin/python bench/sweep_overhead.py [sweeps/wA.yaml] [--samples N] [--epochs N] [--no-final-eval]
+                                             [--shell-loop]
 
 The ideal counts the trials' own run times only: the shared ranking fit, actor start-up and a
 final stage (AutoAttack on the winners) are all overhead by this measure.
@@ -13,6 +14,9 @@ final stage (AutoAttack on the winners) are all overhead by this measure.
 from __future__ import annotations
 
 import argparse
+import shlex
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +27,7 @@ from satune.specs import load_sweep
 from satune.tracking import LocalServer
 from satune.tune import cluster
 from satune.tune.driver import run_sweep
+from satune.tune.summary import reproduce_command
 
 
 def timed(fn):
@@ -36,6 +41,8 @@ def main() -> None:
     ap.add_argument("sweep", nargs="?", default="sweeps/wA.yaml")
     ap.add_argument("--samples", type=int, help="override search.num_samples")
     ap.add_argument("--epochs", type=int, help="override trial.train.epochs")
+    ap.add_argument("--shell-loop", action="store_true",
+                    help="then run the same trials as `satune run` processes with xargs -P, for comparison")
     ap.add_argument("--no-final-eval", action="store_true",
                     help="drop the final stage (its AutoAttack is not in the trials' own run times)")
     args = ap.parse_args()
@@ -62,9 +69,10 @@ def main() -> None:
         cluster.stop()
 
         wall, result = timed(lambda: run_sweep(sweep, path, echo=lambda line: None))
+        slots = min(sweep.resources.max_concurrent, len(result.rows))
+        loop = shell_loop(path, result.rows, slots, tmp) if args.shell_loop else None
 
     trial_s = [r.metrics["time/total_s"] for r in result.rows if "time/total_s" in r.metrics]
-    slots = min(sweep.resources.max_concurrent, len(trial_s))
     ideal = sum(trial_s) / slots
     print(f"sweep {sweep.name}: {len(trial_s)} trials x {sweep.trial.train.epochs} epochs, {slots} concurrent slots")
     print(f"local MLflow server start-up:      {mlflow_start:6.1f} s")
@@ -73,6 +81,25 @@ def main() -> None:
     print(f"ideal makespan, sum/slots:         {ideal:6.1f} s")
     print(f"measured makespan (satune sweep):  {wall:6.1f} s")
     print(f"makespan / ideal:                  {wall / ideal:6.2f}")
+    if loop is not None:
+        print(f"shell loop, xargs -P {slots} satune run: {loop:6.1f} s  (no Ray, no MLflow, no search)")
+        print(f"satune sweep / shell loop:         {wall / loop:6.2f}")
+
+
+def shell_loop(path: Path, rows, slots: int, tmp: Path) -> float:
+    """The same configurations and seeds as `satune run` processes, `slots` at a time with xargs:
+    what a bash loop around a training script pays (process and import start-up, no tracking)."""
+    satune = Path(sys.executable).with_name("satune")
+    lines = []
+    for r in rows:
+        args = shlex.split(reproduce_command(path, r, threads=1))
+        lines.append(shlex.join([str(satune), *args[1:], "--out", str(tmp / "loop" / r.trial_id)]))
+    (tmp / "commands").write_text("\n".join(lines) + "\n")
+    took, done = timed(lambda: subprocess.run(["xargs", "-P", str(slots), "-d", "\n", "-I", "CMD", "sh", "-c", "CMD"],
+                                              stdin=(tmp / "commands").open(), capture_output=True))  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"the shell loop failed: {done.stderr.decode()[-2000:]}")
+    return took
 
 
 if __name__ == "__main__":

@@ -142,6 +142,16 @@ class LocalServer:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 120.0) -> LocalServer:
+        self.launch()
+        try:
+            self.wait_healthy(timeout)
+        except BaseException:  # Ctrl-C while it starts too: no server outlives the sweep
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> None:
+        """Start the server process and return at once (wait_healthy waits for it to answer)."""
         self.db.parent.mkdir(parents=True, exist_ok=True)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - the server writes here for its lifetime
@@ -151,14 +161,8 @@ class LocalServer:
             preexec_fn=_die_with_parent,
         )  # fmt: skip
         logf.close()
-        try:
-            self._wait_healthy(timeout)
-        except BaseException:  # Ctrl-C while it starts too: no server outlives the sweep
-            self.stop()
-            raise
-        return self
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float = 120.0) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

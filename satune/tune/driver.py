@@ -81,14 +81,24 @@ def run_sweep(
                 echo(f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
                      "it: anyone who can write there can run code as you (docs/trust.md)")  # fmt: skip
 
-            # 1. MLflow: start the local server (or use the given one) and open the parent run.
+            # 1. MLflow and Ray, started side by side (each takes seconds): the local MLflow server (or
+            # the given one), then Ray (a private instance or the given cluster), then the parent run.
+            server = None
             if uri is None:
-                server = stack.enter_context(tracking.LocalServer(Path(sweep.storage)))
+                server = tracking.LocalServer(Path(sweep.storage))
+                stack.callback(server.stop)
+                server.launch()
+            stack.callback(cluster.stop)
+            dashboard = cluster.start(address)
+            _sigterm_to_sigint()  # again: ray.init replaced it
+            if server is not None:
+                server.wait_healthy()
                 stack.enter_context(server.restarted_when_dead(echo))
                 uri = server.uri
                 echo(f"MLflow: local server {uri} (store {server.db.parent}); `satune ui {source}` serves it later")
             else:
                 echo(f"MLflow: {uri}")
+            assert uri is not None
             stack.enter_context(tracking.watched(uri, sweep.tracking.patience_s, partial(_lost, lost, echo)))
             experiment_id = tracking.ensure_experiment(uri, experiment)
             if parent is None:
@@ -104,10 +114,7 @@ def run_sweep(
             tracking.log_dict(uri, parent, sweep.model_dump(mode="json", by_alias=True), "resolved_spec.json")
             echo(f"MLflow parent run {parent} in experiment '{experiment}'")
 
-            # 2. Ray: a private instance or the given cluster; stop at once if no node fits a trial.
-            dashboard = cluster.start(address)
-            stack.callback(cluster.stop)
-            _sigterm_to_sigint()  # again: ray.init replaced it
+            # 2. Stop at once if no node fits a trial.
             _injected_interrupt("startup")
             echo(cluster.dashboard_hint(dashboard))
             cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu)
