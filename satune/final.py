@@ -156,11 +156,12 @@ def evaluate_run(uri: str, run_id: str, settings: Settings, *, threads: int | No
     metrics = done.metrics | _gaps(run.data.metrics, done.metrics)
     step = len(tracking.metric_steps(uri, run_id, "final/aa_acc"))
     label = _label(step, settings)
-    tracking.log_metrics(uri, run_id, metrics, step=step)
     tracking.log_text(uri, run_id, done.outcomes.csv(), f"final/{label}/outcomes.csv")
     tracking.log_text(uri, run_id, json.dumps(done.card, indent=2) + "\n", f"final/{label}/card.json")
     tracking.log_text(uri, run_id, card_markdown(done.card, run.info.run_name), f"final/{label}/card.md")
-    tracking.set_tags(uri, run_id, _tags(spec, settings, done))
+    # Last, and in one request: the metrics with the tag that marks this evaluation done. Killed
+    # before it, the evaluation is run again at the same step and label; after it, never again.
+    tracking.log_metrics(uri, run_id, metrics, step=step, tags=_tags(spec, settings, done))
     return metrics
 
 

@@ -285,13 +285,18 @@ def end_run(uri: str, run_id: str, status: str) -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
-def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    from mlflow.entities import Metric
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None,
+                tags: Mapping[str, object] | None = None) -> None:  # fmt: skip
+    """`tags` go with the last batch of metrics: one request, which the server stores at once, so a
+    tag can say that the metrics are in, even when the process is killed while it logs."""
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     rows = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
-    for i in range(0, len(rows), 1000):  # the REST API takes at most 1000 metrics per batch
-        client(uri).log_batch(run_id, metrics=rows[i : i + 1000])
+    batches = [rows[i : i + 1000] for i in range(0, len(rows), 1000)] or [[]]  # the REST API takes 1000 at most
+    for i, batch in enumerate(batches):
+        last = [RunTag(k, str(v)) for k, v in (tags or {}).items()] if i == len(batches) - 1 else []
+        client(uri).log_batch(run_id, metrics=batch, tags=last)
 
 
 def log_dict(uri: str, run_id: str, data: Any, name: str) -> None:
@@ -380,10 +385,7 @@ def metric_steps(uri: str, run_id: str, key: str) -> set[int]:
 def finished_trials(uri: str, sweep_name: str) -> list:
     """The FINISHED trial runs of the newest parent run of sweep `sweep_name`, in any experiment of
     this store, oldest first."""
-    c = client(uri)
-    experiments = [e.experiment_id for e in c.search_experiments()]
-    parents = c.search_runs(experiments, filter_string=f"tags.`{SWEEP_NAME_TAG}` = '{sweep_name}'",
-                            order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    parents = sweep_parents(uri, sweep_name)
     if not parents:
         return []
     runs = child_runs(uri, parents[0].info.experiment_id, parents[0].info.run_id)
@@ -415,11 +417,6 @@ def artifact_paths(uri: str, run_id: str, folder: str | None = None) -> list[str
     for f in client(uri).list_artifacts(run_id, folder):
         out += artifact_paths(uri, run_id, f.path) if f.is_dir else [f.path]
     return out
-
-
-def log_folder(uri: str, run_id: str, folder: Path, artifact_path: str) -> None:
-    """Every file of `folder` under `artifact_path` (files of the same name are replaced)."""
-    client(uri).log_artifacts(run_id, str(folder), artifact_path)
 
 
 def provenance() -> dict[str, str]:

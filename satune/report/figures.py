@@ -63,7 +63,7 @@ def headline(data: SweepData) -> str:
 
 
 def ranked(data: SweepData) -> list[Trial]:
-    """Finished trials, the search's objective best first (trials without it last)."""
+    """The finished trials that report the search's objective, best first."""
     metric, mode = data.spec.search.metrics[0], data.spec.search.modes[0]
     sign = 1 if mode == "max" else -1
     have = [t for t in data.finished if metric in t.row.metrics]
@@ -72,7 +72,7 @@ def ranked(data: SweepData) -> list[Trial]:
 
 def best_trial(data: SweepData) -> str | None:
     """The trial the sweep's summary named best (by the final stage, by a configuration's mean)."""
-    return data.tags.get("satune.best_trial") or (ranked(data)[0].row.trial_id if ranked(data) else None)
+    return data.tags.get("satune.best_trial") or next((t.row.trial_id for t in ranked(data)), None)
 
 
 def searched_keys(data: SweepData) -> list[str]:
