@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser sweep run ui test test-unit lint bench clean
+.PHONY: install browser postgres sweep run ui test test-unit lint bench clean
 
 $(BIN)/satune: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
 
+# PostgreSQL for the test of MLflow on PostgreSQL: Debian's package; the test starts its own throwaway cluster.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
 # The main job: SAT's weighting study on Ray Tune + Optuna + MLflow, on the embedded default.
 sweep: install
 	$(BIN)/satune sweep sweeps/wA.yaml
@@ -29,9 +33,9 @@ run: install
 ui: install
 	$(BIN)/satune ui sweeps/wA.yaml
 
-# Lint and types, then unit tests, integration tests (real Ray, real MLflow server on 127.0.0.1; pages opened
-# in headless Chromium, screenshots kept in test-artifacts/), GPU tests where CUDA exists.
-test: install browser
+# Lint and types, then unit tests, integration tests (real Ray, real MLflow server on 127.0.0.1, one on a
+# throwaway PostgreSQL; pages opened in headless Chromium, screenshots kept in test-artifacts/), GPU tests where CUDA exists.
+test: install browser postgres
 	$(BIN)/ruff check satune tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
