@@ -1,14 +1,16 @@
 """Sweeps on a local multi-node Ray cluster (Ray's own test cluster, every node on this machine):
 
-1. makespan of one sweep on a head + 2 worker nodes (1 CPU each) against the same sweep on a head
-   + 1 worker node with 2 CPUs: the same slots, so the ratio is what spreading over nodes costs;
+1. makespan of one sweep on a head + N worker nodes (1 CPU each) against the same sweep on a head
+   + 1 worker node with N CPUs, for N = 2 and 3: the same slots, so the ratio is what spreading over
+   nodes costs (N = 3 runs 3 trials at once on this 2-core machine: both layouts share that
+   oversubscription);
 2. recovery after a node loss: from killing the node a trial trains on to that trial running again
    on another node from its last checkpoint (its MLflow run re-opened: the time Ray takes to declare
    the node dead, Tune's retry, the new actor's start-up and the restore).
 
 Everything runs from this process, one after another, with a local MLflow server:
 
-    .venv/bin/python bench/cluster.py [--trials 4] [--epochs 6]
+    .venv/bin/python bench/cluster.py [--trials 6] [--epochs 6] [--nodes 2 3]
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from satune.tune.cluster import ensure_private_token
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sweep_file(tmp: Path, name: str, uri: str, trials: int, epochs: int) -> Path:
+def sweep_file(tmp: Path, name: str, uri: str, trials: int, epochs: int, slots: int = 2) -> Path:
     data = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
     data.update(name=name, storage=str(tmp / "runs"), tracking={"uri": uri, "experiment": name})
     data["search"]["num_samples"] = trials
+    data["resources"]["max_concurrent"] = slots
     data["trial"]["train"]["epochs"] = epochs
     data["max_failures"] = 3
     path = tmp / f"{name}.yaml"
@@ -60,7 +63,7 @@ def makespan(tmp: Path, uri: str, name: str, workers: list[int], trials: int, ep
             cluster.add_node(num_cpus=cpus)
         cluster.wait_for_nodes()
         t0 = time.perf_counter()
-        proc = sweep(sweep_file(tmp, name, uri, trials, epochs), cluster.address)
+        proc = sweep(sweep_file(tmp, name, uri, trials, epochs, slots=sum(workers)), cluster.address)
         if proc.wait() != 0:
             raise SystemExit(f"sweep {name} failed ({proc.returncode})")
         return time.perf_counter() - t0
@@ -104,8 +107,9 @@ def recovery(tmp: Path, uri: str, epochs: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[2, 3], help="worker-node counts to compare")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
@@ -113,11 +117,15 @@ def main() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
         ensure_private_token()
         with LocalServer(tmp / "mlflow") as server:
-            one = makespan(tmp, server.uri, "one-node", [2], args.trials, args.epochs)
-            two = makespan(tmp, server.uri, "two-nodes", [1, 1], args.trials, args.epochs)
+            spans = {n: (makespan(tmp, server.uri, f"one-node-{n}", [n], args.trials, args.epochs),
+                         makespan(tmp, server.uri, f"{n}-nodes", [1] * n, args.trials, args.epochs))
+                     for n in args.nodes}  # fmt: skip
             lost = recovery(tmp, server.uri, epochs=60)
-    print(f"{args.trials} trials × {args.epochs} epochs, 2 slots: head + 1 worker (2 CPUs) {one:.1f} s, "
-          f"head + 2 workers (1 CPU each) {two:.1f} s, ratio {two / one:.2f}")
+    for n, (one, many) in spans.items():
+        print(
+            f"{args.trials} trials × {args.epochs} epochs, {n} slots: head + 1 worker ({n} CPUs) {one:.1f} s, "
+            f"head + {n} workers (1 CPU each) {many:.1f} s, ratio {many / one:.2f}"
+        )
     print(f"node lost mid-trial → the trial running again on another node, from its checkpoint: {lost:.1f} s")
 
 

@@ -15,7 +15,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -32,33 +32,12 @@ from satune.evaluate import (
 )
 from satune.methods import Source, kind_of
 from satune.models import create_model
-from satune.specs import AutoAttackSpec, ThreatSpec, TrialSpec, set_path
+from satune.specs import TrialSpec, set_path
+from satune.specs.final import Settings
+from satune.tracking import FINAL_TAG, INTEGRITY_TAG
 from satune.trial import load_folder
 
 log = logging.getLogger("satune")
-
-FINAL_TAG = "satune.final_eval"  # the settings key of the latest final evaluation of a run
-INTEGRITY_TAG = "satune.integrity"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a final evaluation runs: AutoAttack's settings, and the threat model when it is not the
-    trial's own evaluation threat (eval.norm / eval.eps, else the training threat)."""
-
-    autoattack: AutoAttackSpec
-    norm: Literal["l2", "linf"] | None = None
-    eps: float | None = None
-
-    def threat(self, trial: TrialSpec) -> ThreatSpec:
-        return trial.eval_threat.under(self.norm, self.eps)
-
-    def key(self) -> str:
-        """Equal keys, equal evaluations of a trial: a resumed sweep does not repeat one."""
-        aa = self.autoattack
-        threat = f"{self.norm or 'trial'}:{self.eps if self.eps is not None else 'trial'}"
-        return f"{aa.version}:{','.join(aa.attacks or [])}:n={aa.n}:seed={aa.seed}:{threat}"
-
 
 @dataclass
 class Assessment:

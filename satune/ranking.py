@@ -21,7 +21,7 @@ from satune.attacks import Attack
 from satune.data import DataBundle
 from satune.methods import SubsetAdversarial
 from satune.models import create_model
-from satune.runtime import derive_seed
+from satune.seeds import derive_seed
 from satune.specs import SatSpec, TrainSpec, TrialSpec
 from satune.train import fit
 

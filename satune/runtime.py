@@ -7,7 +7,6 @@ CUDA_VISIBLE_DEVICES while torch still sees no GPU.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from satune.errors import UserError
+from satune.seeds import derive_seed
 from satune.specs import RuntimeSpec
 
 
@@ -48,12 +48,6 @@ def configure(spec: RuntimeSpec, seed: int) -> torch.device:
     if torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return resolve_device(spec.device)
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (same parts, same seed, on every machine)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def generator(*parts: object) -> torch.Generator:
@@ -96,14 +90,26 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def amp_active(device: torch.device, enabled: bool) -> bool:
+    """Whether `runtime.amp` takes effect here: bfloat16 needs a CUDA GPU that supports it."""
+    return enabled and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def autocast(device: torch.device, enabled: bool):
     """bfloat16 autocast on GPUs that support it; elsewhere a no-op, so CPU runs stay exact.
 
     bfloat16 needs no loss scaling, which keeps one code path for every method.
     """
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if amp_active(device, enabled):
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def channels_last(spec: RuntimeSpec, device: torch.device, model: torch.nn.Module) -> bool:
+    """NHWC on CUDA for convolutional models unless the spec says otherwise: cuDNN's convolutions
+    (and tensor cores under bf16) run fastest in it. Off on CPU by default: CPU runs stay exact."""
+    wanted = spec.channels_last if spec.channels_last is not None else device.type == "cuda"
+    return wanted and any(p.dim() == 4 for p in model.parameters())
 
 
 def cache_dir(spec: RuntimeSpec) -> Path:

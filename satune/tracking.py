@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +40,8 @@ SWEEP_NAME_TAG = "satune.sweep_name"
 EXPERIMENT_KIND_TAG, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # a run's description, markdown
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: a saved view of an experiment's runs table
+FINAL_TAG = "satune.final_eval"  # the settings key of the latest final evaluation of a run
+INTEGRITY_TAG = "satune.integrity"  # "ok", or the evaluation checks a trial failed
 
 
 class TrackingError(UserError):
@@ -94,6 +97,39 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking.uri: cannot reach the MLflow server at {uri} ({reason})") from None
 
 
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Before any run is created: the server answers, lets this client in, and runs this client's
+    MLflow (major.minor; runs, logged models and the UI's tags change between minor versions)."""
+    from importlib.metadata import version
+
+    check_reachable(uri, timeout)
+    request = urllib.request.Request(uri.rstrip("/") + "/version")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:  # a basic-auth server (docker/compose.auth.yaml) asks for them everywhere
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            theirs = resp.read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise TrackingError(f"tracking.uri: the MLflow server at {uri} refused this client ({exc.code}): set "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None  # fmt: skip
+        raise TrackingError(f"tracking.uri: {uri} answered {exc.code} on /version; is it an MLflow server?") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise TrackingError(
+            f"tracking.uri: cannot reach the MLflow server at {uri} ({getattr(exc, 'reason', exc)})"
+        ) from None
+    check_version_match(uri, theirs, version("mlflow"))
+
+
+def check_version_match(uri: str, server: str, client: str) -> None:
+    if server.split(".")[:2] != client.split(".")[:2]:
+        raise TrackingError(f"version mismatch: the MLflow server at {uri} runs MLflow {server}, this client MLflow "
+                            f"{client}: install mlflow=={server} here, or run the server with mlflow=={client}")  # fmt: skip
+
+
 def store_paths(storage: Path) -> tuple[Path, Path]:
     """The local store under `storage`: the SQLite database and the artifact root."""
     root = Path(storage) / "mlflow"
@@ -114,9 +150,13 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _die_with_parent() -> None:
     """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL,
     so a killed sweep never leaves an orphaned server behind. (A no-op elsewhere.)"""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # blocked by the parent around the fork
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -155,12 +195,18 @@ class LocalServer:
         self.db.parent.mkdir(parents=True, exist_ok=True)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - the server writes here for its lifetime
-        self.proc = subprocess.Popen(
-            server_command(self.db, self.artifacts, self.host, self.port),
-            stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )  # fmt: skip
-        logf.close()
+        # Ctrl-C held back while forking: Python drops a KeyboardInterrupt raised in its at-fork
+        # hooks, and the sweep would carry on. It arrives when the mask is lifted.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        try:
+            self.proc = subprocess.Popen(
+                server_command(self.db, self.artifacts, self.host, self.port),
+                stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        finally:
+            logf.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         assert self.proc is not None
@@ -189,7 +235,9 @@ class LocalServer:
                 if proc is None or proc.poll() is None:
                     continue
                 if restarts == limit:
-                    echo(f"MLflow: the local server died {limit + 1} times; not starting it again (see {self.log_path})")
+                    echo(
+                        f"MLflow: the local server died {limit + 1} times; not starting it again (see {self.log_path})"
+                    )
                     return
                 restarts += 1
                 echo(f"MLflow: the local server died (exit {proc.returncode}); starting it again on {self.uri}")
@@ -396,6 +444,16 @@ def child_runs(uri: str, experiment_id: str, parent_id: str) -> list:
     return client(uri).search_runs(
         [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000
     )
+
+
+def discard_orphan(uri: str, run_id: str) -> None:
+    """A child run of a trial Tune never recorded: said why, ended, and deleted (restorable)."""
+    c = client(uri)
+    c.set_tag(run_id, "satune.orphan", "its driver died before Ray Tune recorded the trial; --resume ran the "
+                                       "configuration again as another trial")  # fmt: skip
+    if c.get_run(run_id).info.status == "RUNNING":
+        c.set_terminated(run_id, "KILLED")
+    c.delete_run(run_id)
 
 
 def sweep_parents(uri: str, sweep_name: str) -> list:

@@ -123,6 +123,10 @@ def run_trial(
             torch.manual_seed(runtime.derive_seed(spec.seed, "model"))
             model = create_model(spec.model, data.shape, heads, data.mean, data.std)
 
+    nhwc = runtime.channels_last(spec.runtime, device, model)
+    if nhwc:  # the weights' layout; convolutions then give NHWC activations whatever the input's
+        model = model.to(memory_format=torch.channels_last)
+
     final_x, final_y = data.final.tensors(spec.eval.n)
     threat = spec.eval_threat
     effective = {
@@ -138,6 +142,8 @@ def run_trial(
         "data.select_examples": len(data.select),
         "runtime.device": str(device),
         "runtime.threads": torch.get_num_threads(),
+        "runtime.amp": runtime.amp_active(device, spec.runtime.amp),
+        "runtime.channels_last": nhwc,
         **built.effective,
     }
     if on_start is not None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from satune.attacks import Attack
 from satune.methods.base import BuildContext, Built, Kind, MethodBase, correct
-from satune.runtime import derive_seed
+from satune.seeds import derive_seed
 from satune.specs import AtSpec, CleanSpec, SatSpec, class_count
 
 

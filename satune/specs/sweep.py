@@ -180,6 +180,27 @@ class TaskResourcesSpec(Spec):
     cpu: Annotated[float, BeforeValidator(number), _ray_quantity(1024, zero=False)] = 1
     # fractions share a GPU between trials (bookkeeping only: size batches to fit)
     gpu: Annotated[float, BeforeValidator(number), _ray_quantity(64, zero=True)] = 0
+    # Ray's label selector: only nodes whose labels match, e.g. {ray.io/accelerator-type: H100}
+    label_selector: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _rules(self):
+        problems = []
+        for key, value in self.label_selector.items():
+            prefix, _, name = key.rpartition("/")
+            if not _LABEL.fullmatch(name) or (prefix and not _LABEL_PREFIX.fullmatch(prefix)):
+                problems.append((f"label_selector.{key}", "is not a Ray label key ([prefix/]name, e.g. ray.io/accelerator-type)"))
+            elif not _LABEL_SELECTOR.fullmatch(value):
+                problems.append((f"label_selector.{key}", f"must be value, !value, in(a,b) or !in(a,b), got {value!r}"))
+        raise_if(problems)
+        return self
+
+
+# Ray's label syntax (ray._private.label_utils): names of up to 63 characters, DNS-style prefixes.
+_NAME = r"[a-zA-Z0-9](?:[a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?"
+_LABEL = re.compile(_NAME)
+_LABEL_PREFIX = re.compile(rf"(?=.{{1,253}}$){_NAME}(?:\.{_NAME})*")
+_LABEL_SELECTOR = re.compile(rf"!?(?:in)?\({_NAME}(?:, ?{_NAME})*\)|!?{_NAME}")
 
 
 class ResourcesSpec(TaskResourcesSpec):

@@ -170,6 +170,7 @@ class RuntimeSpec(Spec):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: Threads | None = None  # torch intra-op threads (None: torch's default / Tune's cpu share)
     amp: bool = False  # bfloat16 autocast on CUDA GPUs that support it (ignored elsewhere)
+    channels_last: bool | None = None  # NHWC weights (tensor cores' layout); None: on CUDA, for image models
     cache_dir: str | None = None  # rankings and embedded data (default ~/.cache/satune)
 
 

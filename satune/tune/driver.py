@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from satune import tracking
-from satune.runtime import derive_seed
+from satune.seeds import derive_seed
 from satune.specs import RunsOf, SweepSpec
 from satune.tune import cluster, final_stage
 from satune.tune.progress import Progress, echo_stderr, live_view
@@ -37,7 +37,7 @@ from satune.tune.rundir import JOURNAL_FILE, RunDir, SweepError, prepare, writab
 from satune.tune.search import Cells, Replicates
 from satune.tune.space import cell_label, grid_space, optuna_space, sampler
 from satune.tune.summary import SweepResult, TrialRow, best_configuration, log_summary
-from satune.tune.trainable import TrialContext, resolve_trial, run
+from satune.tune.trainable import TrialContext, resolve_trial, trial_trainable
 
 
 class SweepInterrupted(Exception):
@@ -71,26 +71,33 @@ def run_sweep(
     lost = threading.Event()  # set when the tracking server stopped answering for good
     with _sigterm_as_sigint(), ExitStack() as stack:
         try:
-            if uri is not None:  # a server the user runs must answer before anything is written
-                tracking.check_reachable(uri)
-            elif address or os.environ.get("SATUNE_RAY_ADDRESS"):
-                cluster.check_one_node_for_local_tracking(address or os.environ["SATUNE_RAY_ADDRESS"])
+            # 1. Pre-flight, before any run directory or MLflow run exists: the user's MLflow server
+            # (answers, same version), the cluster (answers, takes our token, same versions, a node that
+            # fits a trial, one machine if MLflow is served locally). A local server starts while a
+            # private Ray does (each takes seconds).
+            address = address or os.environ.get("SATUNE_RAY_ADDRESS")
+            if uri is not None:
+                tracking.check_server(uri)
+            if address:
+                cluster.preflight(address)
+            server = tracking.LocalServer(Path(sweep.storage)) if uri is None else None
+            if server is not None:
+                stack.callback(server.stop)
+            if server is not None and not address:
+                server.launch()
+            stack.callback(cluster.stop)
+            dashboard = cluster.start(address)
+            _sigterm_to_sigint()  # again: ray.init replaced it
+            cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu, sweep.resources.label_selector)
+            if server is not None and address:
+                cluster.check_one_machine_for_local_tracking(address)
             run_dir = run.claim()
             shared = writable_by_others(run_dir)
             if shared is not None:
                 echo(f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
                      "it: anyone who can write there can run code as you (docs/trust.md)")  # fmt: skip
-
-            # 1. MLflow and Ray, started side by side (each takes seconds): the local MLflow server (or
-            # the given one), then Ray (a private instance or the given cluster), then the parent run.
-            server = None
-            if uri is None:
-                server = tracking.LocalServer(Path(sweep.storage))
-                stack.callback(server.stop)
+            if server is not None and address:
                 server.launch()
-            stack.callback(cluster.stop)
-            dashboard = cluster.start(address)
-            _sigterm_to_sigint()  # again: ray.init replaced it
             if server is not None:
                 server.wait_healthy()
                 stack.enter_context(server.restarted_when_dead(echo))
@@ -114,10 +121,9 @@ def run_sweep(
             tracking.log_dict(uri, parent, sweep.model_dump(mode="json", by_alias=True), "resolved_spec.json")
             echo(f"MLflow parent run {parent} in experiment '{experiment}'")
 
-            # 2. Stop at once if no node fits a trial.
+            # 2. The trials.
             _injected_interrupt("startup")
             echo(cluster.dashboard_hint(dashboard))
-            cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu)
             sweep = _find_sources(sweep, run, uri, echo)
             _prepare(sweep, echo)
             result = _fit(sweep, run_dir, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo)
@@ -254,7 +260,8 @@ def _prepare(sweep: SweepSpec, echo) -> None:
     if what is None:
         return
     echo(what)
-    task = ray.remote(num_cpus=sweep.resources.cpu, num_gpus=sweep.resources.gpu)(_prepare_on_worker)
+    res = sweep.resources
+    task = ray.remote(**cluster.ray_options(res.cpu, res.gpu, res.label_selector))(_prepare_on_worker)
     threads = sweep.trial.runtime.threads or max(1, int(sweep.resources.cpu))
     ray.get(task.remote(sweep.trial.model_dump(mode="json", by_alias=True, exclude_unset=True), threads))
 
@@ -301,7 +308,7 @@ def _fit(
         sweep_seed=sweep.seed, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
         threads=threads, seeds=sweep.search.seeds, fail_at_epoch=int(fail_at) if fail_at else None,
     )  # fmt: skip
-    trainable = tune.with_resources(partial(run, ctx=ctx), {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    trainable = trial_trainable(ctx, sweep, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
     progress = Progress(sweep, run_dir)
     tune_dir = run_dir / "tune"
     if resume and tune.Tuner.can_restore(str(tune_dir)):
@@ -333,7 +340,7 @@ def _fit(
     rows = [_row(ctx, t, saved.get(t.trial_id)) for t in grid._experiment_analysis.trials]
     interrupted = len(rows) < sweep.search.trial_count or not all(r.finished for r in rows)
     if not interrupted:
-        _fail_orphans(run_dir, sweep)
+        _settle_orphans(run_dir, uri, experiment_id, parent, {r.trial_id for r in rows})
     best, front = best_configuration(sweep, rows)
     return SweepResult(run_dir, rows, best, front, interrupted)
 
@@ -412,17 +419,22 @@ class _FinalResultOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def _fail_orphans(run_dir: Path, sweep: SweepSpec) -> None:
-    """Once Tune is done with every trial, an Optuna trial still RUNNING was asked for by a driver
-    that died before Tune recorded it: mark it FAIL so that Optuna's history matches Tune's."""
+def _settle_orphans(run_dir: Path, uri: str, experiment_id: str, parent: str, trial_ids: set[str]) -> None:
+    """Once Tune is done with every trial: a trial the driver started but died before Tune
+    recorded (Tune saves its state every few seconds) was asked for again on --resume, as a new
+    trial. Its Optuna trial, still RUNNING, is marked FAIL so that Optuna's history matches Tune's;
+    its MLflow run is deleted (MLflow keeps deleted runs, restorable) so that every trial Tune ran
+    has exactly one run, and nothing else."""
     journal = run_dir / JOURNAL_FILE
-    if not journal.exists():
-        return
-    storage = JournalStorage(JournalFileBackend(str(journal)))
-    for name in optuna.get_all_study_names(storage):  # one per grid cell
-        study = optuna.load_study(study_name=name, storage=storage)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if journal.exists():
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        for name in optuna.get_all_study_names(storage):  # one per grid cell
+            study = optuna.load_study(study_name=name, storage=storage)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    for run in tracking.child_runs(uri, experiment_id, parent):
+        if run.data.tags.get(tracking.TRIAL_TAG) not in trial_ids:
+            tracking.discard_orphan(uri, run.info.run_id)
 
 
 def _row(ctx: TrialContext, trial, saved_status: str | None) -> TrialRow:

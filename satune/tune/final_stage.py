@@ -15,8 +15,9 @@ from collections.abc import Callable
 import ray
 
 from satune import tracking
-from satune.final import FINAL_TAG, Settings
 from satune.specs import SweepSpec
+from satune.specs.final import Settings
+from satune.tune import cluster
 from satune.tune.rundir import SweepError
 from satune.tune.summary import TrialRow, best_configuration, configurations, pareto_front
 
@@ -47,11 +48,12 @@ def run(sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str,
     settings = Settings(final.autoattack)
     key = settings.key()
     runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.child_runs(uri, experiment_id, parent)}
-    todo = [r for r in chosen if runs[r.trial_id].data.tags.get(FINAL_TAG) != key]
+    todo = [r for r in chosen if runs[r.trial_id].data.tags.get(tracking.FINAL_TAG) != key]
     aa = final.autoattack
     echo(f"final evaluation: AutoAttack {aa.version} on {aa.n} final-slice examples for {len(chosen)} trials "
          f"({', '.join(r.trial_id for r in chosen)}); {len(chosen) - len(todo)} done before")  # fmt: skip
-    task = ray.remote(num_cpus=final.resources.cpu, num_gpus=final.resources.gpu)(_evaluate)
+    res = final.resources
+    task = ray.remote(**cluster.ray_options(res.cpu, res.gpu, res.label_selector))(_evaluate)
     threads = max(1, int(final.resources.cpu))
     pending = {task.remote(uri, runs[r.trial_id].info.run_id, aa.model_dump(), threads): r for r in todo}
     while pending:

@@ -3,21 +3,23 @@
 It validates its sampled config back into a TrialSpec (model_validate, never model_copy), derives
 the trial's seed, opens (or re-opens) the trial's MLflow child run, restores from Tune's checkpoint,
 and reports every epoch to Tune and MLflow. The MLflow run id travels inside each checkpoint.
+The actor is a `SatuneTrial` named after its trial on the Ray dashboard, and exports its progress
+as Ray metrics (satune.tune.metrics).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from satune import tracking
-from satune.final import INTEGRITY_TAG
-from satune.runtime import derive_seed
-from satune.specs import TrialSpec, set_path
+from satune.seeds import derive_seed
+from satune.specs import SweepSpec, TrialSpec, set_path
+from satune.tune.metrics import TrialGauges, describe
 from satune.tune.space import REPEAT_KEY
 
 META_FILE = "meta.json"
@@ -39,6 +41,33 @@ class TrialContext:
     threads: int
     seeds: str = "shared"  # search.seeds
     fail_at_epoch: int | None = None  # fault injection: raise once after this epoch's report
+    sweep: str = ""  # the sweep's name, and the per-epoch metric its scheduler compares trials by:
+    proxy: str = "select/pgd_acc"  # (trial_trainable sets both) for the trial's Ray metrics
+
+
+def trial_trainable(ctx: TrialContext, sweep: SweepSpec, resources: Any) -> type:
+    """The class Tune runs each trial in, with the `resources` of `tune.with_resources`: `run`,
+    wrapped as Tune wraps any function trainable, in a subclass that the Ray dashboard lists as
+    `SatuneTrial` (not Tune's anonymous `ImplicitFunc`), with a repr that names the trial and its
+    configuration. Ray records that repr once the actor's __init__ has run, when Tune has handed it
+    the trial's id and config. (Resources go on the function, before it is wrapped: on the class,
+    Tune would subclass it again, and Ray would list that subclass's name.) Tune's name for the
+    trainable stays `run`, which a sweep started before this class existed saved for --resume."""
+    from ray import tune
+    from ray.tune.trainable import wrap_function
+
+    ctx = replace(ctx, sweep=sweep.name, proxy=sweep.scheduler.metric)
+    function = tune.with_resources(partial(run, ctx=ctx), resources)
+
+    class SatuneTrial(wrap_function(function, name="run")):  # type: ignore[misc]
+        def __repr__(self) -> str:  # (asked for before __init__ has run, it gives the class name)
+            try:
+                return describe(ctx.sweep, self.trial_id, self.config)
+            except AttributeError:
+                return type(self).__name__
+
+    SatuneTrial.__qualname__ = SatuneTrial.__name__  # Ray lists the qualified name
+    return SatuneTrial
 
 
 def resolve_trial(ctx: TrialContext, config: dict[str, Any]) -> TrialSpec:
@@ -88,6 +117,9 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         # logged after Tune has them; on a restart, epochs Tune has and MLflow lacks are filled in
         # from the checkpoint, and re-run epochs MLflow already has (bit-identical) are not logged.
         history: list[dict] = meta.get("history", [])
+        gauges = TrialGauges(ctx.sweep, trial_id, config, ctx.proxy, spec.train.epochs)
+        if history:  # a restored trial shows where it stands at once
+            gauges.epoch(history[-1])
         logged = tracking.metric_steps(uri, run_id, "train/loss")
         for past in history:
             if past["epoch"] not in logged:
@@ -99,6 +131,7 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             meta = {"run_id": run_id, "trial_id": trial_id, "epoch": metrics["epoch"], "history": history}
             (ckpt_dir / META_FILE).write_text(json.dumps(meta))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+            gauges.epoch(metrics)
             if metrics["epoch"] not in logged:
                 tracking.log_metrics(uri, run_id, metrics, step=metrics["epoch"])
             if fail_at is not None and metrics["epoch"] == fail_at:
@@ -121,7 +154,7 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking.log_dict(uri, run_id, result.to_json(), "result.json")
         if result.outcomes is not None:
             tracking.log_text(uri, run_id, result.outcomes.csv(), "outcomes.csv")
-        tracking.set_tags(uri, run_id, {INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
+        tracking.set_tags(uri, run_id, {tracking.INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
         weights = Path(tmp) / "model.pt"
         torch.save(result.model.state_dict(), weights)
         tracking.log_file(uri, run_id, weights, "model")

@@ -41,6 +41,17 @@ def test_trial_runs_on_cuda():
 def test_trial_runs_with_bfloat16_autocast():
     result = run_trial(trial(amp=True))
     assert result.metrics["eval/clean_acc"] > 0.5
+    assert result.effective["runtime.amp"] is torch.cuda.is_bf16_supported()
+
+
+def test_convolutions_run_channels_last_on_cuda_by_default():
+    result = run_trial(trial())
+    convs = [p for p in result.model.parameters() if p.dim() == 4]
+    assert result.effective["runtime.channels_last"] is True
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    off = run_trial(trial(channels_last=False))
+    assert off.effective["runtime.channels_last"] is False
+    assert off.metrics["eval/clean_acc"] > 0.5 and result.metrics["eval/clean_acc"] > 0.5
 
 
 def test_cuda_runs_are_repeatable():

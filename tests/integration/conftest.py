@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,10 +87,15 @@ def ray_token(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory, ray_token):
     """A Ray head started the way users start one: `ray start --head`, token auth on."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-           "SATUNE_CACHE": str(tmp_path_factory.getbasetemp() / "satune-cache")}  # fmt: skip
+    with ray_head(tmp_path_factory.getbasetemp()) as address:
+        yield address
+
+
+@contextmanager
+def ray_head(basetemp: Path, num_cpus: int = 2) -> Iterator[str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "SATUNE_CACHE": str(basetemp / "satune-cache")}
     port = free_port()
-    head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+    head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--port", str(port), "--num-cpus", str(num_cpus),
                              "--include-dashboard", "false", "--disable-usage-stats"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     address = f"127.0.0.1:{port}"

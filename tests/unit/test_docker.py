@@ -314,12 +314,73 @@ def test_the_metrics_tab_is_wired_as_ray_reads_it():
     assert interpolate(head["RAY_GRAFANA_IFRAME_HOST"], {}) == "http://127.0.0.1:3000"
     grafana = services["grafana"]["environment"]
     root = head["RAY_METRICS_OUTPUT_ROOT"]
-    assert grafana["GF_PATHS_PROVISIONING"] == f"{root}/grafana/provisioning"  # where Ray 2.60 writes it
+    entrypoint = " ".join(services["grafana"]["entrypoint"])  # Ray's provisioning, with satune's provider added
+    assert f"cp -R {root}/grafana/provisioning " in entrypoint  # where Ray 2.60 writes it
     assert grafana["GF_SECURITY_ALLOW_EMBEDDING"] == "true" and grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert f"{root}/grafana/provisioning/datasources/default.yml" in str(services["ray-head"]["healthcheck"]["test"])
     prom = load_yaml(DOCKER / "prometheus" / "prometheus.yml")
     sd = prom["scrape_configs"][0]["dns_sd_configs"][0]
     assert set(sd["names"]) == {"ray-head", "ray-worker"} and sd["port"] == 8080
+
+
+GRAFANA = DOCKER / "grafana"
+
+
+def test_grafana_starts_from_rays_provisioning_with_satunes_dashboard_added(tmp_path):
+    """The grafana service's entrypoint, run for real with its paths moved under tmp_path: Ray's data
+    source and dashboard provider, and satune's provider, whose folder is where compose mounts
+    docker/grafana/dashboards; then Grafana's own /run.sh, with the provisioning path in its environment."""
+    grafana = project()["services"]["grafana"]
+    (mount,) = [v.split(":")[1] for v in grafana["volumes"] if v.startswith("./grafana:")]
+    assert f"./grafana:{mount}:ro" in grafana["volumes"]
+    ray = tmp_path / "ray-metrics" / "grafana" / "provisioning"
+    for sub in ("datasources", "dashboards"):
+        (ray / sub).mkdir(parents=True)
+        (ray / sub / "default.yml").write_text(f"ray's {sub}")
+    run_sh = tmp_path / "run.sh"
+    run_sh.write_text('#!/bin/sh\necho "grafana with $GF_PATHS_PROVISIONING"\n')
+    run_sh.chmod(0o755)
+    argv = [arg.replace("$$", "$").replace("/ray-metrics", str(tmp_path / "ray-metrics"))
+            .replace(mount, str(GRAFANA)).replace("/run.sh", str(run_sh)) for arg in grafana["entrypoint"]]  # fmt: skip
+    target = tmp_path / "provisioning"
+    (target / "stale").mkdir(parents=True)  # a restart starts afresh
+    out = subprocess.run(argv, env={"PATH": os.environ["PATH"], "GF_PATHS_PROVISIONING": str(target)},
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == f"grafana with {target}", out.stderr
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*.yml")) == [
+        "dashboards/default.yml", "dashboards/satune.yml", "datasources/default.yml"]  # fmt: skip
+    assert grafana["environment"]["GF_PATHS_PROVISIONING"].startswith("/tmp/")  # writable in the container
+    (provider,) = load_yaml(target / "dashboards" / "satune.yml")["providers"]
+    assert provider["options"]["path"] == f"{mount}/dashboards"
+    assert sorted(p.name for p in (GRAFANA / "dashboards").iterdir()) == ["satune_trials.json"]
+
+
+def test_the_satune_dashboard_plots_what_trials_export():
+    """Every series it queries is a gauge satune.tune.metrics defines (renamed there, this fails),
+    filtered and grouped only by that gauge's tags; one panel per trial for the epoch and the proxy."""
+    import json
+
+    from satune.tune import metrics
+
+    board = json.loads((GRAFANA / "dashboards" / "satune_trials.json").read_text())
+    exported = {metrics.exported(name): keys for name, (_, keys) in metrics.GAUGES.items()}
+    variables = [v["query"]["query"] for v in board["templating"]["list"] if v["type"] == "query"]
+    queries = {p["title"]: [t["expr"] for t in p["targets"]] for p in board["panels"]}
+    used = set()
+    for expr in [*variables, *(e for exprs in queries.values() for e in exprs)]:
+        names = re.findall(r"\bray_\w+", expr)
+        assert names and set(names) <= set(exported), f"{expr}: not a metric satune exports"
+        used |= set(names)
+        labels = {k for group in re.findall(r"by \(([^)]*)\)", expr) for k in re.split(r"\s*,\s*", group)}
+        labels |= set(re.findall(r"(\w+)=~", expr)) | set(re.findall(r"label_values\(\w+, (\w+)\)", expr))
+        for name in names:
+            assert labels <= set(exported[name]), f"{expr}: {name} has no tag {labels - set(exported[name])}"
+    assert used == set(exported)
+    epoch = metrics.exported(metrics.EPOCH)
+    assert queries["Epoch per trial"] == [f'max by (sweep, trial, config) ({epoch}{{sweep=~"$sweep"}})']
+    assert metrics.exported(metrics.PROXY) in queries["Proxy metric per trial"][0]
+    for panel in board["panels"]:
+        assert all("{{trial}}" in t["legendFormat"] for t in panel["targets"]), panel["title"]
 
 
 def test_ray_commands_export_metrics_where_prometheus_scrapes(tmp_path):

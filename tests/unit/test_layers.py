@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "satune"
-ORDER = ["errors", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
+ORDER = ["errors", "seeds", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
          "tracking", "final", "tune", "report", "cli"]  # fmt: skip
 HOMES = {"mlflow": {"tracking"}, "ray": {"tune"}, "pyautoattack": {"evaluate"}, "autoattack": {"evaluate"}}
 
@@ -42,6 +42,15 @@ def test_imports_flow_left_to_right(path):
 
 @pytest.mark.parametrize("path", sorted((PKG / "specs").glob("*.py")), ids=lambda p: p.name)
 def test_specs_import_stdlib_pydantic_and_yaml_only(path):
-    allowed = {"__future__", "collections", "copy", "difflib", "itertools", "math", "re", "reprlib", "types", "typing",
+    allowed = {"__future__", "collections", "copy", "dataclasses", "difflib", "itertools", "math", "re", "reprlib", "types", "typing",
                "urllib", "pathlib", "yaml", "pydantic", "satune"}  # fmt: skip
     assert {n.split(".")[0] for n in imports(path)} <= allowed
+
+
+def test_the_sweep_driver_never_imports_torch():
+    """The driver only schedules: torch (1–2 s to import, ~0.3 GB) loads in the trials alone."""
+    import subprocess
+    import sys
+
+    code = "import sys, satune.cli, satune.tune.driver, satune.tune.final_stage; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

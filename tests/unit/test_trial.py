@@ -66,3 +66,22 @@ def test_the_result_files_spec_validates_again_to_the_same_spec():
                         "method": {"kind": "sat", "split": "class", "classes": ["3"]}})  # fmt: skip
     written = TrialResult(spec, {}, [], torch.nn.Identity()).to_json()["spec"]
     assert parse_trial(written) == spec
+
+
+def test_channels_last_is_what_the_trial_logs_and_trains_with():
+    spec = digits_trial({"kind": "clean"})
+    cnn = parse_trial(
+        {
+            **spec.model_dump(mode="json", exclude_unset=True),
+            "train": {"epochs": 1, "batch_size": 64},
+            "runtime": {"threads": 1, "channels_last": True},
+        }
+    )  # small_cnn, the default model
+    result = run_trial(cnn)
+    convs = [p for p in result.model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert result.effective["runtime.channels_last"] is True and result.effective["runtime.amp"] is False
+    default = run_trial(parse_trial({**cnn.model_dump(mode="json", exclude_unset=True), "runtime": {"threads": 1}}))
+    assert default.effective["runtime.channels_last"] is False  # CPU: off unless asked
+    convs = [p for p in default.model.parameters() if p.dim() == 4]
+    assert not all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
