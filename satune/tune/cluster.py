@@ -206,6 +206,16 @@ def selects(labels: dict[str, str], selector: dict[str, str]) -> bool:
     return True
 
 
+def trial_resources(res: Any) -> Any:
+    """What Tune reserves for one trial: a placement group of one bundle, on a node the label
+    selector (if any) admits."""
+    from ray import tune
+
+    bundle = {"CPU": res.cpu} | ({"GPU": res.gpu} if res.gpu else {})
+    selector = {"bundle_label_selector": [dict(res.label_selector)]} if res.label_selector else {}
+    return tune.PlacementGroupFactory([bundle], **selector)
+
+
 def ray_options(cpu: float, gpu: float, label_selector: dict[str, str]) -> dict[str, Any]:
     """`ray.remote` options for a task with these resources."""
     return {"num_cpus": cpu, "num_gpus": gpu} | ({"label_selector": dict(label_selector)} if label_selector else {})

@@ -308,7 +308,7 @@ def _fit(
         sweep_seed=sweep.seed, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
         threads=threads, seeds=sweep.search.seeds, fail_at_epoch=int(fail_at) if fail_at else None,
     )  # fmt: skip
-    trainable = trial_trainable(ctx, sweep, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    trainable = trial_trainable(ctx, sweep, cluster.trial_resources(sweep.resources))
     progress = Progress(sweep, run_dir)
     tune_dir = run_dir / "tune"
     if resume and tune.Tuner.can_restore(str(tune_dir)):

@@ -21,7 +21,8 @@ from satune.tune.rundir import JOURNAL_FILE
 pytestmark = pytest.mark.integration
 
 # Holds the cluster in a process of its own (the test process stays a plain client, as satune is),
-# and changes it on command: `add NAME CPUS GPUS [IP]` (a node with the custom resource NAME; another
+# and changes it on command: `add NAME CPUS GPUS [IP]` (a node with the custom resource NAME and the
+# label satune.test/name=NAME; another
 # loopback IP makes it look like another machine), `kill NAME`.
 HOLDER = """
 import json, sys
@@ -33,7 +34,7 @@ for line in sys.stdin:
     cmd, *args = line.split()
     if cmd == "add":
         node = cluster.add_node(num_cpus=float(args[1]), num_gpus=float(args[2]), resources={args[0]: 1},
-                                **({"node_ip_address": args[3]} if args[3:] else {}))
+                                labels={"satune.test/name": args[0]}, **({"node_ip_address": args[3]} if args[3:] else {}))
         cluster.wait_for_nodes()
         nodes[args[0]] = node
         print(json.dumps({"node": args[0], "id": node.node_id}), flush=True)
@@ -114,6 +115,23 @@ def test_trials_spread_over_the_nodes_and_a_gpu_trial_lands_where_the_gpu_is(tmp
     assert done.returncode == 0, done.stdout + done.stderr
     trials = trials_of(mlflow_server, "gpu")
     assert len(trials) == 2 and {node_of(t) for t in trials} == {cluster.nodes["b"]}
+
+
+def test_trials_run_only_on_nodes_their_label_selector_admits(tmp_path, mlflow_server, cluster):
+    pinned = smoke_file(tmp_path, "pinned", mlflow_server, **{"search.num_samples": 3, "trial.train.epochs": 1,
+                        "resources.label_selector": {"satune.test/name": "in(b,c)"}})  # fmt: skip
+    done = satune("sweep", pinned, "--address", cluster.address, "--no-report", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    trials = trials_of(mlflow_server, "pinned")
+    assert len(trials) == 3 and {node_of(t) for t in trials} == {cluster.nodes["b"]}  # a is free, and never used
+
+    nowhere = smoke_file(tmp_path, "nowhere", mlflow_server, **{"resources.label_selector": {"satune.test/name": "c"}})
+    done = satune("sweep", nowhere, "--address", cluster.address, "--no-report", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: resources: a trial needs cpu 1, gpu 0, satune.test/name: c but no node has that")
+    assert "satune.test/name=a" in line and "satune.test/name=b" in line
+    assert not (tmp_path / "runs" / "nowhere").exists() and trials_of(mlflow_server, "nowhere") == []
 
 
 def test_a_node_lost_mid_trial_continues_the_trial_from_its_checkpoint_elsewhere(tmp_path, mlflow_server, cluster):
