@@ -5,7 +5,7 @@ Everything runs in this one process, one after another, on a copy of a sweep fil
 in a temporary directory:
 
     .venv/bin/python bench/sweep_overhead.py [sweeps/wA.yaml] [--samples N] [--epochs N] [--no-final-eval]
-                                             [--shell-loop]
+                                             [--shell-loop] [--reuse-actors off|on|both]
 
 The ideal counts the trials' own run times only: the shared ranking fit, actor start-up and a
 final stage (AutoAttack on the winners) are all overhead by this measure.
@@ -45,6 +45,8 @@ def main() -> None:
                     help="then run the same trials as `satune run` processes with xargs -P, for comparison")
     ap.add_argument("--no-final-eval", action="store_true",
                     help="drop the final stage (its AutoAttack is not in the trials' own run times)")
+    ap.add_argument("--reuse-actors", choices=["off", "on", "both"], default="off",
+                    help="resources.reuse_actors for the sweep (both: one sweep each, off first)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,32 +60,40 @@ def main() -> None:
             data["trial"].setdefault("train", {})["epochs"] = args.epochs
         if args.no_final_eval:
             data.pop("final_eval", None)
-        path = tmp / "sweep.yaml"
-        path.write_text(yaml.safe_dump(data))
-        sweep = load_sweep(path)
-
         server = LocalServer(tmp / "bench-store")
         mlflow_start, _ = timed(server.start)
         server.stop()
         ray_start, _ = timed(lambda: cluster.start(None))
         cluster.stop()
 
-        wall, result = timed(lambda: run_sweep(sweep, path, echo=lambda line: None))
+        runs = {}  # reuse_actors -> (path, sweep, wall, result)
+        for reuse in {"off": [False], "on": [True], "both": [False, True]}[args.reuse_actors]:
+            data["resources"] = {**data.get("resources", {}), "reuse_actors": reuse}
+            data["storage"] = str(tmp / f"runs-{reuse}")
+            path = tmp / f"sweep-{reuse}.yaml"
+            path.write_text(yaml.safe_dump(data))
+            sweep = load_sweep(path)
+            wall, result = timed(lambda: run_sweep(sweep, path, echo=lambda line: None))  # noqa: B023 - called at once
+            runs[reuse] = (path, sweep, wall, result)
+        path, sweep, _, result = runs[min(runs)]
         slots = min(sweep.resources.max_concurrent, len(result.rows))
         loop = shell_loop(path, result.rows, slots, tmp) if args.shell_loop else None
 
-    trial_s = [r.metrics["time/total_s"] for r in result.rows if "time/total_s" in r.metrics]
-    ideal = sum(trial_s) / slots
-    print(f"sweep {sweep.name}: {len(trial_s)} trials x {sweep.trial.train.epochs} epochs, {slots} concurrent slots")
+    print(f"sweep {sweep.name}: {len(result.rows)} trials x {sweep.trial.train.epochs} epochs, {slots} concurrent slots")
     print(f"local MLflow server start-up:      {mlflow_start:6.1f} s")
     print(f"private Ray start-up:              {ray_start:6.1f} s")
-    print(f"trial run time, mean (run_trial):  {sum(trial_s) / len(trial_s):6.1f} s")
-    print(f"ideal makespan, sum/slots:         {ideal:6.1f} s")
-    print(f"measured makespan (satune sweep):  {wall:6.1f} s")
-    print(f"makespan / ideal:                  {wall / ideal:6.2f}")
+    for reuse, (_, _, wall, result) in runs.items():
+        trial_s = [r.metrics["time/total_s"] for r in result.rows if "time/total_s" in r.metrics]
+        ideal = sum(trial_s) / slots
+        print(f"-- resources.reuse_actors: {str(reuse).lower()}")
+        print(f"trial run time, mean (run_trial):  {sum(trial_s) / len(trial_s):6.1f} s")
+        print(f"ideal makespan, sum/slots:         {ideal:6.1f} s")
+        print(f"measured makespan (satune sweep):  {wall:6.1f} s")
+        print(f"makespan / ideal:                  {wall / ideal:6.2f}")
+        if loop is not None:
+            print(f"satune sweep / shell loop:         {wall / loop:6.2f}")
     if loop is not None:
         print(f"shell loop, xargs -P {slots} satune run: {loop:6.1f} s  (no Ray, no MLflow, no search)")
-        print(f"satune sweep / shell loop:         {wall / loop:6.2f}")
 
 
 def shell_loop(path: Path, rows, slots: int, tmp: Path) -> float:

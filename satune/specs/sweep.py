@@ -205,6 +205,8 @@ _LABEL_SELECTOR = re.compile(rf"!?(?:in)?\({_NAME}(?:, ?{_NAME})*\)|!?{_NAME}")
 
 class ResourcesSpec(TaskResourcesSpec):
     max_concurrent: Concurrency = 2
+    # one actor runs trial after trial (Tune's reuse_actors): no process start and imports per trial
+    reuse_actors: bool = True
 
 
 class FinalAutoAttackSpec(AutoAttackSpec):

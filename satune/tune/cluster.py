@@ -212,8 +212,9 @@ def trial_resources(res: Any) -> Any:
     from ray import tune
 
     bundle = {"CPU": res.cpu} | ({"GPU": res.gpu} if res.gpu else {})
-    selector = {"bundle_label_selector": [dict(res.label_selector)]} if res.label_selector else {}
-    return tune.PlacementGroupFactory([bundle], **selector)
+    if res.label_selector:
+        return tune.PlacementGroupFactory([bundle], bundle_label_selector=[dict(res.label_selector)])
+    return tune.PlacementGroupFactory([bundle])
 
 
 def ray_options(cpu: float, gpu: float, label_selector: dict[str, str]) -> dict[str, Any]:

@@ -395,7 +395,7 @@ def _tune_config(sweep: SweepSpec, run_dir: Path) -> tune.TuneConfig:
         num_samples=num_samples,
         max_concurrent_trials=sweep.resources.max_concurrent,
         trial_dirname_creator=lambda t: t.trial_id,
-        reuse_actors=False,
+        reuse_actors=sweep.resources.reuse_actors,
     )
 
 

@@ -57,12 +57,14 @@ def trial_trainable(ctx: TrialContext, sweep: SweepSpec, resources: Any) -> type
     from ray.tune.trainable import wrap_function
 
     ctx = replace(ctx, sweep=sweep.name, proxy=sweep.scheduler.metric)
+    # Ray takes the repr once: an actor Tune reuses keeps its first trial's, so it says so.
+    reused = " (the first of this actor's trials, resources.reuse_actors)" if sweep.resources.reuse_actors else ""
     function = tune.with_resources(partial(run, ctx=ctx), resources)
 
     class SatuneTrial(wrap_function(function, name="run")):  # type: ignore[misc]
         def __repr__(self) -> str:  # (asked for before __init__ has run, it gives the class name)
             try:
-                return describe(ctx.sweep, self.trial_id, self.config)
+                return describe(ctx.sweep, self.trial_id, self.config) + reused
             except AttributeError:
                 return type(self).__name__
 
@@ -96,6 +98,8 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
     spec = resolve_trial(ctx, config)
     trial_id = tune.get_context().get_trial_id()
     checkpoint = tune.get_checkpoint()
+    # The actor's log (the dashboard's actor page): which trial runs here, also when actors are reused.
+    print(f"{describe(ctx.sweep, trial_id, config)} starts" + (" (restored)" if checkpoint else ""), flush=True)
     with tempfile.TemporaryDirectory(prefix="satune-trial-") as tmp:
         restored, meta = None, {}
         if checkpoint is not None:
@@ -105,9 +109,11 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         run_id = tracking.trial_run(uri, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id,
                                     trial_id=trial_id, name=f"trial-{trial_id}", spec=spec.model_dump(mode="json"),
                                     run_id=meta.get("run_id"), tags=_grouping(config))  # fmt: skip
-        # Where this attempt runs (a retried trial may land elsewhere): which node, by Ray's id and address.
-        node = ray.get_runtime_context()
-        where = {"satune.node": f"{node.get_node_id()} ({ray.util.get_node_ip_address()})"}
+        # Where this attempt runs (a retried trial may land elsewhere): which node, by Ray's id and
+        # address, and which actor (the dashboard's Actors page lists it by this id).
+        here = ray.get_runtime_context()
+        where = {"satune.node": f"{here.get_node_id()} ({ray.util.get_node_ip_address()})",
+                 "satune.actor": here.get_actor_id()}  # fmt: skip
         if restored is not None:
             where["satune.resumed_after_epoch"] = meta["epoch"]
         tracking.set_tags(uri, run_id, where)

@@ -113,6 +113,31 @@ def test_smoke_sweep_end_to_end(tmp_path, mlflow_server, ray_address):
     assert timeless(json.loads((out / "result.json").read_text())) == timeless(logged)
 
 
+def test_reused_actors_run_trial_after_trial_as_if_each_were_alone(tmp_path, mlflow_server, ray_address):
+    """resources.reuse_actors: two actors run four trials; each trial still has one MLflow run with
+    every epoch once, Optuna the same values, and a trial that ran second on an actor reproduces
+    bit for bit under `satune run` (nothing leaks from the trial before it)."""
+    sweep = smoke_file(tmp_path, "reused", mlflow_server, **{"search.num_samples": 4, "resources.reuse_actors": True})
+    done = satune("sweep", sweep, "--address", ray_address, "--no-report", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    client, parents, children = runs_of(mlflow_server, "reused")
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert all(epochs_logged(client, c) == [0, 1] for c in children)
+    by_actor: dict[str, list] = {}
+    for c in sorted(children, key=lambda c: c.info.start_time):
+        by_actor.setdefault(c.data.tags["satune.actor"], []).append(c)
+    assert len(by_actor) <= 2  # max_concurrent actors, not one per trial
+    study = study_of(run_dir_of(tmp_path, "reused"), "reused")
+    assert sorted(t.values[0] for t in study.trials) == sorted(c.data.metrics["eval/pgd_acc"] for c in children)
+
+    (second, *_), *_ = [runs[1:] for runs in by_actor.values() if len(runs) > 1]
+    sets = [a for k in ("method.w_A", "seed", "runtime.threads") for a in ("--set", f"{k}={second.data.params[k]}")]
+    rerun = satune("run", sweep, *sets, "--out", tmp_path / "repro", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    logged = json.loads(open(client.download_artifacts(second.info.run_id, "result.json", str(tmp_path))).read())
+    assert timeless(json.loads((tmp_path / "repro" / "result.json").read_text())) == timeless(logged)
+
+
 def test_mlflow_params_show_the_values_a_trial_ran_with(tmp_path, mlflow_server, ray_address):
     """Defaults a trial resolves are logged as numbers, never as "None": a balanced SAT trial's w_A,
     a BiaMAT trial's pi and alpha, the PGD step sizes."""
@@ -334,10 +359,13 @@ def test_a_transfer_sweep_takes_its_sources_from_a_finished_sweep(tmp_path, mlfl
     assert len(state["sources"]["method.source"]) == 2  # found once; --resume keeps them
 
 
-def test_killed_driver_resumes_with_every_trial_done_once(tmp_path):
-    """Local mode: satune starts its own Ray and MLflow server; the kill takes them down with it."""
+@pytest.mark.parametrize("reuse", [False, True], ids=["own-actors", "reused-actors"])
+def test_killed_driver_resumes_with_every_trial_done_once(tmp_path, reuse):
+    """Local mode: satune starts its own Ray and MLflow server; the kill takes them down with it.
+    With reused actors the next trial starts at once, often before Tune has saved it: an orphan."""
     sweep = smoke_file(tmp_path, "killed", None, **{
         "search.num_samples": 3, "resources.max_concurrent": 1, "trial.train.epochs": 3,
+        "resources.reuse_actors": reuse,
     })  # fmt: skip
     proc = start_satune("sweep", sweep)
 
