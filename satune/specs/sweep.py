@@ -274,6 +274,9 @@ class SweepSpec(Spec):
     @model_validator(mode="after")
     def _rules(self):
         problems = []
+        if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", self.storage):
+            problems.append(("storage", f"must be a path every Ray node mounts (NFS, a shared volume), not a URI, got "
+                                        f"{self.storage!r}: the Optuna journal needs a file system with locks"))  # fmt: skip
         base = self.trial.model_dump(exclude_unset=True)
         for key, dom in self.search.space.items():
             problems += [(f"search.space.{key}", msg) for msg in check_search_key(base, key, dom)]
