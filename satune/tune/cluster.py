@@ -217,9 +217,10 @@ def trial_resources(res: Any) -> Any:
     return tune.PlacementGroupFactory([bundle])
 
 
-def ray_options(cpu: float, gpu: float, label_selector: dict[str, str]) -> dict[str, Any]:
-    """`ray.remote` options for a task with these resources."""
-    return {"num_cpus": cpu, "num_gpus": gpu} | ({"label_selector": dict(label_selector)} if label_selector else {})
+def ray_options(res: Any) -> dict[str, Any]:
+    """`ray.remote` options for a task with these resources (a TaskResourcesSpec)."""
+    selector = {"label_selector": dict(res.label_selector)} if res.label_selector else {}
+    return {"num_cpus": res.cpu, "num_gpus": res.gpu} | selector
 
 
 def stop() -> None:

@@ -80,11 +80,12 @@ def run_sweep(
                 tracking.check_server(uri)
             if address:
                 cluster.preflight(address)
-            server = tracking.LocalServer(Path(sweep.storage)) if uri is None else None
-            if server is not None:
+            server = None
+            if uri is None:
+                server = tracking.LocalServer(Path(sweep.storage))
                 stack.callback(server.stop)
-            if server is not None and not address:
-                server.launch()
+                if not address:
+                    server.launch()  # while the private Ray starts; beside a cluster, once it passed the checks
             stack.callback(cluster.stop)
             dashboard = cluster.start(address)
             _sigterm_to_sigint()  # again: ray.init replaced it
@@ -260,8 +261,7 @@ def _prepare(sweep: SweepSpec, echo) -> None:
     if what is None:
         return
     echo(what)
-    res = sweep.resources
-    task = ray.remote(**cluster.ray_options(res.cpu, res.gpu, res.label_selector))(_prepare_on_worker)
+    task = ray.remote(**cluster.ray_options(sweep.resources))(_prepare_on_worker)
     threads = sweep.trial.runtime.threads or max(1, int(sweep.resources.cpu))
     ray.get(task.remote(sweep.trial.model_dump(mode="json", by_alias=True, exclude_unset=True), threads))
 

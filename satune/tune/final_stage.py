@@ -52,8 +52,7 @@ def run(sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str,
     aa = final.autoattack
     echo(f"final evaluation: AutoAttack {aa.version} on {aa.n} final-slice examples for {len(chosen)} trials "
          f"({', '.join(r.trial_id for r in chosen)}); {len(chosen) - len(todo)} done before")  # fmt: skip
-    res = final.resources
-    task = ray.remote(**cluster.ray_options(res.cpu, res.gpu, res.label_selector))(_evaluate)
+    task = ray.remote(**cluster.ray_options(final.resources))(_evaluate)
     threads = max(1, int(final.resources.cpu))
     pending = {task.remote(uri, runs[r.trial_id].info.run_id, aa.model_dump(), threads): r for r in todo}
     while pending:
