@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser postgres sweep run ui test test-unit lint bench clean
+.PHONY: install browser postgres prometheus sweep run ui test test-unit lint bench clean
 
 $(BIN)/satune: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ browser:
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
+# Prometheus for the test of the Grafana dashboard's queries: Debian's package (no recommends); the test
+# runs the binary on a port and config of its own, never the package's service.
+prometheus:
+	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 # The main job: SAT's weighting study on Ray Tune + Optuna + MLflow, on the embedded default.
 sweep: install
 	$(BIN)/satune sweep sweeps/wA.yaml
@@ -34,8 +39,9 @@ ui: install
 	$(BIN)/satune ui sweeps/wA.yaml
 
 # Lint and types, then unit tests, integration tests (real Ray, real MLflow server on 127.0.0.1, one on a
-# throwaway PostgreSQL; pages opened in headless Chromium, screenshots kept in test-artifacts/), GPU tests where CUDA exists.
-test: install browser postgres
+# throwaway PostgreSQL; the Grafana dashboard's queries on a real Prometheus; pages opened in headless Chromium,
+# screenshots kept in test-artifacts/), GPU tests where CUDA exists.
+test: install browser postgres prometheus
 	$(BIN)/ruff check satune tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
