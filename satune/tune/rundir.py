@@ -12,6 +12,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from satune.errors import UserError
 from satune.specs import SweepSpec
@@ -100,11 +101,28 @@ def prepare(sweep: SweepSpec, source: Path, resume: bool) -> RunDir:
     if state["status"] == "finished":
         raise SweepError(f"--resume: the last run of '{sweep.name}' ({path.name}) finished; nothing to resume")
     old, new = state["spec"], comparable(sweep)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = sorted(k for k in set(old) | set(new) if _differs(old.get(k), new.get(k), _set(sweep).get(k)))
     if changed:
         raise SweepError(f"--resume: the sweep file changed in {', '.join(changed)} since {path.name}; "
                          "only resources and max_failures may change (run without --resume to start anew)")  # fmt: skip
     return RunDir(sweep, path, state)
+
+
+def _set(sweep: SweepSpec) -> dict:
+    """The sweep's values that differ from their defaults."""
+    return sweep.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+def _differs(old: Any, new: Any, set_: Any) -> bool:
+    """Whether a value changed since the run began. A field that satune gained since then (absent
+    from the saved spec) is no change while it keeps its default (absent from `set_`): a sweep
+    interrupted before an upgrade resumes after it."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old != new
+    set_ = set_ if isinstance(set_, dict) else {}
+    if set(old) - set(new):  # a field satune no longer has
+        return True
+    return any(_differs(old[k], v, set_.get(k)) if k in old else k in set_ for k, v in new.items())
 
 
 def writable_by_others(path: Path) -> Path | None:

@@ -199,3 +199,19 @@ def test_the_class_transfer_matrix_averages_repeats(tmp_path):
     assert lines == [["0", "0.5100", "0.6100", "0.7100", "0.5000", "0.5500"],
                      ["1", "0.3100", "0.4100", "0.5100", "0.3000", "0.3500"]]  # fmt: skip
     assert transfer_matrix(sweep(tmp_path), SweepResult(tmp_path, rows, None)) is None  # not a sweep over classes
+
+
+def test_a_run_begun_before_satune_gained_fields_resumes_after_the_upgrade(tmp_path):
+    """The saved spec of a run begun by an older satune lacks the fields added since: at their
+    defaults they are no change; set to something else, or any other change, they are."""
+    source = tmp_path / "s.yaml"
+    source.write_text("name: t\n")
+    run = prepare(sweep(tmp_path), source, resume=False)
+    run_dir = run.claim()
+    del run.state["spec"]["trial"]["runtime"]["channels_last"]  # as an older satune saved it
+    run.save(status="interrupted")
+    assert prepare(sweep(tmp_path), source, resume=True).path == run_dir
+    base = {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "sat", "fraction": 0.5}}
+    for change in ({"runtime": {"channels_last": True}}, {"eval": {"pgd_steps": 3}}):
+        with pytest.raises(SweepError, match="changed in trial"):
+            prepare(sweep(tmp_path, trial={**base, **change}), source, resume=True)
