@@ -68,7 +68,8 @@ def _logging(verbose: bool) -> None:
     handler = RichHandler(console=err, show_path=False, show_time=False, markup=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("satune").setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("auto-attack").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for name in ("auto-attack", "botocore", "aiobotocore", "s3fs"):  # (S3 clients say where credentials came from)
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @app.command()
@@ -102,10 +103,12 @@ def run(
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Run one trial without Ray or MLflow and write DIR/result.json."""
+    from satune.tune.rundir import sweep_root  # (storage at a URL: its local mirror)
+
     sweep = load_sweep(file)
     overridden = apply_overrides(sweep.trial.model_dump(exclude_unset=True, by_alias=True), set_ or [])
     trial = absolutize_trial(parse_trial(overridden, str(file)), Path.cwd())
-    target = (out_dir or Path(sweep.storage) / sweep.name / time.strftime("run-%Y%m%d-%H%M%S")).expanduser().resolve()
+    target = (out_dir or sweep_root(sweep) / time.strftime("run-%Y%m%d-%H%M%S")).expanduser().resolve()
     checkpoint = target / "checkpoint"
     if resume and not (checkpoint / "state.pt").exists():
         raise OptionError(f"--resume: no checkpoint in {target}")

@@ -502,7 +502,7 @@ def provenance() -> dict[str, str]:
 # The comparison view: the MLflow UI on a sweep's trials, optuna-dashboard on its studies
 
 
-def sweep_description(sweep: SweepSpec, source: Path, run_dir: Path, report_link: str | None = None) -> str:
+def sweep_description(sweep: SweepSpec, source: Path, run_dir: Path | str, report_link: str | None = None) -> str:
     """The parent run's description (markdown): what the sweep is, and where its trials and report are."""
     from satune.specs import RunsOf
 

@@ -19,3 +19,44 @@ def device():
     import torch
 
     return torch.device(os.environ.get("SATUNE_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 endpoint on 127.0.0.1: moto's server speaks S3's HTTP API (objects kept in memory),
+    where a MinIO would in a lab; every client reaches it through AWS_ENDPOINT_URL."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "satune-test", "AWS_SECRET_ACCESS_KEY": "satune-test",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket (its s3:// URL), and the variables every S3 client here reads (satune's,
+    Tune's, Ray workers' started from this environment)."""
+    import uuid
+
+    import boto3
+    import s3fs
+
+    for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # (fsspec reuses a filesystem made under other variables)
+    bucket = f"satune-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}"
+    s3fs.S3FileSystem.clear_instance_cache()

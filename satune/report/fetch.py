@@ -18,7 +18,7 @@ import yaml
 from satune import tracking
 from satune.errors import UserError
 from satune.specs import SweepSpec, parse_sweep
-from satune.tune.rundir import JOURNAL_FILE
+from satune.tune.rundir import JOURNAL_FILE, run_dir_named
 from satune.tune.space import REPEAT_KEY
 from satune.tune.summary import TrialRow
 
@@ -114,7 +114,7 @@ def find_sweep(uri: str, name: str, echo: Callable[[str], None]) -> SweepData:
         status = "TERMINATED" if r.info.status == "FINISHED" else r.info.status
         row = TrialRow(trial_id, status, config, dict(r.data.metrics), seed=int(seed) if seed else None)
         trials.append(Trial(r.info.run_id, row, r.info.run_name, dict(r.data.tags)))
-    run_dir = Path(spec.storage) / spec.name / parent.info.run_name.removeprefix(f"{name}-")
+    run_dir = run_dir_named(spec, parent.info.run_name.removeprefix(f"{name}-"))
     data_ = SweepData(uri, spec, parent.info.run_id, parent.info.run_name,
                       datetime.fromtimestamp(parent.info.start_time / 1000, tz=UTC), dict(parent.data.tags), trials,
                       run_dir)  # fmt: skip

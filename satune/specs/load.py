@@ -3,6 +3,7 @@ problem a line that names its YAML path."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ def _abs(path: str, base: Path) -> str:
 
 def absolutize(spec: SweepSpec, base: Path) -> SweepSpec:
     data = spec.model_dump(exclude_unset=True, by_alias=True)
-    data["storage"] = _abs(spec.storage, base)
+    if not re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", spec.storage):  # an object store's URL stays as it is
+        data["storage"] = _abs(spec.storage, base)
     data["trial"] = absolutize_trial(spec.trial, base).model_dump(exclude_unset=True, by_alias=True)
     for key, dom in spec.search.space.items():  # a searched folder is a folder too
         if key in _PATH_KEYS and dom.kind in ("choice", "grid"):

@@ -257,7 +257,8 @@ class SweepSpec(Spec):
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
-    storage: str = "runs"  # Ray results, Optuna journal, MLflow store (local mode); absolute after loading
+    storage: str = "runs"  # Ray results, Optuna journal, MLflow store (local mode): a path (absolute after
+    # loading) or an object store's URL (satune.tune.store)
     max_failures: NonNegativeInt = 2  # retries of a failing trial, from its last checkpoint
     final_eval: FinalEvalSpec | None = None  # AutoAttack on the winners after the search
 
@@ -274,9 +275,13 @@ class SweepSpec(Spec):
     @model_validator(mode="after")
     def _rules(self):
         problems = []
-        if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", self.storage):
-            problems.append(("storage", f"must be a path every Ray node mounts (NFS, a shared volume), not a URI, got "
-                                        f"{self.storage!r}: the Optuna journal needs a file system with locks"))  # fmt: skip
+        url = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*)://", self.storage)
+        if url and url.group(1).lower() in ("file", "local", "memory"):
+            problems.append(("storage", f"{self.storage!r} is not shared by Ray's nodes: write a path every node "
+                                        "mounts (NFS, a shared volume), or an object store's URL (s3://bucket/prefix)"))  # fmt: skip
+        elif url and self.tracking.uri is None:
+            problems.append(("storage", f"{self.storage!r} cannot hold the local MLflow server's SQLite store: set "
+                                        "tracking.uri to an MLflow server (docs/cluster.md)"))  # fmt: skip
         base = self.trial.model_dump(exclude_unset=True)
         for key, dom in self.search.space.items():
             problems += [(f"search.space.{key}", msg) for msg in check_search_key(base, key, dom)]

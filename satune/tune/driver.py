@@ -5,6 +5,8 @@ One sweep run lives in `storage/<name>/<timestamp>/`: the sweep file and resolve
 (`sweep.json`, which also names the MLflow parent run), the Optuna journal, and Tune's experiment
 (`tune/`). The local MLflow store (`storage/mlflow/`) is shared by every sweep in `storage`, so
 `satune ui` compares them all. `--resume` continues the newest unfinished run of the sweep.
+With storage at an object store's URL, Tune writes there directly and satune copies its own
+files up as they change (satune.tune.store).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def run_sweep(
             address = address or os.environ.get("SATUNE_RAY_ADDRESS")
             if uri is not None:
                 tracking.check_server(uri)
+            run.storage.check()
             if address:
                 cluster.preflight(address)
             server = None
@@ -93,7 +96,7 @@ def run_sweep(
             if server is not None and address:
                 cluster.check_one_machine_for_local_tracking(address)
             run_dir = run.claim()
-            shared = writable_by_others(run_dir)
+            shared = None if run.storage.remote else writable_by_others(run_dir)
             if shared is not None:
                 echo(f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
                      "it: anyone who can write there can run code as you (docs/trust.md)")  # fmt: skip
@@ -114,7 +117,7 @@ def run_sweep(
                                                params=_parent_params(sweep),
                                                tags={tracking.SWEEP_NAME_TAG: sweep.name} | tracking.provenance())  # fmt: skip
                 link = tracking.artifact_link(experiment_id, parent, "report/index.html")
-                tracking.describe_sweep(uri, parent, tracking.sweep_description(sweep, source, run_dir, link))
+                tracking.describe_sweep(uri, parent, tracking.sweep_description(sweep, source, run.location, link))
             else:
                 tracking.reopen(uri, parent)
             run.save(parent_run_id=parent, experiment_id=experiment_id, tracking_uri=uri, status="running")
@@ -127,7 +130,7 @@ def run_sweep(
             echo(cluster.dashboard_hint(dashboard))
             sweep = _find_sources(sweep, run, uri, echo)
             _prepare(sweep, echo)
-            result = _fit(sweep, run_dir, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo)
+            result = _fit(sweep, run, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo)
             if lost.is_set():  # nothing more can reach MLflow: end as interrupted, without the summary
                 raise KeyboardInterrupt
 
@@ -286,7 +289,7 @@ def _parent_params(sweep: SweepSpec) -> dict:
 
 def _fit(
     sweep: SweepSpec,
-    run_dir: Path,
+    run: RunDir,
     *,
     uri: str,
     experiment_id: str,
@@ -309,11 +312,20 @@ def _fit(
         threads=threads, seeds=sweep.search.seeds, fail_at_epoch=int(fail_at) if fail_at else None,
     )  # fmt: skip
     trainable = trial_trainable(ctx, sweep, cluster.trial_resources(sweep.resources))
+    run_dir = run.path
+    assert run_dir is not None
     progress = Progress(sweep, run_dir)
-    tune_dir = run_dir / "tune"
-    if resume and tune.Tuner.can_restore(str(tune_dir)):
-        echo(f"resuming {run_dir}")
-        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=True)
+    storage_path, fs = run.storage.tune_storage(sweep.name, run_dir)
+    tune_dir = f"{storage_path}/tune"
+    callbacks: list[tune.Callback] = [progress]
+    sync = tune.SyncConfig()
+    if fs is not None:  # an object store: our files go up whenever Tune saves its state, which goes up too
+        callbacks.append(_Synced(run))
+        sync = tune.SyncConfig(sync_period=int(float(os.environ["TUNE_GLOBAL_CHECKPOINT_S"])))
+    if resume and tune.Tuner.can_restore(tune_dir, storage_filesystem=fs):
+        echo(f"resuming {run_dir}" if fs is None else f"resuming {run_dir} (Tune's state: {tune_dir})")
+        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)  # fmt: skip
     else:
         tuner = tune.Tuner(
             trainable,
@@ -321,10 +333,12 @@ def _fit(
             tune_config=_tune_config(sweep, run_dir),
             run_config=tune.RunConfig(
                 name="tune",
-                storage_path=str(run_dir),
+                storage_path=storage_path,
+                storage_filesystem=fs,
+                sync_config=sync,
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[progress],
+                callbacks=callbacks,
                 verbose=0,
             ),
         )
@@ -336,7 +350,7 @@ def _fit(
         signal.signal(signal.SIGINT, sigint)  # Tune leaves its own handler behind, even after a normal end
     # After an interrupt Tune marks the trials it stopped TERMINATED in memory, like finished ones;
     # the state it saved just before (what --resume restores) still has them RUNNING.
-    saved = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_dir)).trials}
+    saved = {t.trial_id: t.status for t in tune.ExperimentAnalysis(tune_dir, storage_filesystem=fs).trials}
     rows = [_row(ctx, t, saved.get(t.trial_id)) for t in grid._experiment_analysis.trials]
     interrupted = len(rows) < sweep.search.trial_count or not all(r.finished for r in rows)
     if not interrupted:
@@ -397,6 +411,18 @@ def _tune_config(sweep: SweepSpec, run_dir: Path) -> tune.TuneConfig:
         trial_dirname_creator=lambda t: t.trial_id,
         reuse_actors=sweep.resources.reuse_actors,
     )
+
+
+class _Synced(tune.Callback):
+    """Copies the run's own files (state, Optuna journal) to storage at a URL each time Tune saves
+    its state (it asks its callbacks for theirs then), before that state is uploaded."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def get_state(self) -> dict | None:
+        self.run.sync()
+        return None
 
 
 class _FinalResultOptunaSearch(OptunaSearch):

@@ -1,8 +1,10 @@
 """Where one run of a sweep lives: `storage/<name>/<started>/`, with its state in `sweep.json`.
 
 The state names the MLflow parent run and says how the run ended: starting → running →
-finished | interrupted | failed. `--resume` continues the newest run that did not finish. No Ray
-here: the driver, the CLI and the tests read run directories without starting anything.
+finished | interrupted | failed. `--resume` continues the newest run that did not finish. With
+storage at a URL, the run's own files (state, Optuna journal) are kept in a local folder and
+copied to storage as they change (satune.tune.store). No Ray here: the driver, the CLI and the
+tests read run directories without starting anything.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from satune.errors import UserError
 from satune.specs import SweepSpec
+from satune.tune.store import Storage
 
 STATE_FILE = "sweep.json"
 JOURNAL_FILE = "optuna.journal"  # the sweep's Optuna studies, one per grid cell
@@ -34,16 +37,33 @@ class RunDir:
     sweep: SweepSpec
     path: Path | None
     state: dict = field(default_factory=dict)
+    _pushed: dict[str, bytes] = field(default_factory=dict, repr=False)  # what storage holds, by file
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(self.sweep.storage)
+
+    @property
+    def location(self) -> str:
+        """Where the run is kept: its folder, or its place at storage's URL."""
+        assert self.path is not None, "claim() first"
+        if not self.storage.remote:
+            return str(self.path)
+        return f"{self.sweep.storage.rstrip('/')}/{self.sweep.name}/{self.path.name}"
 
     def claim(self) -> Path:
         """Create the directory of a new run: a name no other run has, even one started in the
-        same second by another process (mkdir is the arbiter)."""
+        same second by another process (mkdir is the arbiter; with storage at a URL, the names
+        there are taken too)."""
         if self.path is None:
             root = sweep_root(self.sweep)
             root.mkdir(parents=True, exist_ok=True)
+            taken = set(self.storage.folders(self.sweep.name)) if self.storage.remote else set()
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for n in range(1, 1000):
                 candidate = root / (stamp if n == 1 else f"{stamp}-{n}")
+                if candidate.name in taken:
+                    continue
                 try:
                     candidate.mkdir()
                 except FileExistsError:
@@ -52,33 +72,93 @@ class RunDir:
                 break
             else:
                 raise SweepError(f"storage: cannot create a run directory under {root}")
+            if self.storage.remote:  # Tune's saved state names the journal by this path: --resume recreates it
+                self.state["local"] = str(self.path)
             self.save()
         return self.path
 
     def save(self, **changes) -> None:
         """Update the state and write it whole (written aside, then renamed: never torn)."""
         self.state |= changes
+        self.state["revision"] = self.state.get("revision", 0) + 1  # which copy is newer, after a move
         assert self.path is not None, "claim() first"
         tmp = self.path / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(self.state, indent=2) + "\n")
         tmp.replace(self.path / STATE_FILE)
+        self.sync()
+
+    def sync(self) -> None:
+        """With storage at a URL: copy up what changed of the run's own files. The journal goes
+        up to its last whole record (Optuna may be appending one); Tune calls this before it saves
+        its own state, which must never know of more trials than the stored journal does."""
+        if self.path is None or not self.storage.remote:
+            return
+        for name in (STATE_FILE, JOURNAL_FILE):
+            path = self.path / name
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            data = data[: data.rfind(b"\n") + 1]
+            if self._pushed.get(name) != data:
+                self.storage.write(data, self.sweep.name, self.path.name, name)
+                self._pushed[name] = data
 
 
 def sweep_root(sweep: SweepSpec) -> Path:
-    return Path(sweep.storage) / sweep.name
+    """The sweep's runs on this machine: in storage, or in its local mirror."""
+    return Storage(sweep.storage).local / sweep.name
 
 
-def _order(run: Path) -> tuple[str, int]:
+def _order(name: str) -> tuple[str, int]:
     """Runs sort by start time, then by the suffix a same-second start got (-2, -3, ...)."""
-    day, _, rest = run.name.partition("-")
+    day, _, rest = name.partition("-")
     clock, _, n = rest.partition("-")
     return f"{day}-{clock}", int(n) if n.isdigit() else 1
 
 
 def latest_run_dir(sweep: SweepSpec) -> Path | None:
+    """The newest run of the sweep (with storage at a URL, its files fetched to this machine)."""
+    store = Storage(sweep.storage)
+    if store.remote:
+        for name in sorted(store.folders(sweep.name), key=_order, reverse=True):
+            path = fetch(sweep, name)
+            if path is not None:
+                return path
+        return None
     root = sweep_root(sweep)
     runs = [p for p in root.glob("*") if (p / STATE_FILE).exists()] if root.exists() else []
-    return max(runs, key=_order) if runs else None
+    return max(runs, key=lambda p: _order(p.name)) if runs else None
+
+
+def run_dir_named(sweep: SweepSpec, name: str) -> Path:
+    """Where the run `name`'s own files are on this machine (fetched, with storage at a URL)."""
+    return (fetch(sweep, name) if Storage(sweep.storage).remote else None) or sweep_root(sweep) / name
+
+
+def fetch(sweep: SweepSpec, name: str) -> Path | None:
+    """The run's own files from storage at a URL into the folder the run began in (Tune's saved
+    state names the Optuna journal by that path), where storage's copy is newer: a higher state
+    revision; a longer journal (Optuna only appends). None if storage has no such run."""
+    store = Storage(sweep.storage)
+    stored = store.read(sweep.name, name, STATE_FILE)
+    if stored is None:
+        return None
+    state = json.loads(stored)
+    path = Path(state.get("local") or sweep_root(sweep) / name)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SweepError(f"storage: cannot recreate the run's folder {path} here ({exc.strerror}): Tune's saved "
+                         "state names the run's Optuna journal by that path") from None  # fmt: skip
+    here = path / STATE_FILE
+    if not here.exists() or json.loads(here.read_text()).get("revision", 0) < state.get("revision", 0):
+        tmp = path / (STATE_FILE + ".tmp")
+        tmp.write_bytes(stored)
+        tmp.replace(here)
+    journal, ours = store.read(sweep.name, name, JOURNAL_FILE), path / JOURNAL_FILE
+    if journal is not None and (not ours.exists() or ours.stat().st_size < len(journal)):
+        ours.write_bytes(journal)
+    return path
 
 
 def read_state(run_dir: Path) -> dict:

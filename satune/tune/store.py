@@ -1,0 +1,132 @@
+"""Where sweep runs are kept (`storage`): a folder every Ray node mounts, or an fsspec URL
+(s3://bucket/prefix; gs://, abfs://... with their fsspec package installed).
+
+With a URL, Tune writes its experiment (trial checkpoints and results, its own state) straight to
+the object store, from whichever node holds it, through this module's fsspec filesystem. The
+driver's own files cannot live there: sweep.json is replaced by a rename and the Optuna journal
+is appended to under a lock, which object stores do not do. They live in a local folder of the
+run (under $SATUNE_MIRROR, default ~/.cache/satune/mirror) and are copied up whenever they
+change; --resume, `report`, `ui` and `eval` copy them back down, on any machine. No Ray here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from satune.errors import UserError
+
+URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+class StorageError(UserError):
+    """Storage cannot be used as asked; a one-line message for the user."""
+
+
+def is_url(storage: str) -> bool:
+    return bool(URL.match(storage))
+
+
+def mirror_root() -> Path:
+    return Path(os.environ.get("SATUNE_MIRROR") or Path.home() / ".cache" / "satune" / "mirror").expanduser()
+
+
+@dataclass(frozen=True)
+class Storage:
+    """`storage` as the sweep resolved it: an absolute path, or a URL."""
+
+    where: str
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.where)
+
+    @cached_property
+    def _fs_and_root(self) -> tuple[Any, str]:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.where)
+        return fs, root.rstrip("/")
+
+    @property
+    def fs(self) -> Any:
+        return self._fs_and_root[0]
+
+    @property
+    def local(self) -> Path:
+        """The folder that holds this storage's files on this machine: storage itself, or its
+        mirror (`<mirror>/<protocol>/<bucket>/<prefix>`)."""
+        if not self.remote:
+            return Path(self.where)
+        protocol, _, rest = self.where.partition("://")
+        return mirror_root() / protocol / rest.strip("/")
+
+    def url(self, *parts: str) -> str:
+        """Where a run's file or folder is kept (`parts` under storage), as the filesystem names it."""
+        return "/".join([self._fs_and_root[1], *parts])
+
+    def tune_storage(self, name: str, run_dir: Path) -> tuple[str, Any]:
+        """Tune's `storage_path` and `storage_filesystem` for the run of sweep `name` whose own
+        files are in `run_dir`: that folder, or the run's place in the object store through our
+        fsspec filesystem (wrapped for pyarrow, which Tune speaks): one set of credentials."""
+        if not self.remote:
+            return str(run_dir), None
+        import pyarrow.fs
+
+        return self.url(name, run_dir.name), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(self.fs))
+
+    def folders(self, *parts: str) -> list[str]:
+        """The names of the folders under `parts` in storage."""
+        try:
+            entries = self.fs.ls(self.url(*parts), detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
+
+    def read(self, *parts: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(self.url(*parts))
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes, *parts: str) -> None:
+        """A whole object: an object store replaces it atomically."""
+        self.fs.pipe_file(self.url(*parts), data)
+
+    def check(self) -> None:
+        """Pre-flight: storage takes a write, before anything is started. One line if not."""
+        if not self.remote:
+            return
+        protocol = self.where.partition("://")[0]
+        try:
+            fs, root = self._fs_and_root
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"storage: cannot open {self.where}: {_first_line(exc)} (an s3:// URL works as "
+                             f"installed; other object stores need their fsspec package, e.g. gcsfs)") from None  # fmt: skip
+        probe = f"{root}/.satune-probe-{uuid.uuid4().hex}"
+        try:
+            fs.pipe_file(probe, b"")
+            fs.rm_file(probe)
+        except Exception as exc:  # noqa: BLE001 - whatever the store says, in one line
+            hint = _CREDENTIALS.get(protocol, "") if _about_credentials(exc) else ""
+            raise StorageError(f"storage: cannot write to {self.where}: {type(exc).__name__}: {_first_line(exc)}{hint}") from None  # fmt: skip
+
+
+_CREDENTIALS = {
+    "s3": " (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE; AWS_ENDPOINT_URL for a "
+    "non-AWS S3 such as MinIO; every Ray node needs them too)",
+}
+
+
+def _about_credentials(exc: BaseException) -> bool:
+    return isinstance(exc, PermissionError) or "credential" in str(exc).lower() or "denied" in str(exc).lower()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

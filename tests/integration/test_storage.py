@@ -1,0 +1,75 @@
+"""A sweep whose storage is an object store (s3://), on a Ray cluster whose nodes reach the
+bucket, tracked by an MLflow server: killed, then resumed on a machine that has none of its files."""
+
+import json
+import shutil
+
+import pytest
+from conftest import kill_session, ray_head, satune, smoke_file, start_satune, wait_until
+from mlflow.entities import ViewType
+from optuna.trial import TrialState
+from test_sweep import epochs_logged, runs_of, study_of
+
+from satune.tracking import NOTE_TAG, TRIAL_TAG
+from satune.tune.store import Storage
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_sweep_kept_in_s3_is_killed_and_resumed_on_another_machine(tmp_path, s3, mlflow_server):
+    # The cluster's nodes reach the bucket with their own credentials (here: the environment they
+    # start in, as an instance role or a mounted secret would give them).
+    with ray_head(tmp_path) as address:
+        sweep = smoke_file(tmp_path, "s3sweep", mlflow_server, storage=f"{s3}/sweeps", **{
+            "search.num_samples": 3, "resources.max_concurrent": 1, "trial.train.epochs": 3,
+        })  # fmt: skip
+        machine_a = tmp_path / "machine-a"
+        proc = start_satune("sweep", sweep, "--address", address, env={"SATUNE_MIRROR": str(machine_a)})
+
+        def one_finished_and_the_next_running() -> bool:
+            _, _, children = runs_of(mlflow_server, "s3sweep")
+            return sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2
+
+        wait_until("one trial done and the next running", one_finished_and_the_next_running, proc)
+        kill_session(proc)  # the driver's machine is gone: its trials end with it, the cluster stays
+        (run_dir,) = machine_a.glob("s3/*/sweeps/s3sweep/*")
+        shutil.rmtree(machine_a)
+
+        machine_b = {"SATUNE_MIRROR": str(tmp_path / "machine-b")}
+        resumed = satune("sweep", sweep, "--resume", "--address", address, env=machine_b, cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert f"resuming {run_dir} (Tune's state: " in resumed.stderr
+
+    client, parents, children = runs_of(mlflow_server, "s3sweep")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert all(epochs_logged(client, c) == [0, 1, 2] for c in children)
+    # A trial started in the seconds before Tune last saved its state is asked for again: its first
+    # run is deleted. The bucket's journal is copied up as Tune saves, so it may never know of it.
+    orphans = client.search_runs([parents[0].info.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert all(o.data.tags["satune.orphan"].startswith("its driver died before") for o in orphans)
+    # The journal came back from the bucket into the folder the run began in: Optuna agrees.
+    study = study_of(run_dir, "s3sweep")
+    complete, failed = (study.get_trials(states=(s,)) for s in (TrialState.COMPLETE, TrialState.FAIL))
+    assert len(complete) == 3 and len(study.trials) == 3 + len(failed) and len(failed) <= len(orphans)
+    assert sorted(round(t.params["method.w_A"], 9) for t in complete) == sorted(
+        round(float(c.data.params["method.w_A"]), 9) for c in children
+    )
+
+    # What the bucket holds: the run's state and journal, Tune's state, every trial's checkpoints.
+    store = Storage(f"{s3}/sweeps")
+    kept = [p.removeprefix(store.url("s3sweep", run_dir.name) + "/") for p in store.fs.find(store.url("s3sweep"))]
+    assert json.loads(store.read("s3sweep", run_dir.name, "sweep.json"))["status"] == "finished"
+    assert "optuna.journal" in kept and any(p.startswith("tune/experiment_state-") for p in kept)
+    trials = {c.data.tags[TRIAL_TAG] for c in children}
+    for trial in trials:
+        checkpoints = {p.split("/")[2] for p in kept if p.startswith(f"tune/{trial}/checkpoint_")}
+        assert 1 <= len(checkpoints) <= 2, (trial, checkpoints)  # num_to_keep
+    assert f"- **run directory**: `{s3}/sweeps/s3sweep/{run_dir.name}`" in parents[0].data.tags[NOTE_TAG]
+    assert not list(tmp_path.rglob("s3:")) and not (tmp_path / "runs").exists()
+
+    # A third machine draws the report, the Optuna figures from the journal in the bucket.
+    shutil.rmtree(run_dir)
+    report = satune("report", sweep, "--out", tmp_path / "report", env={"SATUNE_MIRROR": str(tmp_path / "machine-c")})
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert (tmp_path / "report" / "optuna_history.png").exists()

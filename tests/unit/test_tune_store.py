@@ -1,0 +1,104 @@
+"""Storage at an object store's URL, against a real S3 API on 127.0.0.1 (tests/conftest.py)."""
+
+import json
+
+import pytest
+
+from satune.specs import parse_sweep
+from satune.tune.rundir import JOURNAL_FILE, STATE_FILE, SweepError, latest_run_dir, prepare
+from satune.tune.store import Storage, StorageError
+
+
+def sweep(storage: str):
+    return parse_sweep({
+        "name": "t", "storage": storage, "tracking": {"uri": "http://127.0.0.1:5000"},
+        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "at"}},
+        "search": {"space": {"train.lr": {"loguniform": [0.01, 0.1]}}},
+    })  # fmt: skip
+
+
+def stored(url: str, *parts: str) -> bytes | None:
+    return Storage(url).read(*parts)
+
+
+def test_a_run_is_kept_in_the_bucket_and_resumed_on_a_machine_without_its_files(s3, tmp_path, monkeypatch):
+    spec = sweep(f"{s3}/sweeps")
+    source = tmp_path / "s.yaml"
+    source.write_text("name: t\n")
+    monkeypatch.setenv("SATUNE_MIRROR", str(tmp_path / "machine-a"))
+    run = prepare(spec, source, resume=False)
+    run_dir = run.claim()
+    assert run_dir.is_relative_to(tmp_path / "machine-a" / "s3")
+    assert json.loads(stored(s3, "sweeps", "t", run_dir.name, STATE_FILE))["status"] == "starting"
+    assert run.location == f"{s3}/sweeps/t/{run_dir.name}"
+    (run_dir / JOURNAL_FILE).write_bytes(b'{"op": 0}\n{"op": 1}\n{"op": 2, "half')  # Optuna mid-append
+    run.save(status="interrupted")
+    assert stored(s3, "sweeps", "t", run_dir.name, JOURNAL_FILE) == b'{"op": 0}\n{"op": 1}\n'  # whole records only
+
+    # Another machine: nothing of machine A's is there; --resume fetches the run into the folder it
+    # began in, which Tune's saved state names.
+    for f in run_dir.iterdir():
+        f.unlink()
+    run_dir.rmdir()
+    monkeypatch.setenv("SATUNE_MIRROR", str(tmp_path / "machine-b"))
+    resumed = prepare(spec, source, resume=True)
+    assert resumed.path == run_dir and resumed.state["status"] == "interrupted"
+    assert (run_dir / JOURNAL_FILE).read_bytes() == b'{"op": 0}\n{"op": 1}\n'
+    resumed.save(status="finished")
+    with pytest.raises(SweepError, match="nothing to resume"):
+        prepare(spec, source, resume=True)
+
+
+def test_the_newer_copy_of_a_run_wins(s3, tmp_path, monkeypatch):
+    """The local files are newer when the driver died before copying them up: they are kept."""
+    monkeypatch.setenv("SATUNE_MIRROR", str(tmp_path / "mirror"))
+    spec = sweep(s3)
+    source = tmp_path / "s.yaml"
+    source.write_text("name: t\n")
+    run = prepare(spec, source, resume=False)
+    run_dir = run.claim()
+    (run_dir / JOURNAL_FILE).write_bytes(b"1\n")
+    run.save(status="running")
+    (run_dir / JOURNAL_FILE).write_bytes(b"1\n2\n")  # written, not yet copied up
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    (run_dir / STATE_FILE).write_text(json.dumps({**state, "status": "interrupted", "revision": state["revision"] + 1}))
+    assert latest_run_dir(spec) == run_dir
+    assert (run_dir / JOURNAL_FILE).read_bytes() == b"1\n2\n"
+    assert json.loads((run_dir / STATE_FILE).read_text())["status"] == "interrupted"
+    (run_dir / JOURNAL_FILE).write_bytes(b"")  # and storage's when it is the newer one
+    (run_dir / STATE_FILE).write_text(json.dumps({**state, "revision": 0}))
+    assert latest_run_dir(spec) == run_dir
+    assert (run_dir / JOURNAL_FILE).read_bytes() == b"1\n" and json.loads((run_dir / STATE_FILE).read_text()) == state
+
+
+def test_two_machines_starting_in_the_same_second_get_two_runs(s3, tmp_path, monkeypatch):
+    import time
+
+    real = time.strftime  # (S3's request signing formats times too)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *t: "20261124-101010" if fmt == "%Y%m%d-%H%M%S" else real(fmt, *t))
+    source = tmp_path / "s.yaml"
+    source.write_text("name: t\n")
+    names = []
+    for machine in ("a", "b"):
+        monkeypatch.setenv("SATUNE_MIRROR", str(tmp_path / machine))
+        names.append(prepare(sweep(s3), source, resume=False).claim().name)
+    assert names == ["20261124-101010", "20261124-101010-2"]
+
+
+def test_storage_that_cannot_be_written_is_one_line(s3, monkeypatch):
+    Storage(f"{s3}/sweeps").check()  # writable: no error, and no probe left behind
+    assert Storage(s3).fs.find(s3.removeprefix("s3://")) == []
+    with pytest.raises(StorageError, match=r"^storage: cannot write to s3://satune-no-such-bucket/x: FileNotFoundError"):
+        Storage("s3://satune-no-such-bucket/x").check()
+    with pytest.raises(StorageError, match=r"^storage: cannot open nosuchfs://x: .*fsspec package"):
+        Storage("nosuchfs://x").check()
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(StorageError) as err:
+        Storage(f"{s3}/sweeps").check()
+    assert "\n" not in str(err.value) and "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in str(err.value)
