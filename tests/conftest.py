@@ -45,15 +45,15 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "satune-test", "AWS_SECRET_ACCESS_KEY": "satune-t
 
 
 @pytest.fixture
-def s3(s3_server, monkeypatch):
+def s3(s3_server, monkeypatch, tmp_path):
     """A fresh bucket (its s3:// URL), and the variables every S3 client here reads (satune's,
-    Tune's, Ray workers' started from this environment)."""
+    Tune's, Ray workers' started from this environment); runs' local folders in tmp_path."""
     import uuid
 
     import boto3
     import s3fs
 
-    for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_server}.items():
+    for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_server, "SATUNE_MIRROR": str(tmp_path / "mirror")}.items():
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()  # (fsspec reuses a filesystem made under other variables)
     bucket = f"satune-{uuid.uuid4().hex[:12]}"

@@ -10,6 +10,7 @@ tests read run directories without starting anything.
 from __future__ import annotations
 
 import json
+import logging
 import stat
 import time
 from dataclasses import dataclass, field
@@ -100,7 +101,12 @@ class RunDir:
             data = path.read_bytes()
             data = data[: data.rfind(b"\n") + 1]
             if self._pushed.get(name) != data:
-                self.storage.write(data, self.sweep.name, self.path.name, name)
+                try:
+                    self.storage.write(data, self.sweep.name, self.path.name, name)
+                except Exception as exc:  # noqa: BLE001 - the local copy stands; the next change tries again
+                    logging.getLogger("satune").warning("storage: could not copy %s up (%s: %s); %s keeps it",
+                                                        name, type(exc).__name__, exc, self.path)  # fmt: skip
+                    continue
                 self._pushed[name] = data
 
 

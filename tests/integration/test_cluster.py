@@ -16,7 +16,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from satune.tracking import PARENT_TAG
-from satune.tune.rundir import JOURNAL_FILE
+from satune.specs import load_sweep
+from satune.tune.rundir import JOURNAL_FILE, latest_run_dir
 
 pytestmark = pytest.mark.integration
 
@@ -134,27 +135,37 @@ def test_trials_run_only_on_nodes_their_label_selector_admits(tmp_path, mlflow_s
     assert not (tmp_path / "runs" / "nowhere").exists() and trials_of(mlflow_server, "nowhere") == []
 
 
-def test_a_node_lost_mid_trial_continues_the_trial_from_its_checkpoint_elsewhere(tmp_path, mlflow_server, cluster):
+@pytest.fixture(params=["folder", "s3"])
+def storage(request, tmp_path) -> str:
+    """A folder every node mounts, or an S3 bucket every node reaches (set up before `cluster`,
+    whose nodes then start with the bucket's variables, as their own credentials)."""
+    return str(tmp_path / "runs") if request.param == "folder" else request.getfixturevalue("s3") + "/sweeps"
+
+
+def test_a_node_lost_mid_trial_continues_the_trial_from_its_checkpoint_elsewhere(tmp_path, mlflow_server, storage,
+                                                                                 cluster):  # fmt: skip
     """Node `a` is killed while its trial trains; a new node `c` joins. The trial continues from its
     last checkpoint on another node, in the same MLflow run, and every epoch is logged once."""
     epochs = 30
-    sweep = smoke_file(tmp_path, "nodeloss", mlflow_server, **{"trial.train.epochs": epochs, "max_failures": 2})
+    name = "nodeloss-s3" if storage.startswith("s3://") else "nodeloss"  # (one MLflow server for the session)
+    sweep = smoke_file(tmp_path, name, mlflow_server, storage=storage,
+                       **{"trial.train.epochs": epochs, "max_failures": 2})  # fmt: skip
     proc = start_satune("sweep", sweep, "--address", cluster.address, "--no-report")
 
     def a_trial_on_a_has_trained() -> bool:
-        on_a = [t for t in trials_of(mlflow_server, "nodeloss") if t.data.tags.get("satune.node", "").startswith(
+        on_a = [t for t in trials_of(mlflow_server, name) if t.data.tags.get("satune.node", "").startswith(
             cluster.nodes["a"])]  # fmt: skip
         return bool(on_a) and on_a[0].data.metrics.get("epoch", 0) >= 2
 
     wait_until("a trial on node a past epoch 2", a_trial_on_a_has_trained, proc)
-    (moved,) = [t.info.run_id for t in trials_of(mlflow_server, "nodeloss") if node_of(t) == cluster.nodes["a"]]
+    (moved,) = [t.info.run_id for t in trials_of(mlflow_server, name) if node_of(t) == cluster.nodes["a"]]
     cluster.kill("a")
     cluster.add("c", 1)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
 
     client = MlflowClient(mlflow_server)
-    trials = trials_of(mlflow_server, "nodeloss")
+    trials = trials_of(mlflow_server, name)
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)  # one run each, no new one
     for t in trials:
         steps = sorted(m.step for m in client.get_metric_history(t.info.run_id, "train/loss"))
@@ -162,8 +173,9 @@ def test_a_node_lost_mid_trial_continues_the_trial_from_its_checkpoint_elsewhere
     after = client.get_run(moved).data.tags
     assert int(after["satune.resumed_after_epoch"]) >= 1  # from its checkpoint, not from scratch
     assert after["satune.node"].split()[0] != cluster.nodes["a"]
-    (run_dir,) = (tmp_path / "runs" / "nodeloss").iterdir()
-    study = optuna.load_study(study_name="nodeloss", storage=JournalStorage(JournalFileBackend(
+    run_dir = latest_run_dir(load_sweep(sweep))  # (from the bucket: its state and journal)
+    assert run_dir is not None
+    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(
         str(run_dir / JOURNAL_FILE))))  # fmt: skip
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert json.loads((run_dir / "sweep.json").read_text())["status"] == "finished"

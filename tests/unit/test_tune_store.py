@@ -102,3 +102,22 @@ def test_storage_that_cannot_be_written_is_one_line(s3, monkeypatch):
     with pytest.raises(StorageError) as err:
         Storage(f"{s3}/sweeps").check()
     assert "\n" not in str(err.value) and "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in str(err.value)
+
+
+def test_a_bucket_that_fails_a_copy_loses_nothing(s3, tmp_path, caplog):
+    import boto3
+
+    source = tmp_path / "s.yaml"
+    source.write_text("name: t\n")
+    run = prepare(sweep(s3), source, resume=False)
+    run_dir = run.claim()
+    bucket, client = s3.removeprefix("s3://"), boto3.client("s3")
+    for obj in client.list_objects_v2(Bucket=bucket)["Contents"]:
+        client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+    run.save(status="interrupted")  # the store is gone: the local copy is written all the same
+    assert json.loads((run_dir / STATE_FILE).read_text())["status"] == "interrupted"
+    assert "storage: could not copy sweep.json up (FileNotFoundError" in caplog.text
+    client.create_bucket(Bucket=bucket)
+    run.sync()  # back: the next copy catches up
+    assert json.loads(stored(s3, "t", run_dir.name, STATE_FILE))["status"] == "interrupted"
