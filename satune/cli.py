@@ -247,9 +247,8 @@ def report(
     """Draw a finished sweep's report from MLflow: figures chosen by what the sweep holds, the numbers
     behind each (CSV), model cards; one HTML page that opens from a file, logged into the parent run."""
     import os
-    from contextlib import ExitStack
 
-    from satune.tracking import LocalServer, check_reachable, store_paths
+    from satune.tracking import serving
 
     path = Path(sweep)
     spec = load_sweep(path) if path.is_file() else None
@@ -258,14 +257,7 @@ def report(
         raise OptionError(f"'{sweep}' is not a file; for a sweep's name pass --tracking-uri")
     from satune.report import build_report
 
-    with ExitStack() as stack:
-        if uri is None:  # a sweep file in local mode: serve its store while reading it
-            assert spec is not None
-            if not store_paths(Path(spec.storage))[0].exists():
-                raise OptionError(f"no MLflow store under {spec.storage}: run `satune sweep {sweep}` first")
-            uri = stack.enter_context(LocalServer(Path(spec.storage))).uri
-        else:
-            check_reachable(uri)
+    with serving(uri, spec.storage if spec else "", f"satune sweep {sweep}") as (uri, _):  # local mode: its store
         index = build_report(uri, spec.name if spec else sweep, out_dir, echo=lambda m: err.print(m, highlight=False),
                              log=log)  # fmt: skip
     out.print(f"report: {index.resolve().as_uri()}", highlight=False)
@@ -369,15 +361,11 @@ def ui(
     servers: list[tracking.LocalServer | tracking.StudyDashboard] = []
     try:
         with ExitStack() as stack:
-            if spec.tracking.uri is None:
-                if not tracking.store_paths(Path(spec.storage))[0].exists():
-                    raise OptionError(f"no MLflow store under {spec.storage}: run `satune sweep {file}` first")
-                servers.append(stack.enter_context(tracking.LocalServer(Path(spec.storage), host, port)))
-                uri = servers[0].uri
+            uri, server = stack.enter_context(tracking.serving(spec.tracking.uri, spec.storage, f"satune sweep {file}",
+                                                               host, port))  # fmt: skip
+            if server is not None:
+                servers.append(server)
                 out.print(f"MLflow UI: {uri}  (Ctrl-C stops it)", highlight=False)
-            else:
-                uri = spec.tracking.uri
-                tracking.check_reachable(uri)
             link = tracking.trials_view(uri, spec, state["experiment_id"], state["parent_run_id"], shown_metrics(spec),
                                         name=f"{spec.name} {run_dir.name}: trials")  # fmt: skip
             out.print(f"the trials of {run_dir}: {link}", highlight=False)

@@ -164,6 +164,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 15)
 
 
+@contextmanager
+def serving(uri: str | None, storage: str, first: str, host: str = "127.0.0.1", port: int | None = None
+            ) -> Iterator[tuple[str, LocalServer | None]]:  # fmt: skip
+    """A finished sweep's tracking server, for reading it: its own `uri` (checked to answer), or in
+    local mode (`uri` None) its store under `storage`, served while the block runs. `first`: the
+    command that makes the store, named when there is none."""
+    if uri is not None:
+        check_reachable(uri)
+        yield uri, None
+        return
+    if not store_paths(Path(storage))[0].exists():
+        raise TrackingError(f"no MLflow store under {storage}: run `{first}` first")
+    with LocalServer(Path(storage), host, port) as server:
+        yield server.uri, server
+
+
 class LocalServer:
     """`mlflow server` on 127.0.0.1 with a SQLite store under `storage`, for one sweep."""
 

@@ -93,9 +93,6 @@ def evaluate_sweep(sweep: SweepSpec, settings: Settings, *, top_k: int | str, ec
                    ) -> list[tuple[str, dict[str, float]]]:  # fmt: skip
     """`satune eval SWEEP`: the winners of the sweep's newest run, evaluated in this process one
     after the other (no Ray), each logged into its own run."""
-    from contextlib import ExitStack
-    from pathlib import Path
-
     from satune.final import evaluate_run
     from satune.tune.rundir import latest_run_dir, read_state
 
@@ -105,12 +102,7 @@ def evaluate_sweep(sweep: SweepSpec, settings: Settings, *, top_k: int | str, ec
     state = read_state(run_dir)
     if "parent_run_id" not in state:
         raise SweepError(f"the run {run_dir} never reached MLflow: nothing to evaluate")
-    with ExitStack() as stack:
-        if sweep.tracking.uri is None:
-            uri = stack.enter_context(tracking.LocalServer(Path(sweep.storage))).uri
-        else:
-            uri = sweep.tracking.uri
-            tracking.check_reachable(uri)
+    with tracking.serving(sweep.tracking.uri, sweep.storage, "satune sweep") as (uri, _):
         children = tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])
         run_ids = {
             r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in children if tracking.TRIAL_TAG in r.data.tags

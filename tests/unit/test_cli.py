@@ -131,3 +131,14 @@ def test_switching_the_method_kind_says_how(tmp_path):
         "set the whole method instead, e.g. --set 'method={kind: at}'"
     )
     assert not list(tmp_path.iterdir())
+
+
+def test_reading_a_local_mode_sweep_that_never_ran_says_how_in_one_line(tmp_path):
+    sweep = tmp_path / "smoke.yaml"
+    sweep.write_text((ROOT / "sweeps" / "smoke.yaml").read_text())
+    for command in (["report", str(sweep)], ["ui", str(sweep)], ["eval", str(sweep)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        lines = [x for x in result.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (command, lines)
+        assert "run `satune sweep" in lines[0], (command, lines)
