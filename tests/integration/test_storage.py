@@ -68,8 +68,14 @@ def test_a_sweep_kept_in_s3_is_killed_and_resumed_on_another_machine(tmp_path, s
     assert f"- **run directory**: `{s3}/sweeps/s3sweep/{run_dir.name}`" in parents[0].data.tags[NOTE_TAG]
     assert not list(tmp_path.rglob("s3:")) and not (tmp_path / "runs").exists()
 
-    # A third machine draws the report, the Optuna figures from the journal in the bucket.
+    # A third machine draws the report, the Optuna figures from the journal in the bucket, and
+    # AutoAttacks the sweep's winner later (the newest run, found in the bucket).
     shutil.rmtree(run_dir)
-    report = satune("report", sweep, "--out", tmp_path / "report", env={"SATUNE_MIRROR": str(tmp_path / "machine-c")})
+    machine_c = {"SATUNE_MIRROR": str(tmp_path / "machine-c")}
+    report = satune("report", sweep, "--out", tmp_path / "report", env=machine_c)
     assert report.returncode == 0, report.stdout + report.stderr
     assert (tmp_path / "report" / "optuna_history.png").exists()
+    later = satune("eval", sweep, "--version", "custom", "--attack", "apgd-ce", "--n", "30", "--top-k", "1", env=machine_c)
+    assert later.returncode == 0, later.stdout + later.stderr
+    best = max(children, key=lambda c: c.data.metrics["eval/pgd_acc"])
+    assert client.get_run(best.info.run_id).data.metrics["final/aa_n"] == 30
