@@ -143,8 +143,9 @@ def run_dir_named(sweep: SweepSpec, name: str) -> Path:
 
 def fetch(sweep: SweepSpec, name: str) -> Path | None:
     """The run's own files from storage at a URL into the folder the run began in (Tune's saved
-    state names the Optuna journal by that path), where storage's copy is newer: a higher state
-    revision; a longer journal (Optuna only appends). None if storage has no such run."""
+    state names the Optuna journal by that path), where storage's copy is newer: storage's state
+    has the higher revision (it then brings its journal too: the run went on elsewhere), or the
+    same one and a longer journal (Optuna only appends). None if storage has no such run."""
     store = Storage(sweep.storage)
     stored = store.read(sweep.name, name, STATE_FILE)
     if stored is None:
@@ -156,13 +157,15 @@ def fetch(sweep: SweepSpec, name: str) -> Path | None:
     except OSError as exc:
         raise SweepError(f"storage: cannot recreate the run's folder {path} here ({exc.strerror}): Tune's saved "
                          "state names the run's Optuna journal by that path") from None  # fmt: skip
-    here = path / STATE_FILE
-    if not here.exists() or json.loads(here.read_text()).get("revision", 0) < state.get("revision", 0):
+    here, ours = path / STATE_FILE, path / JOURNAL_FILE
+    mine = json.loads(here.read_text()).get("revision", 0) if here.exists() else -1
+    theirs = state.get("revision", 0)
+    journal = store.read(sweep.name, name, JOURNAL_FILE)
+    if theirs > mine:
         tmp = path / (STATE_FILE + ".tmp")
         tmp.write_bytes(stored)
         tmp.replace(here)
-    journal, ours = store.read(sweep.name, name, JOURNAL_FILE), path / JOURNAL_FILE
-    if journal is not None and (not ours.exists() or ours.stat().st_size < len(journal)):
+    if journal is not None and (theirs > mine or not ours.exists() or ours.stat().st_size < len(journal)):
         ours.write_bytes(journal)
     return path
 

@@ -69,6 +69,11 @@ def test_the_newer_copy_of_a_run_wins(s3, tmp_path, monkeypatch):
     (run_dir / STATE_FILE).write_text(json.dumps({**state, "revision": 0}))
     assert latest_run_dir(spec) == run_dir
     assert (run_dir / JOURNAL_FILE).read_bytes() == b"1\n" and json.loads((run_dir / STATE_FILE).read_text()) == state
+    # The run went on elsewhere (a higher revision there): its journal wins, even when this
+    # machine's, with records it never copied up, is longer.
+    (run_dir / JOURNAL_FILE).write_bytes(b"1\nlost on this machine\n")
+    (run_dir / STATE_FILE).write_text(json.dumps({**state, "revision": 0}))
+    assert latest_run_dir(spec) == run_dir and (run_dir / JOURNAL_FILE).read_bytes() == b"1\n"
 
 
 def test_two_machines_starting_in_the_same_second_get_two_runs(s3, tmp_path, monkeypatch):
