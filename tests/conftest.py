@@ -1,9 +1,16 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A suite started in the background by a shell without job control (`make test &`) inherits SIGINT
+# ignored, and so would every process it starts: the Ctrl-C tests would see satune carry on.
+# A handler here is reset to the default in each child (exec keeps only "ignored").
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ import logging
 import stat
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ class RunDir:
     state: dict = field(default_factory=dict)
     _pushed: dict[str, bytes] = field(default_factory=dict, repr=False)  # what storage holds, by file
 
-    @property
+    @cached_property
     def storage(self) -> Storage:
         return Storage(self.sweep.storage)
 
