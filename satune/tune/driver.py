@@ -232,7 +232,16 @@ def _sigterm_as_sigint():
 
 def _sigterm_to_sigint() -> None:
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(*_) -> None:
+    """As Ctrl-C: through SIGINT's handler (Tune's, while it runs). A satune started with SIGINT
+    ignored (`satune sweep ... &` from a script, nohup) has none outside Tune: the interrupt is
+    raised here, or SIGTERM would be lost too."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _end_interrupted(run: RunDir, echo, tracked: bool = True) -> None:

@@ -130,11 +130,11 @@ def satune(*args, env=None, timeout=600, **kw) -> subprocess.CompletedProcess:
                           timeout=timeout, env={**os.environ, **(env or {})}, **kw)  # fmt: skip
 
 
-def start_satune(*args, env=None) -> subprocess.Popen:
+def start_satune(*args, env=None, **kw) -> subprocess.Popen:
     """In its own session (as a terminal's foreground job), so the test can signal its whole group."""
     return subprocess.Popen([sys.executable, "-m", "satune.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, **kw)  # fmt: skip
 
 
 def kill_session(proc: subprocess.Popen) -> None:

@@ -533,6 +533,48 @@ def test_an_interrupt_in_every_phase_then_resume_finishes_every_trial_once(tmp_p
     assert state_of(tmp_path, name)["status"] == "finished"
 
 
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_sigterm_ends_a_sweep_started_with_sigint_ignored(tmp_path, mlflow_server, ray_address):
+    """A script's `satune sweep ... &` (or nohup) starts satune with SIGINT ignored: SIGTERM, which
+    ends a sweep the way Ctrl-C does, must still end it resumably, before, during and after Tune."""
+    name = "ignored"
+    sweep = smoke_file(tmp_path, name, mlflow_server, **{"search.num_samples": 2, "trial.train.epochs": 2})
+
+    def interrupted(returncode: int, out: str, phase: str) -> None:
+        assert returncode == 130 and "Traceback" not in out, f"{phase}: {out}"
+        assert f"interrupted: continue with `satune sweep {sweep} --resume`" in out, phase
+        assert state_of(tmp_path, name)["status"] == "interrupted", phase
+        assert [p.info.status for p in runs_of(mlflow_server, name)[1]] == ["KILLED"], phase
+
+    done = satune("sweep", sweep, "--address", ray_address, env={"SATUNE_INTERRUPT_AT": "startup:SIGTERM"},
+                  preexec_fn=_sigint_ignored)  # fmt: skip
+    interrupted(done.returncode, done.stdout + done.stderr, "start-up")
+
+    proc = start_satune("sweep", sweep, "--resume", "--address", ray_address, preexec_fn=_sigint_ignored)
+
+    def training() -> bool:
+        client, _, children = runs_of(mlflow_server, name)
+        return any(epochs_logged(client, c) for c in children if c.info.status == "RUNNING")
+
+    wait_until("a trial's first epoch", training, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    interrupted(proc.returncode, out, "trials running")
+
+    done = satune("sweep", sweep, "--resume", "--address", ray_address, env={"SATUNE_INTERRUPT_AT": "summary:SIGTERM"},
+                  preexec_fn=_sigint_ignored)  # fmt: skip
+    interrupted(done.returncode, done.stdout + done.stderr, "summary")
+
+    done = satune("sweep", sweep, "--resume", "--address", ray_address, preexec_fn=_sigint_ignored)
+    assert done.returncode == 0, done.stdout + done.stderr
+    client, parents, children = runs_of(mlflow_server, name)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(children) == 2 and all(epochs_logged(client, c) == [0, 1] for c in children)
+
+
 def test_ctrl_c_while_the_local_mlflow_server_starts(tmp_path, ray_address):
     """Interrupted before any run exists: no server outlives satune, and --resume starts the sweep."""
     sweep = smoke_file(tmp_path, "early", None, **{"search.num_samples": 1, "trial.train.epochs": 1})
