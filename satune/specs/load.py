@@ -3,7 +3,6 @@ problem a line that names its YAML path."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from pydantic import ValidationError
 
 from satune.specs.base import MAX_FILE_BYTES, SpecError, parse_yaml
 from satune.specs.messages import problem_lines
-from satune.specs.sweep import FinalAutoAttackSpec, SweepSpec
+from satune.specs.sweep import STORAGE_URL, FinalAutoAttackSpec, SweepSpec
 from satune.specs.trial import EvalSpec, TrialSpec
 
 
@@ -86,7 +85,7 @@ def _abs(path: str, base: Path) -> str:
 
 def absolutize(spec: SweepSpec, base: Path) -> SweepSpec:
     data = spec.model_dump(exclude_unset=True, by_alias=True)
-    if not re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", spec.storage):  # an object store's URL stays as it is
+    if not STORAGE_URL.match(spec.storage):  # an object store's URL stays as it is
         data["storage"] = _abs(spec.storage, base)
     data["trial"] = absolutize_trial(spec.trial, base).model_dump(exclude_unset=True, by_alias=True)
     for key, dom in spec.search.space.items():  # a searched folder is a folder too

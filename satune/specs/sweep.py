@@ -249,6 +249,9 @@ class TrackingSpec(Spec):
         return self
 
 
+STORAGE_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")  # `storage` as an object store's URL, not a path
+
+
 class SweepSpec(Spec):
     name: Name
     seed: Seed = 0
@@ -275,7 +278,7 @@ class SweepSpec(Spec):
     @model_validator(mode="after")
     def _rules(self):
         problems = []
-        url = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*)://", self.storage)
+        url = STORAGE_URL.match(self.storage)
         if url and url.group(1).lower() in ("file", "local", "memory"):
             problems.append(("storage", f"{self.storage!r} is not shared by Ray's nodes: write a path every node "
                                         "mounts (NFS, a shared volume), or an object store's URL (s3://bucket/prefix)"))  # fmt: skip

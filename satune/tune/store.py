@@ -12,7 +12,6 @@ change; --resume, `report`, `ui` and `eval` copy them back down, on any machine.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from satune.errors import UserError
-
-URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+from satune.specs.sweep import STORAGE_URL
 
 
 class StorageError(UserError):
@@ -29,7 +27,7 @@ class StorageError(UserError):
 
 
 def is_url(storage: str) -> bool:
-    return bool(URL.match(storage))
+    return bool(STORAGE_URL.match(storage))
 
 
 def mirror_root() -> Path:
