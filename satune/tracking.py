@@ -58,30 +58,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def watched(uri: str, patience: float, on_lost: Callable[[str], None], every: float = 2.0) -> Iterator[None]:
+def watched(uri: str, patience: float, on_lost: Callable[[str], None], every: float = 2.0):
     """While the block runs, a server that has not answered for `patience` seconds is lost:
     `on_lost(why)` is called once (from another thread)."""
-    done = threading.Event()
+    from satune.watchdog import watched
 
-    def watch() -> None:
-        down_since = None
-        while not done.wait(every):
-            try:
-                check_reachable(uri, timeout=every)
-                down_since = None
-            except TrackingError:
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since >= patience:
-                    return on_lost(f"the MLflow server at {uri} has not answered for {patience:.0f}s")
+    def probe() -> str | None:
+        try:
+            check_reachable(uri, timeout=every)
+        except TrackingError:
+            return f"the MLflow server at {uri} has not answered for {patience:.0f}s"
+        return None
 
-    thread = threading.Thread(target=watch, name="mlflow-watch", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+    return watched(probe, patience, on_lost, every, name="mlflow-watch")
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -262,6 +262,9 @@ class SweepSpec(Spec):
     tracking: TrackingSpec = TrackingSpec()
     storage: str = "runs"  # Ray results, Optuna journal, MLflow store (local mode): a path (absolute after
     # loading) or an object store's URL (satune.tune.store)
+    # How long the sweep waits for an object store (`storage` as a URL) that stopped answering before
+    # it stops, resumably; trials' requests to it wait meanwhile.
+    storage_patience_s: float = Field(default=120.0, gt=0)
     max_failures: NonNegativeInt = 2  # retries of a failing trial, from its last checkpoint
     final_eval: FinalEvalSpec | None = None  # AutoAttack on the winners after the search
 

@@ -30,7 +30,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from satune import tracking
+from satune import tracking, watchdog
 from satune.seeds import derive_seed
 from satune.specs import RunsOf, SweepSpec
 from satune.tune import cluster, final_stage
@@ -71,6 +71,7 @@ def run_sweep(
     experiment = sweep.tracking.experiment or sweep.name
     uri, parent = sweep.tracking.uri, run.state.get("parent_run_id")
     lost = threading.Event()  # set when the tracking server stopped answering for good
+    store_lost = threading.Event()  # ... the object store (`storage` as a URL)
     with _sigterm_as_sigint(), ExitStack() as stack:
         try:
             # 1. Pre-flight, before any run directory or MLflow run exists: the user's MLflow server
@@ -110,7 +111,9 @@ def run_sweep(
             else:
                 echo(f"MLflow: {uri}")
             assert uri is not None
-            stack.enter_context(tracking.watched(uri, sweep.tracking.patience_s, partial(_lost, lost, echo)))
+            stack.enter_context(tracking.watched(uri, sweep.tracking.patience_s, partial(_lost, lost, echo, "MLflow")))
+            if run.storage.remote:
+                stack.enter_context(_store_watched(sweep, run, store_lost, echo))
             experiment_id = tracking.ensure_experiment(uri, experiment)
             if parent is None:
                 parent = tracking.start_parent(uri, experiment_id=experiment_id, name=f"{sweep.name}-{run_dir.name}",
@@ -130,7 +133,8 @@ def run_sweep(
             echo(cluster.dashboard_hint(dashboard))
             sweep = _find_sources(sweep, run, uri, echo)
             _prepare(sweep, echo)
-            result = _fit(sweep, run, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo)
+            result = _fit(sweep, run, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo,
+                          store_lost=store_lost)  # fmt: skip
             if lost.is_set():  # nothing more can reach MLflow: end as interrupted, without the summary
                 raise KeyboardInterrupt
 
@@ -198,12 +202,25 @@ def _source_label(params: dict[str, str]) -> str:
     return ", ".join(f"{k.removeprefix('method.')}={params[k]}" for k in keys if k in params)
 
 
-def _lost(lost: threading.Event, echo: Callable[[str], None], why: str) -> None:
-    """The tracking server is gone for good: stop the sweep as Ctrl-C does (state saved, resumable),
-    rather than let trials fail and retry against it."""
-    echo(f"MLflow: {why}; stopping the sweep: once it answers again, --resume continues")
+def _lost(lost: threading.Event, echo: Callable[[str], None], what: str, why: str, where: str = "") -> None:
+    """The tracking server (or the object store) is gone for good: stop the sweep as Ctrl-C does
+    (state saved, resumable), rather than let trials fail and retry against it."""
+    echo(f"{what}: {why}; stopping the sweep: once it answers again, --resume continues{where}")
     lost.set()
     os.kill(os.getpid(), signal.SIGINT)
+
+
+def _store_watched(sweep: SweepSpec, run: RunDir, lost: threading.Event, echo: Callable[[str], None]):
+    """While the block runs, an object store that has not answered for storage_patience_s stops
+    the sweep as Ctrl-C does; this process stops waiting for it at once (Tune's last saves)."""
+    patience = sweep.storage_patience_s
+
+    def on_lost(why: str) -> None:
+        run.storage.give_up()
+        _lost(lost, echo, "storage", f"{sweep.storage} has not answered for {patience:.0f}s ({why})",
+              f" (here: {run.path} holds the run's newest files)")  # fmt: skip
+
+    return watchdog.watched(run.storage.unreachable, patience, on_lost, name="storage-watch")
 
 
 def _injected_interrupt(phase: str) -> None:
@@ -305,6 +322,7 @@ def _fit(
     parent: str,
     resume: bool,
     echo: Callable[[str], None],
+    store_lost: threading.Event,
 ) -> SweepResult:
     # The searched metrics arrive with the final evaluation, after the per-epoch reports that
     # carry the select-slice proxy; specs.py already checked that every metric is reported.
@@ -324,13 +342,17 @@ def _fit(
     run_dir = run.path
     assert run_dir is not None
     progress = Progress(sweep, run_dir)
-    storage_path, fs = run.storage.tune_storage(sweep.name, run_dir)
+    # Trials' requests to an object store wait out an outage a minute longer than the sweep does:
+    # the sweep stops them (resumably) before the outage fails them (spending their retries).
+    storage_path, fs = run.storage.tune_storage(sweep.name, run_dir, patience=sweep.storage_patience_s + 60)
     tune_dir = f"{storage_path}/tune"
     callbacks: list[tune.Callback] = [progress]
     sync = tune.SyncConfig()
     if fs is not None:  # an object store: our files go up whenever Tune saves its state, which goes up too
         callbacks.append(_Synced(run))
-        sync = tune.SyncConfig(sync_period=int(float(os.environ["TUNE_GLOBAL_CHECKPOINT_S"])))
+        # sync_timeout: how long Tune's loop may wait on an upload of its state (the default, 30
+        # min, would hold a sweep stopped during an outage as long as its requests wait)
+        sync = tune.SyncConfig(sync_period=int(float(os.environ["TUNE_GLOBAL_CHECKPOINT_S"])), sync_timeout=30)
     if resume and tune.Tuner.can_restore(tune_dir, storage_filesystem=fs):
         echo(f"resuming {run_dir}" if fs is None else f"resuming {run_dir} (Tune's state: {tune_dir})")
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
@@ -355,8 +377,14 @@ def _fit(
     try:
         with live_view():  # a live table on a terminal (the callback draws it; elsewhere it prints lines)
             grid = tuner.fit()  # Ctrl-C: Tune saves its state, stops the trials and returns
+    except Exception:
+        if store_lost.is_set():  # Tune's last look at its state, in the store, found it away
+            raise KeyboardInterrupt from None
+        raise
     finally:
         signal.signal(signal.SIGINT, sigint)  # Tune leaves its own handler behind, even after a normal end
+    if store_lost.is_set():  # Tune's saved state is out of reach: --resume reads it once the store is back
+        raise KeyboardInterrupt
     # After an interrupt Tune marks the trials it stopped TERMINATED in memory, like finished ones;
     # the state it saved just before (what --resume restores) still has them RUNNING.
     saved = {t.trial_id: t.status for t in tune.ExperimentAnalysis(tune_dir, storage_filesystem=fs).trials}

@@ -25,7 +25,7 @@ from satune.tune.store import Storage
 STATE_FILE = "sweep.json"
 JOURNAL_FILE = "optuna.journal"  # the sweep's Optuna studies, one per grid cell
 # What may change between a sweep and its --resume: how it runs, not what it computes.
-RESUMABLE_CHANGES = {"resources", "max_failures"}
+RESUMABLE_CHANGES = {"resources", "max_failures", "storage_patience_s"}
 
 
 class SweepError(UserError):
@@ -93,7 +93,7 @@ class RunDir:
         """With storage at a URL: copy up what changed of the run's own files. The journal goes
         up to its last whole record (Optuna may be appending one); Tune calls this before it saves
         its own state, which must never know of more trials than the stored journal does."""
-        if self.path is None or not self.storage.remote:
+        if self.path is None or not self.storage.remote or self.storage.given_up:  # (the sweep said why)
             return
         for name in (STATE_FILE, JOURNAL_FILE):
             path = self.path / name
@@ -194,7 +194,7 @@ def prepare(sweep: SweepSpec, source: Path, resume: bool) -> RunDir:
     changed = sorted(k for k in set(old) | set(new) if _differs(old.get(k), new.get(k), _set(sweep).get(k)))
     if changed:
         raise SweepError(f"--resume: the sweep file changed in {', '.join(changed)} since {path.name}; "
-                         "only resources and max_failures may change (run without --resume to start anew)")  # fmt: skip
+                         "only resources, max_failures and storage_patience_s may change (run without --resume to start anew)")  # fmt: skip
     return RunDir(sweep, path, state)
 
 

@@ -48,7 +48,12 @@ class Storage:
     def _fs_and_root(self) -> tuple[Any, str]:
         import fsspec
 
-        fs, root = fsspec.core.url_to_fs(self.where)
+        options = {}
+        if self.where.startswith("s3://") and not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):
+            # A request that finds the store away fails in about a second (botocore's default, legacy
+            # mode, takes up to 15 s): the driver must not stall on it; Tune's trials wait on their own.
+            options["config_kwargs"] = {"retries": {"mode": "standard", "max_attempts": 3}}
+        fs, root = fsspec.core.url_to_fs(self.where, **options)
         return fs, root.rstrip("/")
 
     @property
@@ -68,15 +73,36 @@ class Storage:
         """Where a run's file or folder is kept (`parts` under storage), as the filesystem names it."""
         return "/".join([self._fs_and_root[1], *parts])
 
-    def tune_storage(self, name: str, run_dir: Path) -> tuple[str, Any]:
+    def tune_storage(self, name: str, run_dir: Path, patience: float = 0.0) -> tuple[str, Any]:
         """Tune's `storage_path` and `storage_filesystem` for the run of sweep `name` whose own
         files are in `run_dir`: that folder, or the run's place in the object store through our
-        fsspec filesystem (wrapped for pyarrow, which Tune speaks): one set of credentials."""
+        fsspec filesystem (wrapped for pyarrow, which Tune speaks): one set of credentials. On S3,
+        a request that cannot reach the store is tried again for `patience` seconds."""
         if not self.remote:
             return str(run_dir), None
         import pyarrow.fs
 
-        return self.url(name, run_dir.name), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(self.fs))
+        fs = self.fs
+        if patience and fs.protocol[0] == "s3":
+            from satune.tune.patient_s3 import PatientS3FileSystem
+
+            PatientS3FileSystem.given_up = False
+            fs = PatientS3FileSystem(*fs.storage_args, **fs.storage_options, patience=patience, skip_instance_cache=True)
+        return self.url(name, run_dir.name), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+    @property
+    def given_up(self) -> bool:
+        return self.__dict__.get("_given_up", False)
+
+    def give_up(self) -> None:
+        """The sweep stops because the store is away: this process's requests through Tune's
+        filesystem fail at once from now on (trials, with their own copies, are stopped), and
+        satune's own files are no longer copied up (the local folder keeps them)."""
+        self.__dict__["_given_up"] = True
+        if self.remote and self.fs.protocol[0] == "s3":
+            from satune.tune.patient_s3 import PatientS3FileSystem
+
+            PatientS3FileSystem.given_up = True
 
     def folders(self, *parts: str) -> list[str]:
         """The names of the folders under `parts` in storage."""
@@ -84,6 +110,8 @@ class Storage:
             entries = self.fs.ls(self.url(*parts), detail=True, refresh=True)
         except FileNotFoundError:
             return []
+        except Exception as exc:  # noqa: BLE001 - the store is away, or refuses: one line
+            raise self._unreadable(exc) from None
         return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
 
     def read(self, *parts: str) -> bytes | None:
@@ -91,10 +119,27 @@ class Storage:
             return self.fs.cat_file(self.url(*parts))
         except FileNotFoundError:
             return None
+        except Exception as exc:  # noqa: BLE001
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: Exception) -> StorageError:
+        protocol = self.where.partition("://")[0]
+        hint = _CREDENTIALS.get(protocol, "") if _about_credentials(exc) else ""
+        return StorageError(f"storage: cannot read {self.where}: {type(exc).__name__}: {_first_line(exc)}{hint}")
 
     def write(self, data: bytes, *parts: str) -> None:
         """A whole object: an object store replaces it atomically."""
         self.fs.pipe_file(self.url(*parts), data)
+
+    def unreachable(self) -> str | None:
+        """None when the store answers a listing of storage's root now, else why not (one line)."""
+        try:
+            self.fs.ls(self._fs_and_root[1], refresh=True)
+        except FileNotFoundError:  # nothing kept there yet: it answered
+            pass
+        except Exception as exc:  # noqa: BLE001 - whatever the client raises, it did not get an answer
+            return f"{type(exc).__name__}: {_first_line(exc)}"
+        return None
 
     def check(self) -> None:
         """Pre-flight: storage takes a write, before anything is started. One line if not."""

@@ -106,6 +106,12 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             restored = Path(checkpoint.to_directory(str(Path(tmp) / "restored")))
             meta = json.loads((restored / META_FILE).read_text())
         uri = ctx.tracking_uri
+        done = _finished_result(uri, meta.get("run_id"), Path(tmp)) if meta else None
+        if done is not None:  # it ended after Tune last saved its state (the driver died, or the store went away)
+            print(f"{describe(ctx.sweep, trial_id, config)} had already finished: its result is reported again",
+                  flush=True)  # fmt: skip
+            tune.report({**done, "epoch": spec.train.epochs - 1})
+            return
         run_id = tracking.trial_run(uri, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id,
                                     trial_id=trial_id, name=f"trial-{trial_id}", spec=spec.model_dump(mode="json"),
                                     run_id=meta.get("run_id"), tags=_grouping(config))  # fmt: skip
@@ -166,6 +172,13 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking.log_file(uri, run_id, weights, "model")
         tune.report(final)
         tracking.end_run(uri, run_id, "FINISHED")
+
+
+def _finished_result(uri: str, run_id: str | None, into: Path) -> dict | None:
+    """The final report of a trial whose MLflow run ended FINISHED (after everything was logged)."""
+    if run_id is None or tracking.get_run(uri, run_id).info.status != "FINISHED":
+        return None
+    return json.loads(tracking.download(uri, run_id, "result.json", into).read_text())["metrics"]
 
 
 def _grouping(config: dict[str, Any]) -> dict[str, str]:

@@ -132,9 +132,9 @@ def satune(*args, env=None, timeout=600, **kw) -> subprocess.CompletedProcess:
 
 def start_satune(*args, env=None, **kw) -> subprocess.Popen:
     """In its own session (as a terminal's foreground job), so the test can signal its whole group."""
-    return subprocess.Popen([sys.executable, "-m", "satune.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-                            start_new_session=True, **kw)  # fmt: skip
+    kw = {"stdout": subprocess.PIPE, **kw}  # (a file, for output that may outgrow a pipe's buffer)
+    return subprocess.Popen([sys.executable, "-m", "satune.cli", *map(str, args)], stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True, **kw)  # fmt: skip
 
 
 def kill_session(proc: subprocess.Popen) -> None:
@@ -152,7 +152,7 @@ def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen | No
         if ready():
             return
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"satune exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+            pytest.fail(f"satune exited ({proc.returncode}) before {what}:\n{proc.stdout.read() if proc.stdout else ''}")
         time.sleep(0.3)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 

@@ -2,7 +2,9 @@
 bucket, tracked by an MLflow server: killed, then resumed on a machine that has none of its files."""
 
 import json
+import re
 import shutil
+import time
 
 import pytest
 from conftest import kill_session, ray_head, satune, smoke_file, start_satune, wait_until
@@ -79,3 +81,67 @@ def test_a_sweep_kept_in_s3_is_killed_and_resumed_on_another_machine(tmp_path, s
     assert later.returncode == 0, later.stdout + later.stderr
     best = max(children, key=lambda c: c.data.metrics["eval/pgd_acc"])
     assert client.get_run(best.info.run_id).data.metrics["final/aa_n"] == 30
+
+
+def test_a_sweep_waits_out_a_short_outage_of_its_object_store_and_stops_resumably_in_a_long_one(
+    tmp_path, s3_endpoint, mlflow_server
+):
+    bucket, endpoint = s3_endpoint
+    sweep = smoke_file(tmp_path, "outage", mlflow_server, storage=f"{bucket}/sweeps", **{
+        "search.num_samples": 3, "resources.max_concurrent": 1, "trial.train.epochs": 3, "storage_patience_s": 15,
+    })  # fmt: skip
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        proc = start_satune("sweep", sweep, stdout=out)  # (Tune's tracebacks of the outage outgrow a pipe)
+
+        def trials(finished: int):
+            def ready() -> bool:
+                children = runs_of(mlflow_server, "outage")[2]
+                return sum(c.info.status == "FINISHED" for c in children) == finished and len(children) > finished
+
+            return ready
+
+        # A short outage (a store restarting) while a trial trains: it waits, and nothing fails.
+        wait_until("the first trial done and the second running", trials(1), proc)
+        endpoint.stop()
+        time.sleep(6)
+        endpoint.start()
+        # A long one: the sweep stops as Ctrl-C stops it, within a bound, and says why in one line.
+        wait_until("two trials done and the third running", trials(2), proc)
+        endpoint.stop()
+        assert proc.wait(timeout=300) == 130
+    stopped = log.read_text()
+    (run_dir,) = (tmp_path / "mirror").glob("s3/*/sweeps/outage/*")
+    assert re.search(rf"^storage: {bucket}/sweeps has not answered for 15s \(.*\); stopping the sweep: once it answers "
+                     rf"again, --resume continues \(here: {run_dir} holds the run's newest files\)$", stopped, re.M), stopped[-3000:]  # fmt: skip
+    assert "failed for good" not in stopped
+    client, parents, children = runs_of(mlflow_server, "outage")
+    first = {c.data.tags[TRIAL_TAG]: c.info.status for c in children}
+    assert parents[0].info.status == "KILLED" and sorted(first.values()) == ["FINISHED", "FINISHED", "KILLED"]
+    for trial in first:  # no trial started twice: the short outage spent none of their retries
+        assert len(re.findall(rf"trial {trial} started", stopped)) == 1, stopped[-3000:]
+    assert json.loads((run_dir / "sweep.json").read_text())["status"] == "interrupted"
+    assert sorted(t.state.name for t in study_of(run_dir, "outage").trials) == ["COMPLETE", "COMPLETE", "RUNNING"]
+
+    # While the store is away, --resume says so before it starts anything; once it is back, it
+    # finishes every trial exactly once. The two that finished are not trained again (Tune's saved
+    # state may not know they finished: it went up every 2 s, until the store went away).
+    early = satune("sweep", sweep, "--resume")
+    assert early.returncode == 2, early.stderr
+    assert re.fullmatch(rf"error: storage: cannot read {bucket}/sweeps: EndpointConnectionError: .*\n", early.stderr), early.stderr
+    endpoint.start()
+    resumed = satune("sweep", sweep, "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    client, parents, children = runs_of(mlflow_server, "outage")
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert all(epochs_logged(client, c) == [0, 1, 2] for c in children)
+    for trial, status in first.items():
+        if status == "FINISHED":
+            assert f"trial {trial} epoch" not in resumed.stderr, resumed.stderr
+    # The third trial started seconds before the store went away: if Tune's state never took it up,
+    # it was asked for again (as in the test above): its first run is deleted, its Optuna trial FAIL.
+    orphans = client.search_runs([parents[0].info.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    study = study_of(run_dir, "outage")
+    complete, failed = (study.get_trials(states=(s,)) for s in (TrialState.COMPLETE, TrialState.FAIL))
+    assert len(complete) == 3 and len(study.trials) == 3 + len(failed) and len(failed) == len(orphans) <= 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "satune"
-ORDER = ["errors", "seeds", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
+ORDER = ["errors", "seeds", "watchdog", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
          "tracking", "final", "tune", "report", "cli"]  # fmt: skip
 HOMES = {"mlflow": {"tracking"}, "ray": {"tune"}, "pyautoattack": {"evaluate"}, "autoattack": {"evaluate"}}
 

@@ -1,6 +1,7 @@
 """Storage at an object store's URL, against a real S3 API on 127.0.0.1 (tests/conftest.py)."""
 
 import json
+import pickle
 
 import pytest
 
@@ -126,3 +127,43 @@ def test_a_bucket_that_fails_a_copy_loses_nothing(s3, tmp_path, caplog):
     client.create_bucket(Bucket=bucket)
     run.sync()  # back: the next copy catches up
     assert json.loads(stored(s3, "t", run_dir.name, STATE_FILE))["status"] == "interrupted"
+
+
+def test_tunes_requests_wait_out_a_short_outage_of_the_store_and_give_up_after_patience(
+    s3_endpoint, tmp_path, monkeypatch
+):
+    import threading
+    import time
+
+    import pyarrow.fs
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries, as a user may set them: none
+    url, endpoint = s3_endpoint
+    store = Storage(url)
+    path, arrow = store.tune_storage("t", tmp_path / "20261124-101010", patience=2)
+    assert path == f"{url.removeprefix('s3://')}/t/20261124-101010"
+    fs = arrow.handler.fs
+    assert pickle.loads(pickle.dumps(fs)).patience == 2  # what each trial gets: Tune pickles it to them
+
+    endpoint.stop()
+    back = threading.Timer(1, endpoint.start)
+    back.start()
+    fs.pipe_file(f"{path}/a", b"1")  # sent once the store is back
+    back.join()
+    assert store.read("t", "20261124-101010", "a") == b"1"
+    assert store.unreachable() is None
+
+    endpoint.stop()
+    assert store.unreachable().startswith("EndpointConnectionError: ")
+    with pytest.raises(StorageError, match=rf"^storage: cannot read {url}: EndpointConnectionError: "):
+        store.read("t", "20261124-101010", "a")  # satune's own requests do not wait: the sweep's watchdog does
+    start = time.monotonic()
+    with pytest.raises(Exception, match="Could not connect"):
+        arrow.get_file_info(pyarrow.fs.FileSelector(path))
+    assert 2 <= time.monotonic() - start < 10
+    endpoint.start()
+    store.give_up()  # the sweep stops: this process's requests through Tune's filesystem are not sent
+    with pytest.raises(Exception, match="the sweep stopped waiting for the object store"):
+        fs.cat_file(f"{path}/a")
+    store.tune_storage("t", tmp_path / "20261124-101010", patience=2)  # the next sweep here waits again
+    assert fs.cat_file(f"{path}/a") == b"1"
