@@ -474,12 +474,23 @@ class _FinalResultOptunaSearch(OptunaSearch):
         pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        asked = self._ot_trials.get(trial_id)
+        if asked is not None and asked.number in self._told():
+            # Told before the driver stopped, after Tune last saved this searcher (a resumed sweep
+            # whose trial had finished): Optuna keeps what it was told, and would say so in a warning.
+            self._completed_trials.add(trial_id)
+            return
         # A trial the scheduler stopped lacks the final metrics: Optuna records it PRUNED. (Told
         # [None, None] for several metrics, Optuna would record a FAIL.)
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if result is not None and any(result.get(m) is None for m in metrics):
             result = None
         super().on_trial_complete(trial_id, result, error)
+
+    def _told(self) -> set[int]:
+        assert self._ot_study is not None  # (set up before any trial is suggested)
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        return {t.number for t in self._ot_study.get_trials(deepcopy=False, states=finished)}
 
 
 def _settle_orphans(run_dir: Path, uri: str, experiment_id: str, parent: str, trial_ids: set[str]) -> None:

@@ -1,5 +1,6 @@
 """The sweep driver's own logic, without starting Ray: plans, resume checks, best trials, seeds."""
 
+import copy
 import json
 import stat
 import subprocess
@@ -215,3 +216,17 @@ def test_a_run_begun_before_satune_gained_fields_resumes_after_the_upgrade(tmp_p
     for change in ({"runtime": {"channels_last": True}}, {"eval": {"pgd_steps": 3}}):
         with pytest.raises(SweepError, match="changed in trial"):
             prepare(sweep(tmp_path, trial={**base, **change}), source, resume=True)
+
+
+def test_a_trial_optuna_was_told_of_before_the_driver_stopped_is_told_once(tmp_path, caplog):
+    """A resumed searcher (saved before the trial finished) hears of its end again: no warning,
+    and Optuna keeps the value it was told first."""
+    search, _ = searcher(tmp_path, algorithm="random")
+    search.suggest("t")
+    saved = copy.deepcopy(search._completed_trials)  # Tune's saved searcher: from before the end
+    search.on_trial_complete("t", {"eval/pgd_acc": 0.5, "done": True})
+    search._completed_trials = saved
+    search.on_trial_complete("t", {"eval/pgd_acc": 0.7, "done": True})
+    study = optuna.load_study(study_name="t", storage=search._storage)
+    assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 0.5)]
+    assert "Cannot tell" not in caplog.text
