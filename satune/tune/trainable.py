@@ -175,8 +175,12 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
 
 
 def _finished_result(uri: str, run_id: str | None, into: Path) -> dict | None:
-    """The final report of a trial whose MLflow run ended FINISHED (after everything was logged)."""
-    if run_id is None or tracking.get_run(uri, run_id).info.status != "FINISHED":
+    """The final report of a trial whose MLflow run this trainable ended FINISHED, after it logged
+    everything (its integrity tag comes last; a run the scheduler stopped early has none)."""
+    if run_id is None:
+        return None
+    run = tracking.get_run(uri, run_id)
+    if run.info.status != "FINISHED" or tracking.INTEGRITY_TAG not in run.data.tags:
         return None
     return json.loads(tracking.download(uri, run_id, "result.json", into).read_text())["metrics"]
 

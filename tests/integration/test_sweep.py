@@ -575,6 +575,30 @@ def test_sigterm_ends_a_sweep_started_with_sigint_ignored(tmp_path, mlflow_serve
     assert len(children) == 2 and all(epochs_logged(client, c) == [0, 1] for c in children)
 
 
+def test_on_resume_only_a_trial_that_ran_to_its_end_is_not_run_again(tmp_path, mlflow_server):
+    """What a restored trial asks its MLflow run before it trains (satune.tune.trainable)."""
+    from satune import tracking
+    from satune.tune.trainable import _finished_result
+
+    experiment = tracking.ensure_experiment(mlflow_server, "finished-result")
+    client = MlflowClient(mlflow_server)
+
+    def run(status: str, tags: dict, result: dict | None = None) -> str:
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        if result is not None:
+            tracking.log_dict(mlflow_server, run_id, result, "result.json")
+        client.set_terminated(run_id, status)
+        return run_id
+
+    done = run("FINISHED", {tracking.INTEGRITY_TAG: "ok"}, {"metrics": {"eval/pgd_acc": 0.5}})
+    assert _finished_result(mlflow_server, done, tmp_path) == {"eval/pgd_acc": 0.5}
+    stopped = run("FINISHED", {"satune.stopped_early": "true"})  # the scheduler ended it between reports
+    killed = run("KILLED", {tracking.INTEGRITY_TAG: "ok"}, {"metrics": {}})  # killed before its very end
+    assert _finished_result(mlflow_server, stopped, tmp_path) is None
+    assert _finished_result(mlflow_server, killed, tmp_path) is None
+    assert _finished_result(mlflow_server, None, tmp_path) is None
+
+
 def test_ctrl_c_while_the_local_mlflow_server_starts(tmp_path, ray_address):
     """Interrupted before any run exists: no server outlives satune, and --resume starts the sweep."""
     sweep = smoke_file(tmp_path, "early", None, **{"search.num_samples": 1, "trial.train.epochs": 1})
