@@ -12,9 +12,7 @@ times each, in this one process:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,8 @@ import yaml
 from satune.tracking import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import S3_ENV, S3Endpoint  # noqa: E402 - the tests' S3 endpoint (moto on 127.0.0.1)
 
 
 def sweep_file(tmp: Path, name: str, storage: str, uri: str, trials: int, epochs: int) -> Path:
@@ -57,16 +57,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    s3.start()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}  # fmt: skip
+    s3 = S3Endpoint()
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": s3.url}
     os.environ.update(env)
     boto3.client("s3").create_bucket(Bucket="bench")
     times: dict[str, list[float]] = {"folder": [], "s3": []}

@@ -111,7 +111,7 @@ class Storage:
         except FileNotFoundError:
             return []
         except Exception as exc:  # noqa: BLE001 - the store is away, or refuses: one line
-            raise self._unreadable(exc) from None
+            raise self._failed("read", exc) from None
         return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
 
     def read(self, *parts: str) -> bytes | None:
@@ -120,12 +120,12 @@ class Storage:
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001
-            raise self._unreadable(exc) from None
+            raise self._failed("read", exc) from None
 
-    def _unreadable(self, exc: Exception) -> StorageError:
-        protocol = self.where.partition("://")[0]
-        hint = _CREDENTIALS.get(protocol, "") if _about_credentials(exc) else ""
-        return StorageError(f"storage: cannot read {self.where}: {type(exc).__name__}: {_first_line(exc)}{hint}")
+    def _failed(self, what: str, exc: Exception) -> StorageError:
+        """`storage: cannot <what> <where>: <error>`, in one line, with where credentials come from."""
+        hint = _CREDENTIALS.get(self.where.partition("://")[0], "") if _about_credentials(exc) else ""
+        return StorageError(f"storage: cannot {what} {self.where}: {type(exc).__name__}: {_first_line(exc)}{hint}")
 
     def write(self, data: bytes, *parts: str) -> None:
         """A whole object: an object store replaces it atomically."""
@@ -145,7 +145,6 @@ class Storage:
         """Pre-flight: storage takes a write, before anything is started. One line if not."""
         if not self.remote:
             return
-        protocol = self.where.partition("://")[0]
         try:
             fs, root = self._fs_and_root
         except (ImportError, ValueError) as exc:
@@ -156,8 +155,7 @@ class Storage:
             fs.pipe_file(probe, b"")
             fs.rm_file(probe)
         except Exception as exc:  # noqa: BLE001 - whatever the store says, in one line
-            hint = _CREDENTIALS.get(protocol, "") if _about_credentials(exc) else ""
-            raise StorageError(f"storage: cannot write to {self.where}: {type(exc).__name__}: {_first_line(exc)}{hint}") from None  # fmt: skip
+            raise self._failed("write to", exc) from None
 
 
 _CREDENTIALS = {
