@@ -142,10 +142,30 @@ def server_env() -> dict[str, str]:
 _STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
+@contextmanager
+def _stops_held() -> Iterator[None]:
+    """Ctrl-C (and SIGTERM) held back while the block forks, and raised again after it. Python
+    drops a KeyboardInterrupt raised in its at-fork hooks ("Exception ignored"), and the sweep
+    would carry on. Blocking the signals is not enough: another thread (Ray has several)
+    takes the signal, and the main thread still runs the handler inside those hooks. Here the
+    handler only notes it. (Handlers run in the main thread only: elsewhere nothing is dropped.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {stop: signal.signal(stop, lambda signum, _: held.append(signum)) for stop in _STOPS}
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
+
+
 def _die_with_parent() -> None:
     """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL,
     so a killed sweep never leaves an orphaned server behind. (A no-op elsewhere.)"""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # blocked by the parent around the fork
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -200,18 +220,15 @@ class LocalServer:
         self.db.parent.mkdir(parents=True, exist_ok=True)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - the server writes here for its lifetime
-        # Ctrl-C held back while forking: Python drops a KeyboardInterrupt raised in its at-fork
-        # hooks, and the sweep would carry on. It arrives when the mask is lifted.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         try:
-            self.proc = subprocess.Popen(
-                server_command(self.db, self.artifacts, self.host, self.port),
-                stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )  # fmt: skip
+            with _stops_held():
+                self.proc = subprocess.Popen(
+                    server_command(self.db, self.artifacts, self.host, self.port),
+                    stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )  # fmt: skip
         finally:
             logf.close()
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         assert self.proc is not None

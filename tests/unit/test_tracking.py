@@ -1,6 +1,11 @@
+import os
+import signal
+import threading
+import time
+
 import pytest
 
-from satune.tracking import TrackingError, check_version_match
+from satune.tracking import LocalServer, TrackingError, check_version_match
 
 
 def test_mlflow_client_and_server_must_share_major_and_minor():
@@ -10,3 +15,37 @@ def test_mlflow_client_and_server_must_share_major_and_minor():
             TrackingError, match=f"^version mismatch: the MLflow server at http://h runs MLflow {server}"
         ):
             check_version_match("http://h", server, "3.17.2")
+
+
+_ctrl_c_in_fork = threading.Event()
+
+
+def _press_ctrl_c() -> None:
+    """Ctrl-C pressed while Python runs its at-fork hooks (which drop a KeyboardInterrupt raised
+    in them), and time for another thread to take it."""
+    if _ctrl_c_in_fork.is_set():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+
+
+os.register_at_fork(before=_press_ctrl_c)
+
+
+def test_ctrl_c_while_the_local_server_forks_is_not_lost(tmp_path):
+    """Another thread takes the signal (a sweep has Ray's), and the main thread runs the handler
+    inside the at-fork hooks: unless held back, the interrupt is dropped there and the sweep carries on."""
+    done = threading.Event()
+    bystander = threading.Thread(target=done.wait, daemon=True)
+    bystander.start()
+    server = LocalServer(tmp_path)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _ctrl_c_in_fork.set()
+            try:
+                server.launch()
+            finally:
+                _ctrl_c_in_fork.clear()
+    finally:
+        done.set()
+        server.stop()
+    assert server.proc is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
