@@ -11,6 +11,7 @@ files up as they change (satune.tune.store).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -223,6 +224,42 @@ def _store_watched(sweep: SweepSpec, run: RunDir, lost: threading.Event, echo: C
     return watchdog.watched(run.storage.unreachable, patience, on_lost, name="storage-watch")
 
 
+class _TuneQuiet(logging.Filter):
+    """Drops what Tune logs that satune says better: its hint to resume with Tuner.restore (satune
+    prints its `--resume` line), and, once the sweep stopped waiting for the object store, a
+    traceback for each of Tune's last saves that therefore failed (satune said why, in one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Experiment has been interrupted"):
+            return False
+        return not (record.exc_info and _gave_up(record.exc_info[1]))
+
+
+def _gave_up(exc: BaseException | None) -> bool:
+    from satune.tune.patient_s3 import GaveUp
+
+    while exc is not None:
+        if isinstance(exc, GaveUp):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+_TUNE_LOGGERS = ("ray.tune.tune", "ray.tune.execution.experiment_state", "ray.train._internal.storage")
+
+
+@contextmanager
+def _tune_quieted():
+    quiet = _TuneQuiet()
+    for name in _TUNE_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
+    try:
+        yield
+    finally:
+        for name in _TUNE_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
+
+
 def _injected_interrupt(phase: str) -> None:
     """Fault injection for tests: SATUNE_INTERRUPT_AT=<phase>[:SIGTERM] sends this process a real
     SIGINT (or SIGTERM) at that point, where no test could time a signal from outside."""
@@ -375,7 +412,7 @@ def _fit(
         )
     sigint = signal.getsignal(signal.SIGINT)
     try:
-        with live_view():  # a live table on a terminal (the callback draws it; elsewhere it prints lines)
+        with live_view(), _tune_quieted():  # a live table on a terminal (else lines)
             grid = tuner.fit()  # Ctrl-C: Tune saves its state, stops the trials and returns
     except Exception:
         if store_lost.is_set():  # Tune's last look at its state, in the store, found it away

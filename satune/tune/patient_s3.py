@@ -21,6 +21,10 @@ from s3fs import S3FileSystem
 UNREACHABLE = (BotoConnectionError, HTTPClientError)  # refused, unreachable, dropped, timed out
 
 
+class GaveUp(BotoConnectionError):
+    """A request not sent: the sweep stopped waiting for the store (and said so, in one line)."""
+
+
 class PatientS3FileSystem(S3FileSystem):
     """s3fs with a time bound on unreachable-store errors. `patience` is one of its storage
     options, so the filesystem Tune pickles to each trial keeps it."""
@@ -37,7 +41,7 @@ class PatientS3FileSystem(S3FileSystem):
         first, pause = None, 0.5
         while True:
             if PatientS3FileSystem.given_up:  # (not even tried: botocore's own retries take seconds)
-                raise BotoConnectionError(error="the sweep stopped waiting for the object store")
+                raise GaveUp(error="the sweep stopped waiting for the object store")
             try:
                 return await super()._call_s3(method, *akwarglist, **kwargs)
             except UNREACHABLE:

@@ -40,6 +40,7 @@ class RunDir:
     path: Path | None
     state: dict = field(default_factory=dict)
     _pushed: dict[str, bytes] = field(default_factory=dict, repr=False)  # what storage holds, by file
+    _failing: bool = field(default=False, repr=False)  # the last copy up failed (and said so)
 
     @cached_property
     def storage(self) -> Storage:
@@ -102,12 +103,18 @@ class RunDir:
             data = path.read_bytes()
             data = data[: data.rfind(b"\n") + 1]
             if self._pushed.get(name) != data:
+                log = logging.getLogger("satune")
                 try:
                     self.storage.write(data, self.sweep.name, self.path.name, name)
                 except Exception as exc:  # noqa: BLE001 - the local copy stands; the next change tries again
-                    logging.getLogger("satune").warning("storage: could not copy %s up (%s: %s); %s keeps it",
-                                                        name, type(exc).__name__, exc, self.path)  # fmt: skip
+                    if not self._failing:  # once, not at every save while the store is away
+                        log.warning("storage: could not copy %s up (%s: %s); %s keeps the run's files, and each "
+                                    "save tries again", name, type(exc).__name__, exc, self.path)  # fmt: skip
+                    self._failing = True
                     continue
+                if self._failing:
+                    log.info("storage: copies reach %s again", self.location)
+                    self._failing = False
                 self._pushed[name] = data
 
 

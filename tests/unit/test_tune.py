@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 import stat
 import subprocess
 
@@ -11,7 +12,7 @@ from optuna.trial import TrialState
 
 from satune.specs import apply_overrides, parse_sweep
 from satune.tune import cluster, rundir
-from satune.tune.driver import _tune_config
+from satune.tune.driver import _tune_config, _tune_quieted
 from satune.tune.plan import plan_lines
 from satune.tune.rundir import STATE_FILE, SweepError, latest_run_dir, prepare, writable_by_others
 from satune.tune.space import REPEAT_KEY, optuna_space
@@ -230,3 +231,33 @@ def test_a_trial_optuna_was_told_of_before_the_driver_stopped_is_told_once(tmp_p
     study = optuna.load_study(study_name="t", storage=search._storage)
     assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 0.5)]
     assert "Cannot tell" not in caplog.text
+
+
+def test_tune_says_nothing_satune_says_better(caplog):
+    """Its Tuner.restore hint (satune prints --resume), and the tracebacks of the saves that failed
+    because the sweep stopped waiting for the object store; any other error still shows."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    from satune.tune.patient_s3 import GaveUp
+
+    def failed(exc: BaseException, wrapped: bool = False):
+        try:
+            try:
+                raise exc
+            except BaseException as inner:
+                if wrapped:
+                    raise OSError("pyarrow's wrapper") from inner
+                raise
+        except BaseException:
+            logging.getLogger("ray.tune.execution.experiment_state").error("Saving ... failed", exc_info=True)
+
+    with caplog.at_level(logging.INFO), _tune_quieted():
+        logging.getLogger("ray.tune.tune").warning("Experiment has been interrupted, but ... Tuner.restore(...)")
+        failed(GaveUp(error="the sweep stopped waiting"))
+        failed(GaveUp(error="the sweep stopped waiting"), wrapped=True)
+        failed(BotoConnectionError(error="refused"))
+        logging.getLogger("ray.tune.tune").warning("Stop signal received")
+    assert [r.getMessage() for r in caplog.records] == ["Saving ... failed", "Stop signal received"]
+    assert "refused" in caplog.text
+    logging.getLogger("ray.tune.tune").warning("Experiment has been interrupted")  # outside the block: shown
+    assert caplog.records[-1].getMessage() == "Experiment has been interrupted"

@@ -1,6 +1,7 @@
 """Storage at an object store's URL, against a real S3 API on 127.0.0.1 (tests/conftest.py)."""
 
 import json
+import logging
 import pickle
 
 import pytest
@@ -115,6 +116,7 @@ def test_a_bucket_that_fails_a_copy_loses_nothing(s3, tmp_path, caplog):
 
     source = tmp_path / "s.yaml"
     source.write_text("name: t\n")
+    caplog.set_level(logging.INFO, "satune")
     run = prepare(sweep(s3), source, resume=False)
     run_dir = run.claim()
     bucket, client = s3.removeprefix("s3://"), boto3.client("s3")
@@ -124,9 +126,12 @@ def test_a_bucket_that_fails_a_copy_loses_nothing(s3, tmp_path, caplog):
     run.save(status="interrupted")  # the store is gone: the local copy is written all the same
     assert json.loads((run_dir / STATE_FILE).read_text())["status"] == "interrupted"
     assert "storage: could not copy sweep.json up (FileNotFoundError" in caplog.text
+    run.save(status="interrupted", n=2)  # said once while the store stays away, not at every save
+    assert caplog.text.count("could not copy") == 1 and "copies reach" not in caplog.text
     client.create_bucket(Bucket=bucket)
-    run.sync()  # back: the next copy catches up
+    run.sync()  # back: the next copy catches up, and says so
     assert json.loads(stored(s3, "t", run_dir.name, STATE_FILE))["status"] == "interrupted"
+    assert caplog.text.count(f"storage: copies reach {run.location} again") == 1
 
 
 def test_tunes_requests_wait_out_a_short_outage_of_the_store_and_give_up_after_patience(
