@@ -175,9 +175,12 @@ def sweep(
         os.environ["SATUNE_PLAIN"] = "1"  # read where Tune runs: a resumed sweep's callback is Tune's own copy
     from satune.tune.driver import SweepInterrupted, run_sweep
     from satune.tune.summary import (
+        _interval,
         config_id,
         configuration_table,
+        configurations,
         reproduce_command,
+        selection,
         source_table,
         table,
         transfer_matrix,
@@ -193,7 +196,8 @@ def sweep(
         raise typer.Exit(130) from None
     out.print(_table(f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})", *table(spec, result), 2))
     if spec.search.repeats > 1:
-        title = f"per configuration, over its {spec.search.repeats} repeats (one seed each)"
+        title = (f"per configuration, over its {spec.search.repeats} repeats (one seed each), best first by "
+                 f"{spec.search.metrics[0]}; against the best: paired over seeds and examples")  # fmt: skip
         out.print(_table(title, *configuration_table(spec, result), 1))
     if (sources := source_table(spec, result)) is not None:
         out.print(_table("transferred, by source (mean ± std over the sources trained alike)", *sources, 1))
@@ -208,17 +212,39 @@ def sweep(
                   highlight=False)  # fmt: skip
     if result.best is not None:
         threads = None if spec.trial.runtime.threads is not None else max(1, int(spec.resources.cpu))
-        what = f"best trial {result.best.trial_id}"
+        first = spec.search.metrics[0]
+        values = ", ".join(f"{k}={v}" for k, v in result.best.config.items() if k != "repeat")
+        what = f"best trial {result.best.trial_id}" + (f" ({values})" if values else "")
+        value = _interval(result.best.metrics, first)
         if spec.search.repeats > 1:
-            what = (
-                f"best configuration {config_id(result.best.config)} (by its mean over {spec.search.repeats} repeats)"
-            )
-            what += f"; its repeat {result.best.config.get('repeat', 0)}, trial {result.best.trial_id}"
-        out.print(f"{what}; reproduce it without Ray or MLflow:", highlight=False)
+            what = f"best configuration {config_id(result.best.config)}" + (f" ({values})" if values else "")
+            group = next(g for g in configurations(result.rows) if result.best in g.rows)
+            stats = group.stats(first)
+            value = f"{stats[0]:.4f} ± {stats[1]:.4f}" if stats else "-"
+        out.print(f"{what}, chosen by {selection(spec, result.best)}: {value}", highlight=False)
+        _verdict_lines(result)
+        again = f"its repeat {result.best.config.get('repeat', 0)}, trial {result.best.trial_id}: " \
+            if spec.search.repeats > 1 else ""  # fmt: skip
+        out.print(f"{again}reproduce it without Ray or MLflow:", highlight=False)
         out.print("  " + reproduce_command(file, result.best, threads), highlight=False, soft_wrap=True)
     out.print(f"compare the trials in the MLflow UI: satune ui {file}", highlight=False)
     if any(r.status == "ERROR" for r in result.rows):
         raise typer.Exit(1)
+
+
+def _verdict_lines(result) -> None:
+    """What the comparison cannot say (no repeats), or, without a configuration table, its verdicts."""
+    from satune.tune.verdicts import sentence
+
+    comparison = result.comparison
+    if comparison is None:
+        return
+    if comparison.note:
+        out.print(f"  note: {comparison.note}", highlight=False)
+    if comparison.note and comparison.verdicts:  # one seed each: the per-example test of the closest
+        for v in comparison.verdicts[:3]:
+            (trial,) = [r.trial_id for r in comparison.others[v.other].rows]
+            out.print(f"  against trial {trial}: {sentence(v)}", highlight=False)
 
 
 def _reporter(spec) -> Callable[[str], None]:
@@ -390,14 +416,17 @@ def _progress(epochs: int) -> Callable:
             if k in metrics
         }
         parts = "  ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in shown.items())
-        err.print(f"epoch {metrics['epoch'] + 1}/{epochs}  {parts}  ({metrics['time/epoch_s']:.1f}s)", highlight=False)
+        collapsed = "  robust accuracy collapsed" if metrics.get("select/collapsed") == 1 else ""
+        err.print(f"epoch {metrics['epoch'] + 1}/{epochs}  {parts}  ({metrics['time/epoch_s']:.1f}s){collapsed}",
+                  highlight=False)  # fmt: skip
 
     return on_epoch
 
 
 def _summary(metrics: dict) -> None:
     out.print(accuracy_table("final metrics (final slice, selected checkpoint)", metrics))
-    rest = ("train/selected_epoch", "last/pgd_gap", "train/grad_evals", "time/total_s")
+    rest = ("train/selected_epoch", "train/collapsed", "last/pgd_gap", "last/pgd_gap_p", "last/overfit",
+            "train/grad_evals", "time/total_s")
     out.print("  ".join(f"{k} {_value(metrics[k])}" for k in rest if k in metrics), highlight=False)
 
 

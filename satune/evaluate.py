@@ -9,7 +9,6 @@ selection; AutoAttack is the number to report. This is the only module that impo
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
@@ -21,6 +20,7 @@ from satune.attacks import Attack
 from satune.data import TensorSource
 from satune.models import device_of
 from satune.specs import AutoAttackSpec, EvalSpec, ThreatSpec, interval_keys
+from satune.stats import wilson
 
 log = logging.getLogger("satune")
 
@@ -121,29 +121,24 @@ def _fit_targets(attack, n_classes: int) -> None:
         attack.attacks_to_run = [a for a in attack.attacks_to_run if a != "apgd-t"]
 
 
+def select_outcomes(model: nn.Module, source: TensorSource, threat: ThreatSpec, spec: EvalSpec, seed: int) -> Outcomes:
+    """Per select-slice example: right clean, right under PGD (one restart; seeded, so the same
+    checkpoint always gets the same outcomes)."""
+    x, y = source.tensors()
+    outcomes = Outcomes(y.cpu())
+    outcomes.correct["clean"] = clean_correct(model, x, y, spec.batch_size).cpu()
+    outcomes.correct["pgd"] = pgd_correct(model, x, y, eval_attack(threat, spec), spec.batch_size, 1, seed).cpu()
+    return outcomes
+
+
 def select_metrics(model: nn.Module, source: TensorSource, threat: ThreatSpec, spec: EvalSpec, seed: int) -> dict:
     """Checkpoint-selection numbers on the select slice (clean and PGD; cheap enough every epoch)."""
-    x, y = source.tensors()
-    attack = eval_attack(threat, spec)
-    return {
-        "select/clean_acc": _mean(clean_correct(model, x, y, spec.batch_size)),
-        "select/pgd_acc": _mean(pgd_correct(model, x, y, attack, spec.batch_size, 1, seed)),
-    }
+    outcomes = select_outcomes(model, source, threat, spec, seed)
+    return {f"select/{kind}_acc": _mean(ok) for kind, ok in outcomes.correct.items()}
 
 
 # --------------------------------------------------------------------------------------------
 # Numbers with their uncertainty, and the outcomes behind them
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of k successes in n trials (well-behaved at 0 and n)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # At 0 or n one end is exact (rounding would leave 1e-16 between it and the accuracy).
-    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def counted(key: str, k: int, n: int) -> dict[str, float]:
@@ -159,12 +154,13 @@ def with_interval(key: str, ok: torch.Tensor) -> dict[str, float]:
 
 def accuracies(
     prefix: str, kind: str, ok: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],
-    a_classes: list[int] | None,
+    a_classes: list[int] | None, per_class: bool = True,
 ) -> dict[str, float]:  # fmt: skip
     """`prefix/kind_acc` overall, per class, and on A / B for a class split, each with n and interval.
     A class absent from a small slice has no accuracy: it is left out rather than reported as NaN."""
     groups = {f"{prefix}/{kind}_acc": ok}
-    groups |= {f"{prefix}/class_{kind}_acc/{name}": ok[labels == c] for c, name in enumerate(classes)}
+    if per_class:
+        groups |= {f"{prefix}/class_{kind}_acc/{name}": ok[labels == c] for c, name in enumerate(classes)}
     if a_classes is not None:
         in_a = torch.isin(labels, torch.tensor(a_classes, device=labels.device))
         groups |= {f"{prefix}/{kind}_acc_A": ok[in_a], f"{prefix}/{kind}_acc_B": ok[~in_a]}

@@ -12,7 +12,7 @@ import math
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch.nn as nn
 from satune.methods import Method
 from satune.runtime import autocast, generator, rng_state, set_rng_state
 from satune.specs import TrainSpec
+from satune.stats import wilson
 
 CHECKPOINT_FILE = "state.pt"
 OnEpoch = Callable[[dict, Path | None], None]
@@ -34,16 +35,21 @@ class FitResult:
     best_epoch: int | None = None  # None when no selection ran: the last state is the result
     best_score: float = -math.inf
     best_state: dict | None = None
+    collapsed_at: int | None = None  # the first check of a collapse of robust accuracy (catastrophic overfitting)
 
 
-def lr_factor(spec: TrainSpec, epoch: int) -> float:
-    """Multiplier of the base LR during `epoch` (0-based)."""
-    progress = epoch / spec.epochs
-    if spec.schedule == "step":
-        return spec.gamma ** sum(progress >= m for m in spec.milestones)
-    if spec.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
+def collapsed(checks: list[dict], now: dict, n: int) -> bool:
+    """Robust accuracy fell as catastrophic overfitting, the collapse of fast adversarial training
+    (Wong et al., 2020), makes it fall: at this check robust accuracy on the select slice (n examples)
+    is at most half of the best earlier check's, beyond noise (their 95 % intervals are apart), while
+    clean accuracy held at half of that check's or more (a model that lost its clean accuracy too
+    diverged: another failure)."""
+    if not checks:
+        return False
+    best = max(checks, key=lambda h: h["select/pgd_acc"])
+    before, after = best["select/pgd_acc"], now["select/pgd_acc"]
+    apart = wilson(round(after * n), n)[1] < wilson(round(before * n), n)[0]
+    return after <= before / 2 and apart and now["select/clean_acc"] >= best["select/clean_acc"] / 2
 
 
 def fit(
@@ -56,16 +62,22 @@ def fit(
     *,
     select: SelectFn | None = None,
     select_metric: str = "select/pgd_acc",
-    select_every: int = 1,
+    select_epochs: Collection[int] = (),
+    select_n: int = 0,
+    stop_on_collapse: bool = False,
     on_epoch: OnEpoch | None = None,
     workdir: Path | None = None,
     resume_from: Path | None = None,
     amp: bool = False,
 ) -> FitResult:
-    """Train `model` with `method` on `source`; checkpoints go to `workdir/checkpoint` when given."""
+    """Train `model` with `method` on `source`; checkpoints go to `workdir/checkpoint` when given.
+
+    After each epoch in `select_epochs`, `select(model)` scores the checkpoint on the select slice
+    (`select_n` examples): the best by `select_metric` is kept, and a collapse of its robust accuracy
+    is detected (and ends training at the check that confirms it, with `stop_on_collapse`)."""
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(spec, e))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: spec.lr_factor(e))
     result = FitResult()
     grad_evals, start = 0.0, 0
     if resume_from is not None:
@@ -76,9 +88,12 @@ def fit(
         method.load_state_dict(state["method"])
         set_rng_state(state["rng"])
         start, grad_evals = state["epoch"] + 1, state["grad_evals"]
-        result = FitResult(state["history"], state["best_epoch"], state["best_score"], state["best_state"])
+        result = FitResult(state["history"], state["best_epoch"], state["best_score"], state["best_state"],
+                           state.get("collapsed_at"))  # fmt: skip
 
     for epoch in range(start, spec.epochs):
+        if stop_on_collapse and result.collapsed_at is not None:
+            break
         t0 = time.perf_counter()
         # Generators derived from (seed, epoch): a resumed epoch sees the same batches and attacks.
         data_gen, attack_gen = generator(seed, "data", epoch), generator(seed, "attack", epoch)
@@ -102,8 +117,15 @@ def fit(
         metrics = {"epoch": epoch, **method.summarize(sums), "train/grad_evals": grad_evals, "train/lr": lr}
         metrics["time/epoch_s"] = time.perf_counter() - t0  # the training pass alone
 
-        if select is not None and ((epoch + 1) % select_every == 0 or epoch == spec.epochs - 1):
+        if select is not None and epoch in select_epochs:
             metrics.update(select(model))
+            # A collapse is two checks in a row below half of the best before them: one low check that
+            # recovers at the next is a dip (noisy training), not catastrophic overfitting.
+            *before, previous = [h for h in result.history if "select/pgd_acc" in h] or [{}]
+            if result.collapsed_at is None and previous and collapsed(before, previous, select_n) \
+                    and collapsed(before, metrics, select_n):  # fmt: skip
+                result.collapsed_at = previous["epoch"]
+            metrics["select/collapsed"] = float(result.collapsed_at is not None)
             score = metrics[select_metric]
             if score > result.best_score:
                 result.best_epoch, result.best_score = epoch, score
@@ -132,6 +154,7 @@ def _save(workdir: Path, model, opt, sched, method, epoch: int, grad_evals: floa
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,
         "best_state": result.best_state,
+        "collapsed_at": result.collapsed_at,
     }
     final, tmp = workdir / "checkpoint", workdir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

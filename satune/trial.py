@@ -23,17 +23,19 @@ from satune.attacks import Attack
 from satune.data import DataError, load_data
 from satune.evaluate import (
     Outcomes,
-    counted,
+    accuracies,
     eval_step_size,
     final_metrics,
     integrity_problems,
     robust_above_clean,
     select_metrics,
+    select_outcomes,
 )
 from satune.methods import BuildContext, Source, kind_of
 from satune.models import create_model
 from satune.ranking import difficulty_scores
 from satune.specs import TrialSpec, interval_keys
+from satune.stats import ALPHA, mcnemar_p
 from satune.train import FitResult, OnEpoch, fit
 
 log = logging.getLogger("satune")
@@ -50,6 +52,7 @@ class TrialResult:
     effective: dict[str, Any] = field(default_factory=dict)  # every value it trained with, defaults resolved
     outcomes: Outcomes | None = None  # the selected checkpoint, per final-slice example
     integrity: list[str] = field(default_factory=list)  # failed evaluation checks (empty: all passed)
+    collapsed_at: int | None = None  # the epoch whose check saw robust accuracy collapse
 
     def to_json(self) -> dict:
         """The result file: the spec as given (unset fields left out, so that it validates again to
@@ -64,6 +67,7 @@ class TrialResult:
 
 
 SourceLoader = Callable[[str], Source]
+SMALL_SELECT = 100  # below this, one example of the select slice moves its accuracy by a point or more
 
 
 def load_folder(where: str) -> Source:
@@ -83,6 +87,9 @@ def build_context(spec: TrialSpec, sources: SourceLoader = load_folder) -> Build
     data = load_data(spec.data, cache, device)
     log.info("data: %s, %d train / %d select / %d final, device %s", spec.data.dataset, len(data.train),
              len(data.select), len(data.final), device)  # fmt: skip
+    if len(data.select) < SMALL_SELECT:
+        log.warning("the select slice holds %d examples (one is %.1f points): checkpoints and winners chosen on it "
+                    "are noisy; give it more with data.select_fraction", len(data.select), 100 / len(data.select))  # fmt: skip
     return BuildContext(spec, data, Attack.from_threat(spec.threat), device, cache,
                         scores=lambda: difficulty_scores(spec, data, device, cache), source=sources)  # fmt: skip
 
@@ -140,6 +147,7 @@ def run_trial(
         "data.shape": list(data.shape),
         "data.train_examples": len(data.train),
         "data.select_examples": len(data.select),
+        "eval.select_epochs": spec.selection_epochs(),
         "runtime.device": str(device),
         "runtime.threads": torch.get_num_threads(),
         "runtime.amp": runtime.amp_active(device, spec.runtime.amp),
@@ -155,7 +163,8 @@ def run_trial(
     with tempfile.TemporaryDirectory(prefix="satune-") as tmp:
         result: FitResult = fit(
             model, built.method, data.train, spec.train, spec.seed, device,
-            select=select, select_metric=spec.eval.select_metric, select_every=spec.eval.select_every,
+            select=select, select_metric=spec.eval.select_metric, select_epochs=spec.selection_epochs(),
+            select_n=len(data.select), stop_on_collapse=spec.train.stop_on_collapse,
             on_epoch=on_epoch, workdir=Path(workdir or tmp), resume_from=checkpoint, amp=spec.runtime.amp,
         )  # fmt: skip
 
@@ -167,9 +176,11 @@ def run_trial(
     seed = runtime.derive_seed(spec.seed, "eval")
     overall = {k for acc in ("clean_acc", "pgd_acc") for k in (acc, *interval_keys(acc))}  # clean_n, ...
     metrics: dict[str, float] = {}
+    last_pgd = None
     if selected != last:
-        lasts = final_metrics(model, data.final, threat, spec.eval, data.classes, seed, autoattack=False)[0]
+        lasts, last_outcomes = final_metrics(model, data.final, threat, spec.eval, data.classes, seed, autoattack=False)
         metrics |= {f"last/{k}": lasts[f"eval/{k}"] for k in overall}
+        last_pgd = last_outcomes.correct["pgd"]
         assert result.best_state is not None  # a selected epoch before the last was kept
         model.load_state_dict(result.best_state)
     integrity = integrity_problems(model, final_x[:64], final_y[:64])
@@ -178,16 +189,31 @@ def run_trial(
     metrics |= evaluated
     if selected == last:  # the same checkpoint: the same numbers
         metrics |= {f"last/{k}": evaluated[f"eval/{k}"] for k in overall}
-    metrics["last/pgd_gap"] = metrics["eval/pgd_acc"] - metrics["last/pgd_acc"]
-    n_select = len(data.select)
-    for kind in ("clean", "pgd"):  # fit kept the selected epoch's select-slice accuracies
-        metrics |= counted(
-            f"proxy/{kind}_acc", round(result.history[selected][f"select/{kind}_acc"] * n_select), n_select
-        )
+    metrics |= overfitting(outcomes.correct["pgd"], last_pgd)
+    # What chose it, again for the selected checkpoint (seeded: the numbers its check saw), with intervals.
+    chosen = select_outcomes(model, data.select, threat, spec.eval, runtime.derive_seed(spec.seed, "select"))
+    for kind, ok in chosen.correct.items():
+        metrics |= accuracies("proxy", kind, ok, chosen.labels, data.classes, built.a_classes, per_class=False)
     metrics["train/selected_epoch"] = selected
+    metrics["train/collapsed"] = float(result.collapsed_at is not None)
     metrics["train/grad_evals"] = result.history[-1]["train/grad_evals"]  # the whole training's cost
     metrics["time/total_s"] = time.perf_counter() - t0
     integrity += robust_above_clean(outcomes)
     for problem in integrity:
         log.warning("evaluation integrity: %s", problem)
-    return TrialResult(spec, metrics, result.history, model, effective, outcomes, integrity)
+    if result.collapsed_at is not None:
+        log.warning("catastrophic overfitting: robust accuracy on the select slice collapsed at epoch %d%s",
+                    result.collapsed_at + 1, " (training stopped at the check that confirmed it)"
+                    if spec.train.stop_on_collapse else "")  # fmt: skip
+    return TrialResult(spec, metrics, result.history, model, effective, outcomes, integrity, result.collapsed_at)
+
+
+def overfitting(selected: torch.Tensor, last: torch.Tensor | None) -> dict[str, float]:
+    """Robust overfitting: the selected checkpoint against the last one under PGD on the same
+    final-slice examples. The gap is flagged (last/overfit) when it is positive and the exact McNemar
+    test puts it beyond the noise of these examples."""
+    if last is None:  # the last checkpoint was the one selected
+        return {"last/pgd_gap": 0.0, "last/pgd_gap_p": 1.0, "last/overfit": 0.0}
+    gap = float(selected.float().mean() - last.float().mean())
+    p = mcnemar_p(int((selected & ~last).sum()), int((~selected & last).sum()))
+    return {"last/pgd_gap": gap, "last/pgd_gap_p": p, "last/overfit": float(gap > 0 and p < ALPHA)}

@@ -13,7 +13,17 @@ from satune import tracking
 from satune.report.fetch import ReportError, SweepData, find_sweep
 from satune.report.figures import figures
 from satune.report.page import render
-from satune.tune.summary import SweepResult, best_configuration, configuration_table, shown_metrics, table
+from satune.tune.summary import (
+    OPTIMISTIC,
+    SweepResult,
+    best_configuration,
+    configuration_table,
+    shown_metrics,
+    source_label,
+    source_table,
+    table,
+    transfer_matrix,
+)
 
 __all__ = ["ReportError", "build_report"]
 
@@ -38,9 +48,10 @@ def build_report(uri: str, name: str, out: Path | None = None, echo: Callable[[s
         written.append(_write_csv(out / "cards.csv", [_flat(c) for c in cards]))
     written.append(_write_csv(out / "trials.csv", _trial_records(data)))
     index = out / "index.html"
-    configurations = configuration_table(data.spec, _result(data)) if data.spec.search.repeats > 1 else None
-    index.write_text(render(data, drawn, table(data.spec, _result(data)), configurations, cards, out))
-    written.append(index)
+    result = _result(data)
+    configurations = configuration_table(data.spec, result) if data.spec.search.repeats > 1 else None
+    index.write_text(render(data, drawn, table(data.spec, result), configurations, cards, out))
+    written += [index, _write_verdicts(out / "verdicts.json", data), write_tables(out / "tables.md", data, result)]
     if log:
         echo(f"report: logging {len(written)} files into the parent run's artifacts ({ARTIFACT_DIR}/)")
         for path in written:
@@ -50,10 +61,48 @@ def build_report(uri: str, name: str, out: Path | None = None, echo: Callable[[s
 
 
 def _result(data: SweepData) -> SweepResult:
-    """The sweep's outcome for its tables; best as its summary named it (the final stage may have judged)."""
+    """The sweep's outcome for its tables: the best as the select slice chose it (the summary names
+    the same), the verdicts against it."""
     best, pareto = best_configuration(data.spec, data.rows)
     named = [r for r in data.rows if r.trial_id == data.tags.get("satune.best_trial")]
-    return SweepResult(data.run_dir, data.rows, named[0] if named else best, pareto)
+    labels = {s: source_label(p) for s, p in data.sources.items()}
+    return SweepResult(data.run_dir, data.rows, named[0] if named else best, pareto, labels=labels,
+                       comparison=data.comparison)  # fmt: skip
+
+
+def _write_verdicts(path: Path, data: SweepData) -> Path:
+    path.write_text(json.dumps(data.comparison.records(), indent=2) + "\n")
+    return path
+
+
+def write_tables(path: Path, data: SweepData, result: SweepResult) -> Path:
+    """The sweep's tables as Markdown, each under the provenance that regenerates it: what
+    docs/findings.md quotes."""
+    spec, tags = data.spec, data.tags
+    sha = tags.get("git.sha", "unknown")[:10] + (" (uncommitted changes)" if tags.get("git.dirty") == "true" else "")
+    lines = [f"# {spec.name}", "",
+             f"Run {data.parent_name}, MLflow parent run `{data.parent_id}`, git {sha}, started "
+             f"{data.started:%Y-%m-%d %H:%M} UTC; {len(data.finished)} of {len(data.trials)} trials finished. "
+             f"The best was chosen by {data.comparison.selection}. Regenerate: `satune report <its sweep file>` "
+             f"(or `satune report {spec.name} --tracking-uri URI`).", ""]  # fmt: skip
+    if data.optimistic:
+        lines += [f"**{OPTIMISTIC}**", ""]
+    if data.comparison.note:
+        lines += [f"Note: {data.comparison.note}.", ""]
+    sections = []
+    if spec.search.repeats > 1:
+        sections.append(("Configurations (mean ± std over seeds; verdicts against the best)",
+                         configuration_table(spec, result)))  # fmt: skip
+    if (sources := source_table(spec, result)) is not None:
+        sections.append(("Transferred, by source (mean ± std over the sources trained alike)", sources))
+    if (matrix := transfer_matrix(spec, result)) is not None:
+        sections.append((f"Class-transfer matrix: {matrix[0]}", (matrix[1], matrix[2])))
+    sections.append(("Trials", table(spec, result)))
+    for title, (header, rows) in sections:
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows] + [""]
+    path.write_text("\n".join(lines))
+    return path
 
 
 def _trial_records(data: SweepData) -> list[dict[str, Any]]:
@@ -63,13 +112,13 @@ def _trial_records(data: SweepData) -> list[dict[str, Any]]:
 
 
 def _cards(data: SweepData) -> list[dict[str, Any]]:
-    """The newest final-stage card of each trial that has one."""
+    """The newest final-stage card of each trial that has one, with how the sweep chose its winners."""
     cards = []
     for t in data.finished:
         labels = data.final_labels(t)
         text = data.artifact_text(t, f"final/{labels[-1]}/card.json") if labels else None
         if text is not None:
-            cards.append({"trial": t.row.trial_id, **json.loads(text)})
+            cards.append({"trial": t.row.trial_id, **json.loads(text), "selection": data.comparison.selection})
     return cards
 
 

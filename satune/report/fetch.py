@@ -18,6 +18,7 @@ import yaml
 from satune import tracking
 from satune.errors import UserError
 from satune.specs import SweepSpec, parse_sweep
+from satune.tune import verdicts
 from satune.tune.rundir import JOURNAL_FILE, run_dir_named
 from satune.tune.space import REPEAT_KEY
 from satune.tune.summary import TrialRow
@@ -47,6 +48,25 @@ class SweepData:
     run_dir: Path  # where satune keeps this run's files (Tune's, Optuna's): on this machine or not
     sources: dict[str, dict[str, str]] = field(default_factory=dict)  # transfer: mlflow:<id> -> its params
     _cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+    _comparison: verdicts.Comparison | None = field(default=None, repr=False)
+
+    @property
+    def comparison(self) -> verdicts.Comparison:
+        """The best configuration against the others (computed once: the report, its tables and the API share it)."""
+        if self._comparison is None:
+            self._comparison = verdicts.compare(self.spec, self.rows, self.outcomes_of)
+        return self._comparison
+
+    def outcomes_of(self, row: TrialRow, metric: str) -> list[str] | None:
+        """A trial's per-example outcomes behind a reported metric (a verdicts.OutcomeReader)."""
+        trial = next(t for t in self.trials if t.row is row)
+        name = verdicts.outcome_file(metric, self.final_labels(trial))
+        text = None if name is None else self.artifact_text(trial, name)
+        return None if text is None else verdicts.outcome_column(text, dict(verdicts.REPORTED)[metric])
+
+    @property
+    def optimistic(self) -> bool:
+        return self.spec.search.select_on == "final"
 
     @property
     def journal(self) -> Path | None:
@@ -84,9 +104,10 @@ class SweepData:
 
     def final_labels(self, trial: Trial) -> list[str]:
         """The labels of the trial's final-stage evaluations (`final/<label>/card.json`), oldest first."""
-        paths = tracking.artifact_paths(self.uri, trial.run_id, "final")
-        labels = {p.split("/")[1] for p in paths if p.endswith("/card.json")}
-        return sorted(labels, key=lambda s: int(s.split("-")[0]) if s.split("-")[0].isdigit() else 0)
+        if (trial.run_id, "final/") not in self._cache:
+            self._cache[trial.run_id, "final/"] = verdicts.final_labels(tracking.artifact_paths(self.uri, trial.run_id,
+                                                                                                 "final"))  # fmt: skip
+        return self._cache[trial.run_id, "final/"]
 
 
 def find_sweep(uri: str, name: str, echo: Callable[[str], None]) -> SweepData:
@@ -95,7 +116,20 @@ def find_sweep(uri: str, name: str, echo: Callable[[str], None]) -> SweepData:
     parents = tracking.sweep_parents(uri, name)
     if not parents:
         raise ReportError(f"no run of sweep '{name}' at {uri}: run `satune sweep` first")
-    parent = parents[0]
+    return read_sweep(uri, parents[0], echo)
+
+
+def find_parent(uri: str, run_id: str, echo: Callable[[str], None]) -> SweepData:
+    """The sweep whose parent run is `run_id`."""
+    parent = tracking.get_run(uri, run_id)
+    if tracking.SWEEP_NAME_TAG not in parent.data.tags:
+        raise ReportError(f"run {run_id} at {uri} is not a sweep's parent run (it has no {tracking.SWEEP_NAME_TAG} tag)")
+    return read_sweep(uri, parent, echo)
+
+
+def read_sweep(uri: str, parent, echo: Callable[[str], None]) -> SweepData:
+    """A sweep from its parent run (an MLflow Run: read here only)."""
+    name = parent.data.tags[tracking.SWEEP_NAME_TAG]
     with tempfile.TemporaryDirectory() as tmp:
         data = json.loads(tracking.download(uri, parent.info.run_id, "resolved_spec.json", Path(tmp)).read_text())
     spec = parse_sweep(data, source=f"run {parent.info.run_id}")
@@ -107,7 +141,7 @@ def find_sweep(uri: str, name: str, echo: Callable[[str], None]) -> SweepData:
         trial_id = r.data.tags.get(tracking.TRIAL_TAG)
         if trial_id is None:
             continue
-        config = {k: _value(r.data.params[k]) for k in keys if k in r.data.params}
+        config = {k: param_value(r.data.params[k]) for k in keys if k in r.data.params}
         if spec.search.repeats > 1:
             config[REPEAT_KEY] = int(r.data.tags.get("satune.repeat", 0))
         seed = r.data.params.get("seed")
@@ -126,15 +160,16 @@ def find_sweep(uri: str, name: str, echo: Callable[[str], None]) -> SweepData:
 
 
 def _sources(uri: str, sources: set[str]) -> dict[str, dict[str, str]]:
-    """What each transfer source is: the params of its MLflow run (a folder source: none)."""
+    """What each transfer source is: the params of its MLflow run, and its repeat (a folder source: none)."""
     out = {}
     for s in sources:
         if s.startswith("mlflow:"):
-            out[s] = dict(tracking.get_run(uri, s.removeprefix("mlflow:")).data.params)
+            run = tracking.get_run(uri, s.removeprefix("mlflow:"))
+            out[s] = dict(run.data.params) | {"repeat": run.data.tags.get("satune.repeat", "0")}
     return out
 
 
-def _value(text: str) -> Any:
+def param_value(text: str) -> Any:
     """An MLflow param (a string) back to the value it was: YAML reads numbers, lists and words."""
     try:
         return yaml.safe_load(text)

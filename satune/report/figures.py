@@ -16,11 +16,11 @@ from matplotlib.ticker import MaxNLocator
 
 from satune.report.fetch import SweepData, Trial
 from satune.specs import interval_keys
-from satune.tune.summary import SweepResult, pareto_front, transfer_matrix
+from satune.tune.summary import OPTIMISTIC, SweepResult, best_configuration, pareto_front, transfer_matrix
 
-# The robust numbers a sweep may hold, most trustworthy last: the PGD proxy of the search, AutoAttack
-# on the trials' final slice, AutoAttack of the final stage on the winners.
-ROBUST = {"eval/pgd_acc": ("PGD (search proxy)", "o"), "eval/aa_acc": ("AutoAttack (trial)", "s"),
+# The robust numbers a sweep may report on the final slice, most trustworthy last: PGD and AutoAttack of
+# the trials, AutoAttack of the final stage on the winners.
+ROBUST = {"eval/pgd_acc": ("PGD (trial)", "o"), "eval/aa_acc": ("AutoAttack (trial)", "s"),
           "final/aa_acc": ("AutoAttack (final stage)", "D")}  # fmt: skip
 CLEAN = "eval/clean_acc"
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
@@ -71,8 +71,12 @@ def ranked(data: SweepData) -> list[Trial]:
 
 
 def best_trial(data: SweepData) -> str | None:
-    """The trial the sweep's summary named best (by the final stage, by a configuration's mean)."""
-    return data.tags.get("satune.best_trial") or next((t.row.trial_id for t in ranked(data)), None)
+    """The trial the sweep's summary named best: chosen on the select slice (with repeats, the best
+    configuration's first repeat)."""
+    if "satune.best_trial" in data.tags:
+        return data.tags["satune.best_trial"]
+    best, _ = best_configuration(data.spec, data.rows)
+    return best.trial_id if best is not None else None
 
 
 def searched_keys(data: SweepData) -> list[str]:
@@ -168,8 +172,9 @@ def objective_vs_parameters(data: SweepData) -> list[Drawn]:
             if ax.has_data():
                 ax.legend(fontsize=7)
         out.append(Drawn(f"objective_vs_{_stem(key)}", f"Accuracy against {key}",
-                         "Each point is one trial on the final slice, with its 95 % Wilson interval. Markers tell "
-                         "the PGD proxy the search optimised from the AutoAttack numbers.", fig, table))  # fmt: skip
+                         "Each point is one trial on the final slice, with its 95 % Wilson interval; markers tell "
+                         "PGD from AutoAttack. (The search chose on the select slice, proxy/*: these only report.)",
+                         fig, table))  # fmt: skip
     return out
 
 
@@ -308,12 +313,16 @@ def transfer_by_fraction(data: SweepData) -> list[Drawn]:
 
 
 def pareto(data: SweepData) -> list[Drawn]:
-    robust = headline(data)
-    trials = [t for t in data.finished if robust in t.row.metrics and CLEAN in t.row.metrics]
+    """Trade-offs, where a front is a choice: on the select slice (the final slice only reports),
+    unless the sweep opted in to choose on the final one."""
+    robust, clean = ("proxy/pgd_acc", "proxy/clean_acc")
+    if data.optimistic or not all(robust in t.row.metrics and clean in t.row.metrics for t in data.finished):
+        robust, clean = headline(data), CLEAN
+    trials = [t for t in data.finished if robust in t.row.metrics and clean in t.row.metrics]
     if len(trials) < 2:
         return []
     best = best_trial(data)
-    panels = [(CLEAN, "max")]
+    panels = [(clean, "max")]
     if len({t.row.metrics.get("train/grad_evals") for t in trials}) > 1:  # a cost axis only where costs differ
         panels.append(("train/grad_evals", "min"))
     fig = new_figure(data, len(panels), "trade-offs: the Pareto front" + ("s" if len(panels) > 1 else ""))
@@ -338,7 +347,8 @@ def pareto(data: SweepData) -> list[Drawn]:
         ax.set_ylabel(label(robust))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    caption = (f"{robust} against clean accuracy (both higher is better)"
+    caption = (f"{robust} against clean accuracy (both higher is better; "
+               f"{'the final slice: ' + OPTIMISTIC if data.optimistic else 'the select slice, which chooses'})"
                + (" and against the training cost (lower is better)" if len(panels) > 1 else "")
                + ". The sweep's best trial (the one its summary names) is labelled.")  # fmt: skip
     return [Drawn("pareto", "Pareto fronts", caption, fig, table)]
@@ -511,66 +521,67 @@ def learning_curves(data: SweepData) -> list[Drawn]:
 
 
 # --------------------------------------------------------------------------------------------
-# Is the winner's lead larger than noise?
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar test: under no difference the b + c discordant examples split as
-    a fair coin's flips."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+# Is the best configuration's lead larger than noise?
 
 
 def paired_comparison(data: SweepData) -> list[Drawn]:
-    """The winner against the runners-up, example by example: by the final stage's AutoAttack where
-    two or more trials have it, else by the search's own evaluation."""
-    judged = sorted((t for t in data.finished if "final/aa_acc" in t.row.metrics),
-                    key=lambda t: -t.row.metrics["final/aa_acc"])  # fmt: skip
-    if len(judged) >= 2:
-        top, kind = judged[:4], "aa"
-        read = lambda t: data.outcomes(t, f"final/{data.final_labels(t)[-1]}/outcomes.csv")  # noqa: E731
-    else:
-        top, kind = ranked(data)[:4], {"eval/aa_acc": "aa", "eval/clean_acc": "clean"}.get(data.spec.search.metrics[0], "pgd")
-        read = data.outcomes
-    if len(top) < 2:
+    """The best configuration (chosen on the select slice) against each other on the reported
+    number: the difference per seed, its mean and 95 % t interval, and what each test says
+    (satune.tune.verdicts, the same numbers as the end table and the API)."""
+    comparison = data.comparison
+    shown = comparison.verdicts[:MAX_VERDICTS]
+    if comparison.best is None or not shown:
         return []
-    winner = read(top[0])
-    if not winner or kind not in winner[0]:
-        return []
-    rows: list[dict[str, Any]] = []
-    for other in top[1:]:
-        theirs = read(other)
-        if theirs is None or len(theirs) != len(winner) or any(a["label"] != b["label"] for a, b in
-                                                                 zip(winner, theirs, strict=True)):  # fmt: skip
-            continue  # not the same examples: no pairing
-        pairs = [(a[kind], b[kind]) for a, b in zip(winner, theirs, strict=True) if a[kind] and b[kind]]
-        b_only = sum(a == "1" and o == "0" for a, o in pairs)
-        c_only = sum(a == "0" and o == "1" for a, o in pairs)
-        rows.append({"winner": top[0].row.trial_id, "other": other.row.trial_id, "attack": kind, "n": len(pairs),
-                     "both_right": sum(a == o == "1" for a, o in pairs), "winner_only": b_only, "other_only": c_only,
-                     "both_wrong": sum(a == o == "0" for a, o in pairs), "lead": (b_only - c_only) / max(1, len(pairs)),
-                     "p_mcnemar": mcnemar_p(b_only, c_only)})  # fmt: skip
-    if not rows:
-        return []
-    fig = new_figure(data, 1, f"paired comparison on the same examples: {top[0].row.trial_id} against the runners-up",
-                     width=7.5, height=2.2 + 0.55 * len(rows))  # fmt: skip
+    keys = searched_keys(data)
+    name = lambda key: configuration_label(comparison.others[key].config, keys) or key  # noqa: E731
+    best = configuration_label(comparison.best.config, keys) or comparison.best.key
+    seeds = any(v.seeds is not None for v in shown)
+    fig = new_figure(data, 1, f"the best configuration ({best}) against the others: best - other",
+                     width=8.5, height=1.6 + 0.55 * len(shown))  # fmt: skip
     ax = fig.add_subplot(1, 1, 1)
-    ys = list(range(len(rows)))
-    ax.barh(ys, [r["winner_only"] for r in rows], color=COLORS[0], label=f"only {top[0].row.trial_id} right")
-    ax.barh(ys, [-r["other_only"] for r in rows], color=COLORS[1], label="only the other right")
-    for y, r in zip(ys, rows, strict=True):
-        verdict = "lead beyond noise" if r["p_mcnemar"] < 0.05 else "within noise"
-        ax.annotate(f"p = {r['p_mcnemar']:.3g} ({verdict})", (0, y), xytext=(6, 10), textcoords="offset points",
-                    fontsize=7)  # fmt: skip
-    ax.set_yticks(ys, [r["other"] for r in rows])
+    ys = list(range(len(shown)))[::-1]  # the closest runner-up on top
+    for y, v in zip(ys, shown, strict=True):
+        color = COLORS[1] if v.supported_by else "#777"
+        ax.scatter([pct(d) for d in v.differences], [y] * len(v.differences), s=14, color=color, alpha=0.45,
+                   label="one seed (repeat)" if y == ys[0] else None)  # fmt: skip
+        err = [[pct(v.mean - v.seeds.lo)], [pct(v.seeds.hi - v.mean)]] if v.seeds else None
+        ax.errorbar([pct(v.mean)], [y], xerr=err, fmt="D", color=color, capsize=4,
+                    label="mean, 95 % interval over seeds" if y == ys[0] and seeds else None)  # fmt: skip
+        ax.annotate(_verdict_note(v), (pct(v.mean), y), xytext=(0, 8), textcoords="offset points", fontsize=7,
+                    ha="center")  # fmt: skip
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"examples on which exactly one model resists {kind.upper()} (of {rows[0]['n']} paired)")
+    ax.set_yticks(ys, [name(v.other) for v in shown])
+    ax.set_ylim(-0.7, len(shown) - 0.3)
+    metrics = sorted({v.metric for v in shown})
+    ax.set_xlabel(f"{' / '.join(metrics)}: best - other [points, % of the final slice]")
+    ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=7, loc="lower right")
-    caption = (f"{'AutoAttack of the final stage' if kind == 'aa' and judged[1:] else kind.upper()}, on the final "
-               "slice. Exact McNemar test on the per-example outcomes: only the examples the two models "
-               "disagree on count; p < 0.05 means the lead is unlikely to be noise of the evaluation sample "
-               "(it says nothing of seed-to-seed variation).")  # fmt: skip
-    return [Drawn("paired_comparison", "Paired comparison of the best trials", caption, fig, rows)]
+    caption = (f"The best configuration was chosen by {comparison.selection}; the differences are on the final slice, which "
+               "only reports. p (seeds): paired t-test over the seeds (repeat r trains every configuration with "
+               "the same seed); p (examples): exact McNemar test on the shared final-slice examples, pooled over "
+               "the seeds, which speaks to the evaluation sample's noise only. A difference neither test puts "
+               "below 0.05 is within noise.")  # fmt: skip
+    if comparison.note:
+        caption = f"{comparison.note[0].upper()}{comparison.note[1:]}. {caption}"
+    if len(comparison.verdicts) > len(shown):
+        caption += f" The {len(shown)} closest of {len(comparison.verdicts)} are drawn; all are in the CSV."
+    table = [v.record() | {"best": comparison.best.key, "other_label": name(v.other)} for v in comparison.verdicts]
+    return [Drawn("paired_comparison", "Is the best configuration better, or within noise?", caption, fig, table)]
+
+
+MAX_VERDICTS = 12  # runners-up drawn; a larger sweep's are in the CSV
+
+
+def configuration_label(config: dict[str, Any], keys: list[str]) -> str:
+    """`weighting=balanced, fraction=0.1`: the searched values, short."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(config[k])}" for k in keys if k in config)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _verdict_note(v) -> str:
+    seeds = f"p (seeds) {v.seeds.p:.2g}" if v.seeds else "one seed"
+    examples = f", p (examples) {v.p_examples:.2g}" if v.p_examples is not None else ""
+    return f"{v.verdict} ({seeds}{examples})"

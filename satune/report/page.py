@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from satune.report.fetch import SweepData
-from satune.report.figures import Drawn
+from satune.report.figures import Drawn, configuration_label
+from satune.tune.summary import OPTIMISTIC
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1180px; padding: 0 20px 40px; color: #222; }
@@ -22,6 +23,8 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f5f5f5; }
 td:first-child, th:first-child { text-align: left; }
 .cards { display: flex; flex-wrap: wrap; gap: 16px; } .cards table { min-width: 320px; }
+.warn { background: #fff3cd; border: 1px solid #e0b400; padding: 6px 10px; font-weight: 600; }
+.note { color: #444; font-size: 14px; }
 """
 
 
@@ -32,7 +35,7 @@ def render(data: SweepData, drawn: list[Drawn], trials: Table, configurations: T
            cards: list[dict[str, Any]], out: Path) -> str:  # fmt: skip
     """index.html's text; `drawn` figures are read back from their PNG files in `out`."""
     e = html.escape
-    spec, tags = data.spec, data.tags
+    spec, tags, comparison = data.spec, data.tags, data.comparison
     sha = tags.get("git.sha", "unknown") + (" (uncommitted changes)" if tags.get("git.dirty") == "true" else "")
     objective = ", ".join(f"{m} ({mode})" for m, mode in zip(spec.search.metrics, spec.search.modes, strict=True))
     parts = [
@@ -42,7 +45,11 @@ def render(data: SweepData, drawn: list[Drawn], trials: Table, configurations: T
         f'<p class="meta">run {e(data.parent_name)} · MLflow parent run {e(data.parent_id)} at {e(data.uri)} · '
         f"started {data.started:%Y-%m-%d %H:%M} UTC · git {e(sha)} · {len(data.trials)} trials, "
         f"{len(data.finished)} finished · objective {e(objective)} · method {e(spec.trial.method.kind)}</p>",
+        f'<p class="meta">The best was chosen by {e(comparison.selection)}; the final slice reports.</p>'
+        if not data.optimistic else f'<p class="warn">{e(OPTIMISTIC.capitalize())}: this sweep chose on the slice '
+        "its numbers are reported on (search.select_on: final), so they overstate what a new test set would show.</p>",
         "<nav>" + "".join(f'<a href="#{d.name}">{e(d.title)}</a>' for d in drawn)
+        + '<a href="#verdicts">Verdicts</a>'
         + ('<a href="#cards">Model cards</a>' if cards else "")
         + ('<a href="#configurations">Configurations</a>' if configurations else "")
         + '<a href="#trials">Trials</a></nav></header>',
@@ -55,6 +62,11 @@ def render(data: SweepData, drawn: list[Drawn], trials: Table, configurations: T
             f'<figcaption>{e(d.caption)} Numbers: <a href="{d.name}.csv">{d.name}.csv</a> · '
             f'image: <a href="{d.name}.png">{d.name}.png</a></figcaption></figure></section>',
         ]
+    parts.append('<section id="verdicts"><h2>Verdicts: the best configuration against the others</h2>'
+                 + (f'<p class="note">{e(comparison.note[0].upper() + comparison.note[1:])}.</p>' if comparison.note else "")
+                 + (_table(*verdict_table(data)) if comparison.verdicts else "")
+                 + '<p class="meta">Numbers: <a href="verdicts.json">verdicts.json</a> · tables for a write-up: '
+                 '<a href="tables.md">tables.md</a></p></section>')  # fmt: skip
     if cards:
         parts.append('<section id="cards"><h2>Model cards (RobustBench-style, final-stage AutoAttack)</h2>'
                      '<div class="cards">' + "".join(_card(c) for c in cards) + "</div>"
@@ -81,9 +93,28 @@ def _card(card: dict[str, Any]) -> str:
         ("AutoAttack accuracy", f"{card['autoattack_acc']:.2%} [{lo:.2%}, {hi:.2%}]"),
         ("AutoAttack", f"{aa['version']} {' '.join(aa['attacks'] or [])}, seed {aa['seed']}, {aa['package']}"),
         ("integrity", card["integrity"] if isinstance(card["integrity"], str) else "; ".join(card["integrity"])),
+        ("selection", card.get("selection", "")),
     ]  # fmt: skip
     return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) \
         + "</table>"
+
+
+def verdict_table(data: SweepData) -> tuple[list[str], list[list[str]]]:
+    """One row per other configuration, closest first: the same verdicts as the end table's."""
+    comparison, keys = data.comparison, [*data.spec.search.grid, *data.spec.search.space]
+    rows = []
+    for v in comparison.verdicts:
+        config = comparison.others[v.other]
+        name = configuration_label(config.config, keys) or v.other
+        if data.spec.search.repeats == 1:
+            name += f" (trial {config.rows[0].trial_id})"
+        interval = f"[{v.seeds.lo:+.2%}, {v.seeds.hi:+.2%}]" if v.seeds else "-"
+        rows.append([name, v.metric, str(len(v.differences)), f"{v.mean:+.2%}", interval,
+                     f"{v.seeds.p:.2g}" if v.seeds else "-", str(v.examples or "-"),
+                     f"{v.p_examples:.2g}" if v.p_examples is not None else "-", v.verdict])  # fmt: skip
+    header = ["against", "metric", "seeds", "best - other", "95 % interval", "p (seeds)", "paired examples",
+              "p (examples)", "verdict"]  # fmt: skip
+    return header, rows
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -60,6 +60,10 @@ class MethodSpecBase(Spec):
         """Data trained on beyond the task's training set (RobustBench's "extra data" column)."""
         return []
 
+    def warmup(self) -> int:
+        """Epochs before the method is itself (BiaMAT's warm-up): their checkpoints are never selected."""
+        return 0
+
 
 class CleanSpec(MethodSpecBase):
     """Standard training: nothing is attacked."""
@@ -136,7 +140,8 @@ class SatSpec(MethodSpecBase):
     def metrics(self, common: set[str], evals: list[str]) -> set[str]:
         if self.split != "class":
             return common
-        return common | {f"eval/{k}_acc_{s}" for k in evals for s in "AB"}  # A_val and B_val
+        selected = {f"proxy/{k}_acc_{s}" for k in ("clean", "pgd") for s in "AB"}  # on the select slice too
+        return common | selected | {f"eval/{k}_acc_{s}" for k in evals for s in "AB"}  # A_val and B_val
 
     def preparation(self) -> str | None:
         if self.ranking == "random" or self.classes is not None:
@@ -291,6 +296,9 @@ class BiamatSpec(MethodSpecBase):
 
     def extra_data(self) -> list[str]:
         return [a.label for a in self.aux]
+
+    def warmup(self) -> int:
+        return self.resolved_warmup_epochs
 
     def with_paths(self, resolve: Callable[[str], str]) -> dict:
         data = self.model_dump(exclude_unset=True, by_alias=True)

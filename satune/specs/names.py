@@ -64,9 +64,13 @@ PER_EPOCH_METRICS = (
     "train/lr",
     "select/clean_acc",
     "select/pgd_acc",
+    "select/collapsed",  # 1 from the check where robust accuracy collapsed (catastrophic overfitting) on
     "time/epoch_s",
 )
-FINAL_ONLY = frozenset({"time/total_s", "train/selected_epoch", "last/pgd_gap"})
+# train/collapsed: whether it did; last/pgd_gap_p: the exact McNemar p of the selected against the last
+# checkpoint on the final slice; last/overfit: 1 when that gap is positive beyond noise (robust overfitting).
+FINAL_ONLY = frozenset({"time/total_s", "train/selected_epoch", "train/collapsed", "last/pgd_gap", "last/pgd_gap_p",
+                        "last/overfit"})
 # A trial's final report: its selected checkpoint on the final slice (eval/) and on the select slice
 # (proxy/), its last epoch's checkpoint on the final slice (last/); the final stage of a sweep adds
 # AutoAttack on the winners (final/), logged into their runs.
@@ -76,6 +80,20 @@ FINAL_PREFIXES = ("eval/", "proxy/", "last/")
 def is_final(key: str) -> bool:
     """A key a trial reports once, at its end (not per epoch)."""
     return key.startswith(FINAL_PREFIXES) or key in FINAL_ONLY
+
+
+# Numbers measured on the final slice, which reports and never chooses: the selected checkpoint's
+# (eval/), the last epoch's (last/) and the final stage's (final/).
+FINAL_SLICE_PREFIXES = ("eval/", "last/", "final/")
+
+
+def on_final_slice(key: str) -> bool:
+    return key.startswith(FINAL_SLICE_PREFIXES)
+
+
+def on_select_slice(key: str) -> str:
+    """The select-slice counterpart of a final-slice number (eval/pgd_acc_B -> proxy/pgd_acc_B)."""
+    return "proxy/" + key.split("/", 1)[1] if on_final_slice(key) else key
 
 
 def interval_keys(acc_key: str) -> tuple[str, str, str]:

@@ -25,7 +25,7 @@ from satune.specs.base import (
     raise_if,
     shown,
 )
-from satune.specs.names import DOMAIN_KINDS, AlgorithmName, is_final
+from satune.specs.names import DOMAIN_KINDS, AlgorithmName, is_final, on_final_slice, on_select_slice
 from satune.specs.paths import check_search_key
 from satune.specs.trial import AutoAttackSpec, TrialSpec, reported_metrics
 
@@ -87,8 +87,12 @@ class RunsOf(Spec):
 
 class SearchSpec(Spec):
     algorithm: AlgorithmName = "tpe"
-    metric: str | list[str] = "eval/pgd_acc"
+    # What chooses (Optuna's objective, the best configuration, the final stage's winners): a trial's
+    # selected checkpoint on the select slice. The final slice only reports, unless select_on: final
+    # opts in to reproduce a paper that selected on its test set (its numbers are then optimistic).
+    metric: str | list[str] = "proxy/pgd_acc"
     mode: Literal["max", "min"] | list[Literal["max", "min"]] = "max"
+    select_on: Literal["select", "final"] = "select"
     # Configurations per grid cell (algorithm: grid: runs of the whole grid); default 8 for a search,
     # 1 for a grid (nothing to search: each cell is one configuration).
     num_samples: PositiveInt | None = None
@@ -305,6 +309,11 @@ class SweepSpec(Spec):
                                  "numbers (proxy/pgd_acc: its selected checkpoint on the select slice)"))  # fmt: skip
             elif metric not in known:
                 problems.append((where, _unknown_metric(metric, final, "final ")))
+            elif on_final_slice(metric) and self.search.select_on == "select":
+                instead = on_select_slice(metric)
+                problems.append((where, f"'{metric}' is on the final slice, which reports, never chooses: rank on "
+                                 f"{instead if instead in known else 'proxy/*'} (select slice), or set "
+                                 "search.select_on: final to copy a paper that chose on its test set"))  # fmt: skip
         if self.final_eval is not None and self.final_eval.top_k == "pareto" and len(self.search.metrics) < 2:
             problems.append(("final_eval.top_k", "pareto needs a search over several metrics"))
         per_epoch = known - final

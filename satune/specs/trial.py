@@ -3,6 +3,7 @@ evaluation, runtime), and the metric keys it reports."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import model_validator
@@ -126,12 +127,30 @@ class TrainSpec(Spec):
     schedule: Literal["constant", "step", "cosine"] = "step"
     milestones: list[Fraction] = [0.5, 0.75]  # step schedule: where LR drops, as fractions of training
     gamma: Fraction = 0.1
+    # End training at the check where robust accuracy collapsed (catastrophic overfitting of fast AT,
+    # detected on the select slice either way); the checkpoint selected before it is evaluated.
+    stop_on_collapse: bool = False
 
     @model_validator(mode="after")
     def _rules(self):
         if sorted(self.milestones) != list(self.milestones):
             raise FieldProblems([("milestones", f"must be increasing, got {shown(self.milestones)}")])
         return self
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of the base LR during `epoch` (0-based)."""
+        progress = epoch / self.epochs
+        if self.schedule == "step":
+            return self.gamma ** sum(progress >= m for m in self.milestones)
+        if self.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    def lr_drops(self) -> list[int]:
+        """The epochs that start at a step schedule's lower learning rate (0-based)."""
+        if self.schedule != "step":
+            return []
+        return [e for e in range(1, self.epochs) if self.lr_factor(e) < self.lr_factor(e - 1)]
 
 
 class AutoAttackSpec(Spec):
@@ -162,7 +181,9 @@ class EvalSpec(Spec):
     n: PositiveInt | None = None  # examples of the final slice for clean/PGD (None: all)
     batch_size: PositiveInt = 256
     autoattack: AutoAttackSpec = AutoAttackSpec()
-    select_every: PositiveInt = 1  # evaluate the select slice every k epochs (and at the last)
+    # Checkpoints checked on the select slice: every k-th epoch, the first epoch at each lower learning rate
+    # of a step schedule (where robust overfitting tends to leave the best one), and the last.
+    select_every: PositiveInt = 1
     select_metric: Literal["select/pgd_acc", "select/clean_acc"] = "select/pgd_acc"
 
 
@@ -196,6 +217,14 @@ class TrialSpec(Spec):
     def eval_threat(self) -> ThreatSpec:
         """The threat model robustness is evaluated under."""
         return self.threat.under(self.eval.norm, self.eval.eps)
+
+    def selection_epochs(self) -> list[int]:
+        """The epochs (0-based) whose checkpoints are checked on the select slice and may be selected:
+        every select_every-th, each first epoch after a learning-rate drop, and the last; none inside
+        the method's warm-up."""
+        last, every = self.train.epochs - 1, self.eval.select_every
+        checks = {e for e in range(last) if (e + 1) % every == 0} | set(self.train.lr_drops()) | {last}
+        return sorted(e for e in checks if e >= min(self.method.warmup(), last))
 
 
 def reported_metrics(trial: TrialSpec) -> set[str]:

@@ -34,12 +34,12 @@ from ray.tune.search.optuna import OptunaSearch
 from satune import tracking, watchdog
 from satune.seeds import derive_seed
 from satune.specs import RunsOf, SweepSpec
-from satune.tune import cluster, final_stage
+from satune.tune import cluster, final_stage, verdicts
 from satune.tune.progress import Progress, echo_stderr, live_view
 from satune.tune.rundir import JOURNAL_FILE, RunDir, SweepError, prepare, writable_by_others
 from satune.tune.search import Cells, Replicates
 from satune.tune.space import cell_label, grid_space, optuna_space, sampler
-from satune.tune.summary import SweepResult, TrialRow, best_configuration, log_summary
+from satune.tune.summary import SweepResult, TrialRow, best_configuration, log_summary, source_label
 from satune.tune.trainable import TrialContext, resolve_trial, trial_trainable
 
 
@@ -139,14 +139,18 @@ def run_sweep(
             if lost.is_set():  # nothing more can reach MLflow: end as interrupted, without the summary
                 raise KeyboardInterrupt
 
-            # 3. The final stage: AutoAttack on the winners; then they are judged by it.
+            # 3. The final stage: AutoAttack on the winners the select slice chose; it reports, never chooses.
             if sweep.final_eval is not None and not result.interrupted:
                 final_stage.run(sweep, result.rows, uri=uri, experiment_id=experiment_id, parent=parent, echo=echo)
-                result.best = final_stage.best(sweep, result.rows) or result.best
 
-            # 4. The summary goes into the parent run.
+            # 4. The summary and the verdicts (the best configuration against the others) go into the parent run.
             _injected_interrupt("summary")
             log_summary(sweep, result, uri, parent)
+            if not result.interrupted:
+                runs = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
+                        for r in tracking.child_runs(uri, experiment_id, parent)}  # fmt: skip
+                result.comparison = verdicts.compare(sweep, result.rows, verdicts.mlflow_outcomes(uri, runs))
+                verdicts.log(result.comparison, uri, parent, run_dir)
 
             # 5. The report, into the parent run too: a failure to draw loses no result, so it only warns.
             if report is not None and not result.interrupted:
@@ -188,19 +192,12 @@ def _find_sources(sweep: SweepSpec, run: RunDir, uri: str, echo) -> SweepSpec:
                 raise SweepError(f"search.grid.{key}: no finished trial of sweep '{axis.runs_of}' at {uri}; "
                                  f"run `satune sweep` on it first, with this storage or tracking server")  # fmt: skip
             sources[key] = [f"mlflow:{r.info.run_id}" for r in found]
-            labels |= {f"mlflow:{r.info.run_id}": _source_label(r.data.params) for r in found}
+            labels |= {f"mlflow:{r.info.run_id}": source_label(r.data.params) for r in found}
         run.save(sources=sources, source_labels=labels)
     echo(f"sources: {', '.join(f'{len(v)} trials of {axes[k].runs_of}' for k, v in run.state['sources'].items())}")
     data = sweep.model_dump(mode="json", by_alias=True, exclude_unset=True)  # as written: it is validated again
     data["search"]["grid"] |= run.state["sources"]
     return SweepSpec.model_validate(data)
-
-
-def _source_label(params: dict[str, str]) -> str:
-    """What a source was trained with (its kind, and a SAT source's split, fraction, classes and
-    weighting): sources trained alike, with other seeds, share a label and are averaged."""
-    keys = ("method.kind", "method.split", "method.fraction", "method.classes", "method.weighting")
-    return ", ".join(f"{k.removeprefix('method.')}={params[k]}" for k in keys if k in params)
 
 
 def _lost(lost: threading.Event, echo: Callable[[str], None], what: str, why: str, where: str = "") -> None:

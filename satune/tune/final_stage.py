@@ -1,6 +1,6 @@
 """The sweep's second stage: AutoAttack on the winners of the search, over the final slice.
 
-The search ranks trials by a cheap proxy; when it ends, the top-k trials (or the Pareto front) are
+The search ranks trials on the select slice; when it ends, the top-k trials (or the Pareto front) are
 evaluated with the sweep's `final_eval` settings, each as a Ray task with its own resources, all at
 once as far as the cluster allows. Each task logs into its trial's own MLflow run and tags it with
 the settings it ran: a resumed sweep skips the evaluations that finished.
@@ -19,7 +19,7 @@ from satune.specs import SweepSpec
 from satune.specs.final import Settings
 from satune.tune import cluster
 from satune.tune.rundir import SweepError
-from satune.tune.summary import TrialRow, best_configuration, configurations, pareto_front
+from satune.tune.summary import TrialRow, configurations, pareto_front
 
 
 def winners(sweep: SweepSpec, rows: list[TrialRow], top_k: int | str) -> list[TrialRow]:
@@ -67,12 +67,6 @@ def run(sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str,
     for row in chosen:  # what the runs hold now, the evaluations of earlier attempts included
         logged = tracking.get_run(uri, runs[row.trial_id].info.run_id).data.metrics
         row.metrics |= {k: v for k, v in logged.items() if k.startswith("final/")}
-
-
-def best(sweep: SweepSpec, rows: list[TrialRow]) -> TrialRow | None:
-    """The trial (with repeats: the configuration, by its mean) with the highest AutoAttack
-    accuracy of the final stage, if any was evaluated."""
-    return best_configuration(sweep, [r for r in rows if "final/aa_acc" in r.metrics], ["final/aa_acc"])[0]
 
 
 def _evaluate(uri: str, run_id: str, autoattack: dict, threads: int) -> dict[str, float]:

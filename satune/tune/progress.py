@@ -67,6 +67,8 @@ class Progress(tune.Callback):
             return  # the final report: on_trial_complete prints it
         proxy = self.sweep.trial.eval.select_metric
         selected = f"{proxy}={_fmt(result[proxy])} " if proxy in result else ""  # (not every epoch: select_every)
+        if result.get("select/collapsed") == 1:
+            selected += "(robust accuracy collapsed) "
         self._line(f"{self._status(trials)} trial {trial.trial_id} epoch {result.get('epoch', 0) + 1}/"
                    f"{_epochs(self.sweep, trial)}: {selected}train/loss={_fmt(result.get('train/loss'))}")  # fmt: skip
 
@@ -74,6 +76,8 @@ class Progress(tune.Callback):
         metric = self.sweep.search.metrics[0]
         value = (trial.last_result or {}).get(metric)
         what = "stopped early by the scheduler" if value is None else f"done: {metric}={_fmt(value)}"
+        if (trial.last_result or {}).get("train/collapsed") == 1:
+            what += " (its robust accuracy collapsed in training)"
         best = best_trial(self.sweep, trials)
         self._line(f"{self._status(trials, trial)} trial {trial.trial_id} {what}"
                    + (f" (best so far: {best.trial_id})" if best is not None else ""))  # fmt: skip
@@ -134,6 +138,7 @@ class Row:
     objective: float | None  # the first searched metric, from the final report
     seconds: float | None  # Tune's time_total_s at the last report; None before the trial starts
     since: float | None  # running: the wall time from which its clock ticks on, from `seconds`
+    collapsed: bool = False  # its robust accuracy collapsed on the select slice (catastrophic overfitting)
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,7 @@ def _row(sweep: SweepSpec, trial: Trial, keys: tuple[str, ...], started: float |
         objective=objective,
         seconds=None if meta.start_time is None else last.get("time_total_s", 0.0),
         since=max(meta.last_result_time, started or meta.start_time or 0.0) if running else None,
+        collapsed=meta.metric_analysis.get("select/collapsed", {}).get("max") == 1,
     )
 
 
@@ -249,7 +255,8 @@ def _cells(frame: Frame, r: Row, now: float) -> list[Text]:
     seconds = None if r.seconds is None else r.seconds + (now - r.since if r.since is not None else 0.0)
     return [
         Text(r.trial_id, style="bold" if best else ""),
-        Text(r.state + (f" (retry {r.retries})" if r.retries else ""), style=STATES[r.state]),
+        Text(r.state + (f" (retry {r.retries})" if r.retries else ""), style=STATES[r.state])
+        + (Text(" collapsed", style="bold yellow") if r.collapsed else Text("")),
         *map(Text, r.params),
         Text(f"{r.epoch}/{r.epochs}" if r.epoch else ""),
         Text(_fmt(r.proxy, "")),

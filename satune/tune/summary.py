@@ -9,11 +9,14 @@ import shlex
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from satune import tracking
 from satune.specs import SweepSpec, interval_keys
 from satune.tune.space import REPEAT_KEY
+
+if TYPE_CHECKING:
+    from satune.tune.verdicts import Comparison
 
 
 @dataclass
@@ -88,6 +91,7 @@ class SweepResult:
     pareto: list[TrialRow] = field(default_factory=list)
     interrupted: bool = False
     labels: dict[str, str] = field(default_factory=dict)  # a transfer source (mlflow:<id>) -> what it is
+    comparison: Comparison | None = None  # the best configuration against the others (tune.verdicts)
 
 
 def reproduce_command(source: Path, row: TrialRow, threads: int | None) -> str:
@@ -142,10 +146,12 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
     tags: dict[str, object] = {
         "satune.trials": len(result.rows),
         "satune.errors": sum(r.status == "ERROR" for r in result.rows),
+        "satune.selection": selection(sweep, result.best),
     }
     if result.best is not None:
         tags["satune.best_trial"] = result.best.trial_id
-        best = {k: v for k, v in result.best.metrics.items() if k in sweep.search.metrics
+        chose = {k for m in sweep.search.metrics for k in (m, *interval_keys(m))}  # with its n and interval
+        best = {k: v for k, v in result.best.metrics.items() if k in chose
                 or k.startswith("final/") and "/class_" not in k}  # fmt: skip
         if sweep.search.repeats > 1:  # the best configuration's mean and spread over its repeats
             (group,) = [g for g in configurations(result.rows) if result.best in g.rows]
@@ -185,12 +191,16 @@ def configuration_records(sweep: SweepSpec, result: SweepResult) -> list[dict]:
 
 
 def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]]:
-    """The end table: searched values and the key metrics per trial, the objective's best first."""
-    metrics = [m for m in shown_metrics(sweep) if not m.startswith("final/")]
+    """The end table: searched values and the key metrics per trial, the objective's best first; the
+    choosing number with its interval and sample size, the final stage's AutoAttack with its, and
+    each trial's overfitting flags."""
+    first = sweep.search.metrics[0]
+    metrics = [m for m in shown_metrics(sweep) if not m.startswith("final/") and m != first]
     final = ["final/aa_acc"] if sweep.final_eval is not None else []
     keys = [*sweep.search.grid, *sweep.search.space] + ([REPEAT_KEY] if sweep.search.repeats > 1 else [])
-    header = ["trial", "status", *keys, *metrics, *(f"{m} [95 %]" for m in final)]
-    first, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
+    chose = f"{first} [95 %]" + (" (test slice: optimistic)" if sweep.search.select_on == "final" else "")
+    header = ["trial", "status", *keys, chose, *metrics, *(f"{m} [95 %]" for m in final), "flags"]
+    sign = 1 if sweep.search.modes[0] == "max" else -1
     ordered = sorted(result.rows, key=lambda r: -sign * r.metrics.get(first, -sign * float("inf")))
     front = {r.trial_id for r in result.pareto}
     rows = []
@@ -200,9 +210,31 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
         )
         status = r.status.lower() if r.finished else "unfinished"
         rows.append([r.trial_id, marks + status, *(_cell(result.labels.get(str(r.config.get(k)), r.config.get(k)))
-                                                   for k in keys),
-                     *(_cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final)])  # fmt: skip
+                                                   for k in keys), _interval(r.metrics, first),
+                     *(_cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final),
+                     flags(r.metrics)])  # fmt: skip
     return header, rows
+
+
+def flags(metrics: dict[str, float]) -> str:
+    """What went wrong in training, beyond noise: catastrophic overfitting (robust accuracy collapsed
+    on the select slice) and robust overfitting (the selected checkpoint beats the last one)."""
+    marks = ["collapsed" if metrics.get("train/collapsed") == 1 else "",
+             "overfit" if metrics.get("last/overfit") == 1 else ""]  # fmt: skip
+    return " ".join(m for m in marks if m) or "-"
+
+
+OPTIMISTIC = "selected on the test slice (optimistic)"
+
+
+def selection(sweep: SweepSpec, best: TrialRow | None) -> str:
+    """Where the best was chosen, as every report of a choice says it: the metric, the slice and its size."""
+    first = sweep.search.metrics[0]
+    if sweep.search.select_on == "final":
+        return f"{first}, {OPTIMISTIC}"
+    n = best.metrics.get(interval_keys(first)[0]) if best is not None and "_acc" in first else None
+    where = "the select slice" + (f", {n:.0f} examples" if n is not None else "")
+    return f"{first} on {where}" + (f" (mean over {sweep.search.repeats} repeats)" if sweep.search.repeats > 1 else "")
 
 
 def transfer_matrix(sweep: SweepSpec, result: SweepResult) -> tuple[str, list[str], list[list[str]]] | None:
@@ -230,6 +262,13 @@ def transfer_matrix(sweep: SweepSpec, result: SweepResult) -> tuple[str, list[st
     return title, ["attacked", *names, "A_val", "B_val"], rows
 
 
+def source_label(params: dict[str, str]) -> str:
+    """What a transfer source was trained with (its kind, and a SAT source's split, fraction, classes
+    and weighting): sources trained alike, with other seeds, share a label and are averaged."""
+    keys = ("method.kind", "method.split", "method.fraction", "method.classes", "method.weighting")
+    return ", ".join(f"{k.removeprefix('method.')}={params[k]}" for k in keys if k in params)
+
+
 def source_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]] | None:
     """A transfer sweep, by source: the transferred numbers (mean ± std over the sources trained
     alike, e.g. the seeds of one fraction and weighting): the shape of SAT's Fig. 7/8."""
@@ -249,25 +288,44 @@ def source_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list
 
 
 def configuration_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]]:
-    """With repeats: one line per configuration, each metric as mean ± std over its n repeats."""
+    """With repeats: one line per configuration, each metric as mean ± std over its n repeats, and
+    its verdict against the best configuration (tune.verdicts): the paired difference over seeds with
+    its 95 % interval, the paired t-test's p, the per-example test's p pooled over the seeds."""
     keys = [*sweep.search.grid, *sweep.search.space]
     metrics = shown_metrics(sweep)
     first, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
     groups = sorted(configurations(result.rows),
                     key=lambda g: -sign * (s[0] if (s := g.stats(first)) else -sign * float("inf")))  # fmt: skip
+    comparison = result.comparison
+    verdicts = {v.other: v for v in comparison.verdicts} if comparison is not None else {}
+    best = comparison.best.key if comparison is not None and comparison.best is not None else None
     rows = []
     for g in groups:
         cells = []
         for m in metrics:
             s = g.stats(m)
             cells.append("-" if s is None else f"{s[0]:.4f} ± {s[1]:.4f} (n={s[2]})")
-        rows.append([g.key, *(_cell(g.config.get(k)) for k in keys), *cells])
-    return ["config", *keys, *(f"{m} mean ± std" for m in metrics)], rows
+        v = verdicts.get(g.key)
+        against = ["best", "", "", ""] if g.key == best else ["-", "-", "-", "-"]
+        if v is not None:
+            interval = f" [{v.seeds.lo:+.4f}, {v.seeds.hi:+.4f}]" if v.seeds else ""
+            against = [f"{v.metric} {v.mean:+.4f}{interval}", _p(v.seeds.p if v.seeds else None),
+                       _p(v.p_examples) + (f" (n={v.examples})" if v.examples else ""), v.verdict]  # fmt: skip
+        rows.append([g.key, *(_cell(g.config.get(k)) for k in keys), *cells, *against])
+    header = ["config", *keys, *(f"{m} mean ± std" for m in metrics),
+              "best - this [95 %]", "p (seeds)", "p (examples)", "verdict"]  # fmt: skip
+    return header, rows
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.2g}" if p >= 0.001 else "<0.001"
 
 
 def _interval(metrics: dict[str, float], key: str) -> str:
     if key not in metrics:
         return "-"
+    if "_acc" not in key or any(k not in metrics for k in interval_keys(key)):
+        return _cell(metrics[key])
     n, lo, hi = (metrics[k] for k in interval_keys(key))
     return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}] n={n:.0f}"
 

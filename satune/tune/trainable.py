@@ -166,7 +166,15 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking.log_dict(uri, run_id, result.to_json(), "result.json")
         if result.outcomes is not None:
             tracking.log_text(uri, run_id, result.outcomes.csv(), "outcomes.csv")
-        tracking.set_tags(uri, run_id, {tracking.INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
+        flagged = {}
+        if result.collapsed_at is not None:  # (1-based, as the epochs are printed)
+            flagged["satune.collapsed"] = f"robust accuracy collapsed at epoch {result.collapsed_at + 1}"
+        if result.metrics.get("last/overfit") == 1:
+            flagged["satune.robust_overfitting"] = (f"the selected checkpoint beats the last by "
+                                                    f"{result.metrics['last/pgd_gap']:+.3f} PGD accuracy "
+                                                    f"(p {result.metrics['last/pgd_gap_p']:.2g})")  # fmt: skip
+        # The integrity tag last, in the same request: it marks the trial's end as logged.
+        tracking.set_tags(uri, run_id, flagged | {tracking.INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
         weights = Path(tmp) / "model.pt"
         torch.save(result.model.state_dict(), weights)
         tracking.log_file(uri, run_id, weights, "model")

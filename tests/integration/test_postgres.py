@@ -65,7 +65,7 @@ def test_concurrent_trials_log_to_a_postgresql_backed_mlflow_server(tmp_path, po
     assert tune_trials == {c.data.tags[TRIAL_TAG]: "TERMINATED" for c in children}
     study = study_of(run_dir, name)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * TRIALS
-    assert sorted(t.value for t in study.trials) == sorted(c.data.metrics["eval/pgd_acc"] for c in children)
+    assert sorted(t.value for t in study.trials) == sorted(c.data.metrics["proxy/pgd_acc"] for c in children)
     assert state_of(tmp_path, name)["status"] == "finished"
 
     # The runs and every epoch's metrics are rows in PostgreSQL (asked directly, not through MLflow)

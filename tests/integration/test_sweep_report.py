@@ -8,10 +8,10 @@ import statistics
 
 import pytest
 from conftest import satune, screenshot, smoke_file
-from mlflow.tracking import MlflowClient
 from PIL import Image
+from test_sweep import runs_of
 
-from satune.tracking import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
+from satune.tracking import TRIAL_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +32,15 @@ def swept(tmp_path_factory, mlflow_server, ray_address):
     tmp_path = tmp_path_factory.mktemp("report")
     name = "report"
     sweep = smoke_file(tmp_path, name, mlflow_server, **{
-        "search": {"algorithm": "tpe", "num_samples": 2, "metric": "eval/pgd_acc",
+        "search": {"algorithm": "tpe", "num_samples": 2, "metric": "proxy/pgd_acc",
                    "grid": {"method.fraction": [0.3, 0.7]}, "space": {"method.w_A": {"loguniform": [0.5, 4]}}},
         "final_eval": {"top_k": 2, "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": 60},
                        "resources": {"cpu": 1}},
     })  # fmt: skip
     done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    client = MlflowClient(mlflow_server)
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
-    (parent,) = [r for r in runs if SWEEP_TAG in r.data.tags]
-    children = {r.data.tags[TRIAL_TAG]: r for r in runs if PARENT_TAG in r.data.tags}
+    client, (parent,), runs = runs_of(mlflow_server, name)
+    children = {r.data.tags[TRIAL_TAG]: r for r in runs}
     return tmp_path, sweep, done, client, parent, children
 
 
@@ -99,27 +97,44 @@ def test_figures_hold_what_mlflow_holds(swept):
 
     # Learning curves: the per-epoch history MLflow has, of the best trials by the objective.
     curves = [r for r in read_csv(out / "learning_curves.csv") if r["metric"].startswith("select/")]
-    best = sorted(children, key=lambda t: -children[t].data.metrics["eval/pgd_acc"])[:3]
+    best = sorted(children, key=lambda t: -children[t].data.metrics["proxy/pgd_acc"])[:3]
     assert sorted({r["trial"] for r in curves}) == sorted(best)
     for r in curves:
         history = client.get_metric_history(children[r["trial"]].info.run_id, r["metric"])
         assert float(r["value"]) == {m.step + 1: m.value for m in history}[int(r["epoch"])]
 
     # Optuna's history: the values it was told are the trials' objective.
-    told = sorted(float(r["eval/pgd_acc"]) for r in read_csv(out / "optuna_history.csv"))
-    assert told == pytest.approx(sorted(r.data.metrics["eval/pgd_acc"] for r in children.values()))
+    told = sorted(float(r["proxy/pgd_acc"]) for r in read_csv(out / "optuna_history.csv"))
+    assert told == pytest.approx(sorted(r.data.metrics["proxy/pgd_acc"] for r in children.values()))
 
-    # The paired comparison of the two finally evaluated trials, recounted from their AutoAttack outcomes.
-    (row,) = read_csv(out / "paired_comparison.csv")
-    assert row["attack"] == "aa" and {row["winner"], row["other"]} == {c["trial"] for c in read_csv(out / "cards.csv")}
-    a, b = (final_outcomes(client, children[row[k]].info.run_id, tmp_path) for k in ("winner", "other"))
-    pairs = [(x["aa"], y["aa"]) for x, y in zip(a, b, strict=True) if x["aa"] and y["aa"]]
-    winner_only, other_only = pairs.count(("1", "0")), pairs.count(("0", "1"))
-    assert (int(row["winner_only"]), int(row["other_only"]), int(row["n"])) == (winner_only, other_only, len(pairs))
-    assert len(pairs) == 60  # AutoAttack covered the first 60 examples of the final slice
-    n = winner_only + other_only
-    p = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(winner_only, other_only) + 1)) / 2**n) if n else 1.0
-    assert float(row["p_mcnemar"]) == pytest.approx(p)
+    # The best trial (chosen on the select slice) against each other, recounted from the outcomes: on the
+    # final stage's AutoAttack where both have it (the two winners), else on the trials' own PGD.
+    ranked = sorted(children, key=lambda t: -children[t].data.metrics["proxy/pgd_acc"])
+    assert parent.data.tags["satune.best_trial"] == ranked[0]
+    by_config = {r.data.tags["satune.config"]: t for t, r in children.items()}
+    rows = read_csv(out / "paired_comparison.csv")
+    others = [by_config[r["other"]] for r in rows]
+    assert sorted(others) == sorted(ranked[1:])
+    proxies = [children[t].data.metrics["proxy/pgd_acc"] for t in others]
+    assert proxies == sorted(proxies, reverse=True)  # the closest on the select slice first
+    for row in rows:
+        best, other = children[ranked[0]], children[by_config[row["other"]]]
+        final = row["metric"] == "final/aa_acc"
+        assert final == ("final/aa_acc" in other.data.metrics) and row["verdict"] in ("within noise",
+                                                                                      "best ahead on these examples only",
+                                                                                      "best behind on these examples only")  # fmt: skip
+        a, b = ((final_outcomes if final else trial_outcomes)(client, r.info.run_id, tmp_path) for r in (best, other))
+        column = "aa" if final else "pgd"
+        pairs = [(x[column], y[column]) for x, y in zip(a, b, strict=True) if x[column] and y[column]]
+        best_only, other_only = pairs.count(("1", "0")), pairs.count(("0", "1"))
+        assert (int(row["best_only"]), int(row["other_only"]), int(row["examples"])) == (best_only, other_only, len(pairs))
+        assert len(pairs) == (60 if final else int(best.data.metrics["eval/pgd_n"]))  # AutoAttack: the first 60
+        n = best_only + other_only
+        p = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(best_only, other_only) + 1)) / 2**n) if n else 1.0
+        assert float(row["p_examples"]) == pytest.approx(p)
+        metric = row["metric"]
+        assert float(row["mean_diff"]) == pytest.approx(best.data.metrics[metric] - other.data.metrics[metric])
+        assert row["p_seeds"] == ""  # one seed per configuration: no test over seeds
 
     # One card per finally evaluated trial, with its AutoAttack number; one trials row per run.
     cards = read_csv(out / "cards.csv")
@@ -136,6 +151,11 @@ def final_outcomes(client, run_id: str, tmp_path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(open(path).read())))
 
 
+def trial_outcomes(client, run_id: str, tmp_path) -> list[dict[str, str]]:
+    path = client.download_artifacts(run_id, "outcomes.csv", str(tmp_path / run_id / "trial"))
+    return list(csv.DictReader(io.StringIO(open(path).read())))
+
+
 def test_the_report_opens_in_a_browser_from_a_file(swept, page):
     tmp_path, *_ = swept
     (index,) = tmp_path.glob("runs/report/*/report/index.html")
@@ -145,7 +165,8 @@ def test_the_report_opens_in_a_browser_from_a_file(swept, page):
     assert len(sizes) == len(EXPECTED) and all(w > 0 and h > 0 for _, w, h in sizes), sizes
     assert page.title() == "satune report: report"
     text = page.inner_text("body")
-    assert "Model cards" in text and "Paired comparison" in text and "git " in text
+    assert "Model cards" in text and "Is the best configuration better" in text and "git " in text
+    assert "one seed per configuration" in text.lower()  # no repeats: the verdicts say what they cannot tell
     shot = screenshot(page, "report")
     assert page.problems == []
     assert shot.stat().st_size > 10_000

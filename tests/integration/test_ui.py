@@ -108,18 +108,18 @@ def table_rows(page) -> list[dict[str, str]]:
 def test_the_link_lists_the_sweeps_trials_in_the_model_training_view(served, page):
     explained = explained_errors(page)
     page.goto(served.link)
-    best_first = sorted(served.children, key=lambda c: -c.data.metrics["eval/pgd_acc"])
+    best_first = sorted(served.children, key=lambda c: -c.data.metrics["proxy/pgd_acc"])  # what chooses
     for child in best_first:
         page.get_by_role("link", name=child.info.run_name).wait_for()
     shot = screenshot(page, "mlflow-ui")
 
     headers = set(page.locator("[role=columnheader]").all_inner_texts())
-    assert {"method.w_A", "eval/pgd_acc", "eval/clean_acc"} <= headers, f"{headers} ({shot})"
+    assert {"method.w_A", "proxy/pgd_acc", "eval/pgd_acc", "eval/clean_acc"} <= headers, f"{headers} ({shot})"
     rows = table_rows(page)
     assert [r["attributes.`Run Name`"].splitlines()[-1] for r in rows] == [c.info.run_name for c in best_first]
     for row, child in zip(rows, best_first, strict=True):
         assert row["params.`method.w_A`"] == child.data.params["method.w_A"]
-        for metric in ("eval/pgd_acc", "eval/clean_acc"):
+        for metric in ("proxy/pgd_acc", "eval/pgd_acc", "eval/clean_acc"):
             assert float(row[f"metrics.`{metric}`"]) == child.data.metrics[metric]
 
     body = page.inner_text("body")  # the model-training sidebar, not GenAI's overview
@@ -153,7 +153,7 @@ def test_the_parent_run_says_what_the_sweep_is(served, page):
 def test_optuna_dashboard_names_the_objective_after_its_metric(served, page):
     page.goto(served.dashboard)
     page.get_by_text("0. ui", exact=True).click()  # the sweep's study, as a user opens it
-    page.get_by_text("eval/pgd_acc").first.wait_for()  # the history plot's axis
+    page.get_by_text("proxy/pgd_acc").first.wait_for()  # the history plot's axis
     shot = screenshot(page, "optuna-dashboard")
     assert "Objective 0" not in page.inner_text("body"), shot
     assert page.problems == [], shot

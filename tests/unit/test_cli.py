@@ -102,7 +102,7 @@ def test_missing_dataset_files_exit_2(tmp_path):
     text = (
         (ROOT / "sweeps" / "smoke.yaml")
         .read_text()
-        .replace("{dataset: digits}", f"{{dataset: cifar10, root: {tmp_path}}}")
+        .replace("{dataset: digits,", f"{{dataset: cifar10, root: {tmp_path},")
     )
     sweep.write_text(text)
     result = runner.invoke(app, ["run", str(sweep), "--out", str(tmp_path / "o")])

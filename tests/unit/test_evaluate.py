@@ -9,7 +9,6 @@ from satune.evaluate import (
     final_metrics,
     integrity_problems,
     pgd_correct,
-    wilson,
 )
 from satune.models import create_model
 from satune.specs import EvalSpec, ModelSpec, ThreatSpec
@@ -76,15 +75,6 @@ def test_final_metrics_per_class_and_per_subset(trained):
 def test_eval_pgd_defaults_to_a_strong_step(trained):
     attack = eval_attack(ThreatSpec(norm="l2", eps=1.5), EvalSpec(pgd_steps=20))
     assert attack.alpha == pytest.approx(2.5 * 1.5 / 20) and attack.random_start and attack.bn_mode == "eval"
-
-
-def test_wilson_interval():
-    assert wilson(0, 0) == (0.0, 1.0)
-    lo, hi = wilson(45, 50)  # 0.9 on 50 examples: about [0.79, 0.96]
-    assert lo == pytest.approx(0.7864, abs=1e-3) and hi == pytest.approx(0.9565, abs=1e-3)
-    lo, hi = wilson(50, 50)
-    assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-3)  # never a zero-width interval at the edge
-    assert wilson(900, 1000)[1] - wilson(900, 1000)[0] < wilson(90, 100)[1] - wilson(90, 100)[0]
 
 
 def test_integrity_checks_pass_on_a_sound_model(trained):

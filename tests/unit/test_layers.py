@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "satune"
-ORDER = ["errors", "seeds", "watchdog", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
-         "tracking", "final", "tune", "report", "cli"]  # fmt: skip
+ORDER = ["errors", "seeds", "stats", "watchdog", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
+         "tracking", "final", "tune", "report", "api", "cli"]  # fmt: skip
 HOMES = {"mlflow": {"tracking"}, "ray": {"tune"}, "pyautoattack": {"evaluate"}, "autoattack": {"evaluate"}}
 
 

@@ -60,7 +60,7 @@ def trial(tid: str, status: str, *results: dict, w_A: float = 1.5, failures: int
 
 EPOCH_0 = {"epoch": 0, "select/pgd_acc": 0.5, "train/loss": 1.25}
 EPOCH_1 = {"epoch": 1, "train/loss": 0.75}  # no proxy this epoch: the table keeps the last one
-FINAL = {"epoch": 1, "eval/pgd_acc": 0.625}
+FINAL = {"epoch": 1, "proxy/pgd_acc": 0.625}
 
 
 def test_plain_lines_when_stderr_is_not_a_terminal(callback, capsys, monkeypatch):
@@ -82,7 +82,7 @@ def test_plain_lines_when_stderr_is_not_a_terminal(callback, capsys, monkeypatch
     assert capsys.readouterr().err.splitlines() == [
         "[1/6 done] trial a started: method.w_A=1.5",
         "[1/6 done] trial a epoch 1/2: select/pgd_acc=0.5 train/loss=1.25",
-        "[2/6 done] trial a done: eval/pgd_acc=0.625 (best so far: d0)",
+        "[2/6 done] trial a done: proxy/pgd_acc=0.625 (best so far: d0)",
         "[3/6 done] trial b failed for good; traceback in /runs/b/error.txt",
     ]
 
@@ -110,7 +110,7 @@ def test_live_only_on_a_terminal_that_redraws(monkeypatch):
 def test_the_live_table_shows_every_state_and_the_best_so_far(sweep):
     trials = [
         trial("done1", Trial.TERMINATED, EPOCH_0, EPOCH_1, FINAL),
-        trial("best2", Trial.TERMINATED, EPOCH_0, EPOCH_1, {**FINAL, "eval/pgd_acc": 0.75}, w_A=0.625),
+        trial("best2", Trial.TERMINATED, EPOCH_0, EPOCH_1, {**FINAL, "proxy/pgd_acc": 0.75}, w_A=0.625),
         trial("early3", Trial.TERMINATED, EPOCH_0, w_A=3.5),
         trial("fail4", Trial.ERROR, EPOCH_0),
         trial("run5", Trial.RUNNING, EPOCH_0, EPOCH_1, failures=1),
@@ -124,7 +124,7 @@ def test_the_live_table_shows_every_state_and_the_best_so_far(sweep):
     text = console.export_text()
     assert re.search(r"━+ 4/6 trials done 1:15 elapsed, ETA –", text)  # no progress since this driver began
     table = [re.sub(r"\s+", " ", line).strip() for line in text.splitlines()[1:]]
-    assert table[0] == "trial state w_A epoch select/pgd_acc eval/pgd_acc time"
+    assert table[0] == "trial state w_A epoch select/pgd_acc proxy/pgd_acc time"
     assert table[2:] == [
         "done1 done 1.5 2/2 0.5 0.625 0:03",
         "best2 done 0.625 2/2 0.5 0.75 0:03",
@@ -132,13 +132,13 @@ def test_the_live_table_shows_every_state_and_the_best_so_far(sweep):
         "fail4 failed 1.5 1/2 0.5 0:01",
         "run5 evaluating (retry 1) 1.5 2/2 0.5 " + table[6].rsplit(" ", 1)[1],  # its clock runs
         "wait6 pending 2.25",
-        "best so far: best2 eval/pgd_acc=0.75 (w_A=0.625)",
+        "best so far: best2 proxy/pgd_acc=0.75 (w_A=0.625)",
     ]
 
 
 def test_a_short_terminal_shows_the_running_the_best_and_the_newest(sweep):
     scores = [0.4, 0.5, 0.4, 0.3]  # t1 is the best
-    trials = [trial(f"t{i}", Trial.TERMINATED, EPOCH_0, {**FINAL, "eval/pgd_acc": v}) for i, v in enumerate(scores)]
+    trials = [trial(f"t{i}", Trial.TERMINATED, EPOCH_0, {**FINAL, "proxy/pgd_acc": v}) for i, v in enumerate(scores)]
     trials += [trial("run", Trial.RUNNING, EPOCH_0), trial("wait", Trial.PENDING)]
     view = LiveView()
     view.show(snapshot(sweep, trials, {}))

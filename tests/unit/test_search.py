@@ -36,7 +36,7 @@ def test_every_grid_cell_gets_its_own_study_and_exactly_its_budget(tmp_path):
     configs = []
     while (config := alg.suggest(f"t{len(configs)}")) != "FINISHED":
         configs.append(config)
-        alg.on_trial_complete(f"t{len(configs) - 1}", {"eval/pgd_acc": config["method.fraction"], "done": True})
+        alg.on_trial_complete(f"t{len(configs) - 1}", {"proxy/pgd_acc": config["method.fraction"], "done": True})
     assert len(configs) == 12
     found = studies(alg)
     assert sorted(found) == sorted(f"s/method.fraction={f},method.ranking={r}" for f in (0.3, 0.5)
@@ -52,14 +52,14 @@ def test_every_grid_cell_gets_its_own_study_and_exactly_its_budget(tmp_path):
 
 
 def test_replicates_tell_optuna_the_mean_of_their_repeats(tmp_path):
-    alg, total, spec = searcher(tmp_path, repeats=3, num_samples=2, metric=["eval/pgd_acc", "eval/clean_acc"],
+    alg, total, spec = searcher(tmp_path, repeats=3, num_samples=2, metric=["proxy/pgd_acc", "proxy/clean_acc"],
                                 mode=["max", "max"])  # fmt: skip
     assert total == 6
     configs = [alg.suggest(f"t{i}") for i in range(3)]
     assert [c[REPEAT_KEY] for c in configs] == [0, 1, 2]
     assert len({c["method.w_A"] for c in configs}) == 1  # one configuration, three seeds
     for i, pgd in enumerate((0.1, 0.2, 0.6)):
-        alg.on_trial_complete(f"t{i}", {"eval/pgd_acc": pgd, "eval/clean_acc": 0.9, "done": True})
+        alg.on_trial_complete(f"t{i}", {"proxy/pgd_acc": pgd, "proxy/clean_acc": 0.9, "done": True})
     (trial,) = studies(alg)["s"].trials
     assert trial.state == TrialState.COMPLETE and trial.values == pytest.approx([0.3, 0.9])
 
@@ -75,10 +75,10 @@ def test_replicates_survive_a_restore(tmp_path):
     alg, _, _ = searcher(tmp_path, repeats=2, grid={"method.fraction": [0.3, 0.5]}, num_samples=1)
     first = alg.suggest("a")
     alg.suggest("b")
-    alg.on_trial_complete("a", {"eval/pgd_acc": 0.2, "done": True})
+    alg.on_trial_complete("a", {"proxy/pgd_acc": 0.2, "done": True})
     alg.save(str(tmp_path / "searcher.pkl"))
     fresh, _, _ = searcher(tmp_path, repeats=2, grid={"method.fraction": [0.3, 0.5]}, num_samples=1)
     fresh.restore(str(tmp_path / "searcher.pkl"))  # --resume: the group of "a" and "b" is still known
-    fresh.on_trial_complete("b", {"eval/pgd_acc": 0.4, "done": True})
+    fresh.on_trial_complete("b", {"proxy/pgd_acc": 0.4, "done": True})
     study = studies(fresh)[f"s/method.fraction={first['method.fraction']}"]
     assert study.trials[0].value == pytest.approx(0.3)

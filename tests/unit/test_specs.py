@@ -205,3 +205,14 @@ def test_rules_about_ignored_fields_hold_for_specs_written_out_whole():
     whole = parse_trial({**base_trial(kind="sat", split="class", classes=[3]),
                          "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs"}})  # fmt: skip
     assert parse_trial(whole.model_dump(mode="json")) == whole  # defaults written out are not "set" mistakes
+
+
+def test_the_search_chooses_on_the_select_slice_unless_a_paper_is_reproduced_on_purpose():
+    assert parse_sweep({"name": "x", "trial": base_trial()}).search.metric == "proxy/pgd_acc"
+    with pytest.raises(SpecError, match="rank on proxy/clean_acc \\(select slice\\)"):
+        parse_sweep({"name": "x", "trial": base_trial(), "search": {"metric": "eval/clean_acc"}})
+    split = base_trial(kind="sat", split="class", classes=[3])
+    assert parse_sweep({"name": "x", "trial": split, "search": {"metric": "proxy/pgd_acc_B"}})  # CSAT's B, on select
+    optimistic = parse_sweep({"name": "x", "trial": base_trial(), "search": {"metric": "eval/pgd_acc",
+                                                                             "select_on": "final"}})  # fmt: skip
+    assert optimistic.search.select_on == "final"

@@ -163,13 +163,13 @@ def test_every_sampler_proposes_inside_the_space_and_learns(tmp_path, algorithm)
     for i in range(12):  # past every sampler's start-up trials
         config = search.suggest(f"t{i}")
         assert 0.5 <= config["method.w_A"] <= 4 and 1 <= config["train.epochs"] <= 3
-        search.on_trial_complete(f"t{i}", {"eval/pgd_acc": 1 / config["method.w_A"], "done": True})
+        search.on_trial_complete(f"t{i}", {"proxy/pgd_acc": 1 / config["method.w_A"], "done": True})
     study = optuna.load_study(study_name="t", storage=search._storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 12
     assert study.best_value == max(1 / t.params["method.w_A"] for t in study.trials)
 
 
-@pytest.mark.parametrize("metric", ["eval/pgd_acc", ["eval/clean_acc", "eval/pgd_acc"]])
+@pytest.mark.parametrize("metric", ["proxy/pgd_acc", ["proxy/clean_acc", "proxy/pgd_acc"]])
 def test_a_trial_the_scheduler_stopped_is_pruned_in_optuna(tmp_path, metric):
     search, _ = searcher(tmp_path, metric=metric, mode="max", algorithm="random")
     search.suggest("stopped")
@@ -177,7 +177,7 @@ def test_a_trial_the_scheduler_stopped_is_pruned_in_optuna(tmp_path, metric):
     search.suggest("failed")
     search.on_trial_complete("failed", None, error=True)
     search.suggest("done")
-    search.on_trial_complete("done", {"eval/clean_acc": 0.9, "eval/pgd_acc": 0.5, "done": True})
+    search.on_trial_complete("done", {"proxy/clean_acc": 0.9, "proxy/pgd_acc": 0.5, "done": True})
     study = optuna.load_study(study_name="t", storage=search._storage)
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
 
@@ -187,7 +187,7 @@ def test_the_class_transfer_matrix_averages_repeats(tmp_path):
         "name": "m", "storage": str(tmp_path / "runs"),
         "trial": {"data": {"dataset": "digits", "classes": [0, 1, 2]}, "threat": {"norm": "linf", "eps": 0.1},
                   "method": {"kind": "sat", "split": "class", "classes": [0]}},
-        "search": {"grid": {"method.classes": [["0"], ["1"]]}, "repeats": 2, "metric": "eval/pgd_acc"},
+        "search": {"grid": {"method.classes": [["0"], ["1"]]}, "repeats": 2, "metric": "proxy/pgd_acc"},
     })  # fmt: skip
 
     def row(tid, attacked, repeat, base):
@@ -225,9 +225,9 @@ def test_a_trial_optuna_was_told_of_before_the_driver_stopped_is_told_once(tmp_p
     search, _ = searcher(tmp_path, algorithm="random")
     search.suggest("t")
     saved = copy.deepcopy(search._completed_trials)  # Tune's saved searcher: from before the end
-    search.on_trial_complete("t", {"eval/pgd_acc": 0.5, "done": True})
+    search.on_trial_complete("t", {"proxy/pgd_acc": 0.5, "done": True})
     search._completed_trials = saved
-    search.on_trial_complete("t", {"eval/pgd_acc": 0.7, "done": True})
+    search.on_trial_complete("t", {"proxy/pgd_acc": 0.7, "done": True})
     study = optuna.load_study(study_name="t", storage=search._storage)
     assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 0.5)]
     assert "Cannot tell" not in caplog.text
