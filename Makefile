@@ -42,7 +42,7 @@ ui: install
 # throwaway PostgreSQL; the Grafana dashboard's queries on a real Prometheus; pages opened in headless Chromium,
 # screenshots kept in test-artifacts/), GPU tests where CUDA exists.
 test: install browser postgres prometheus
-	$(BIN)/ruff check satune tests bench
+	$(BIN)/ruff check satune tests bench docs/findings.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
@@ -50,7 +50,7 @@ test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: install
-	$(BIN)/ruff check satune tests bench
+	$(BIN)/ruff check satune tests bench docs/findings.py
 	$(BIN)/ruff format --check satune tests bench
 	$(BIN)/mypy
 
