@@ -541,7 +541,7 @@ def paired_comparison(data: SweepData) -> list[Drawn]:
     ax = fig.add_subplot(1, 1, 1)
     ys = list(range(len(shown)))[::-1]  # the closest runner-up on top
     for y, v in zip(ys, shown, strict=True):
-        color = COLORS[1] if v.supported_by else "#777"
+        color = {"seeds": COLORS[1], "examples": COLORS[4]}.get(v.supported_by or "", "#777")
         ax.scatter([pct(d) for d in v.differences], [y] * len(v.differences), s=14, color=color, alpha=0.45,
                    label="one seed (repeat)" if y == ys[0] else None)  # fmt: skip
         err = [[pct(v.mean - v.seeds.lo)], [pct(v.seeds.hi - v.mean)]] if v.seeds else None
@@ -559,8 +559,8 @@ def paired_comparison(data: SweepData) -> list[Drawn]:
     caption = (f"The best configuration was chosen by {comparison.selection}; the differences are on the final slice, which "
                "only reports. p (seeds): paired t-test over the seeds (repeat r trains every configuration with "
                "the same seed); p (examples): exact McNemar test on the shared final-slice examples, pooled over "
-               "the seeds, which speaks to the evaluation sample's noise only. A difference neither test puts "
-               "below 0.05 is within noise.")  # fmt: skip
+               "the seeds, which speaks to the evaluation sample's noise only. Red: beyond seed noise; orange: on "
+               "these examples only; grey: within noise (neither p below 0.05).")  # fmt: skip
     if comparison.note:
         caption = f"{comparison.note[0].upper()}{comparison.note[1:]}. {caption}"
     if len(comparison.verdicts) > len(shown):
