@@ -2,6 +2,7 @@
 through MLflow with satune's Python API, with its sweep file, commit and parent run id.
 
     .venv/bin/python docs/findings.py > /tmp/findings-tables.md     # after the sweeps in findings.md ran
+    .venv/bin/python docs/findings.py /other/checkout                # sweeps run from another checkout
 
 Every comparison is a verdict (satune.api: the paired t-test over seeds and the pooled per-example
 McNemar test), never a reading of means by eye.
@@ -18,7 +19,7 @@ from satune.api import Sweep, load
 from satune.report.fetch import param_value
 from satune.tune.summary import SweepResult, transfer_matrix
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
 REPORTED = "final/aa_acc"
 
 
@@ -40,13 +41,14 @@ def column(rows, key: str) -> list[float]:
     return [r[key] for r in rows if key in r and r[key] == r[key]]  # (NaN: not logged)
 
 
-def verdict(v: dict[str, Any] | None) -> str:
+def verdict(v: dict[str, Any] | None, first: str = "first") -> str:
     if v is None:
         return "-"
     interval = f" [{v['diff_lo']:+.3f}, {v['diff_hi']:+.3f}]" if v["diff_lo"] is not None else ""
     seeds = f", p(seeds) {v['p_seeds']:.2g}" if v["p_seeds"] is not None else ""
     examples = f", p(examples) {v['p_examples']:.2g}" if v["p_examples"] is not None else ""
-    return f"{v['mean_diff']:+.3f}{interval} over {v['pairs']} seeds{seeds}{examples}: **{v['verdict']}**"
+    said = v["verdict"].replace("first", first, 1)
+    return f"{v['mean_diff']:+.3f}{interval} over {v['pairs']} seeds{seeds}{examples}: **{said}**"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -68,10 +70,10 @@ def weighting(out: list[str]) -> None:
     for w in ("balanced", "overemphasized"):
         for metric in (REPORTED, "eval/clean_acc"):
             v = sweep.compare({"method.weighting": w}, {"method.weighting": "vanilla"}, metric=metric)
-            out.append(f"- {w} − vanilla, {metric}: {verdict(v)}")
+            out.append(f"- {w} − vanilla, {metric}: {verdict(v, w)}")
     out += ["", f"Verdicts against the best ({sweep.comparison.best.config if sweep.comparison.best else '-'}):", ""]
     for v in sweep.verdicts().to_dict("records"):
-        out.append(f"- against {v['other.method.weighting']}: {verdict(v)}")
+        out.append(f"- against {v['other.method.weighting']}: {verdict(v, 'best')}")
     out.append("")
 
 
@@ -93,7 +95,7 @@ def ratio(out: list[str]) -> None:
         for other in ("random", "entropy_easiest"):
             v = sweep.compare({"method.fraction": f, "method.ranking": "entropy_hardest"},
                               {"method.fraction": f, "method.ranking": other}, metric=REPORTED)  # fmt: skip
-            out.append(f"- f = {f}, hardest − {other}: {verdict(v)}")
+            out.append(f"- f = {f}, hardest − {other}: {verdict(v, 'hardest')}")
     out.append("")
 
 
@@ -133,7 +135,7 @@ def transfer(out: list[str]) -> None:
         v = sweep.compare({"source.method.fraction": f, "source.method.weighting": "overemphasized"},
                           {"source.method.fraction": f, "source.method.weighting": "vanilla"}, metric=metric,
                           pair_by="source.repeat")  # fmt: skip
-        out.append(f"- f = {f}, over-emphasised − vanilla sources, transferred {metric}: {verdict(v)}")
+        out.append(f"- f = {f}, over-emphasised − vanilla sources, transferred {metric}: {verdict(v, 'over-emphasised')}")
     out.append("")
 
 

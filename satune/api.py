@@ -107,11 +107,11 @@ class Sweep:
         others: the trials whose values include `first` (and `second`), paired by `pair_by` (the
         repeat, i.e. the seed; a transfer sweep pairs by its sources' own repeat, e.g.
         `source.repeat`), on `metric` (default: the most trustworthy reported number both have).
-        None when no pair has it."""
+        Its verdict reads "first ahead ..." or "first behind ...". None when no pair has it."""
         a, b = self._matching(first, pair_by), self._matching(second, pair_by)
         shared = sorted(set(a) & set(b), key=str)
         metrics = None if metric is None else (metric,)
-        found = versus([(a[k], b[k]) for k in shared], self.data.outcomes_of, "", metrics)
+        found = versus([(a[k], b[k]) for k in shared], self.data.outcomes_of, "", metrics, subject="first")
         return None if found is None else found.record() | {"first": first, "second": second, "pair_by": pair_by}
 
     def _matching(self, values: dict[str, Any], pair_by: str) -> dict[Any, TrialRow]:

@@ -185,6 +185,7 @@ def sweep(
         table,
         transfer_matrix,
     )
+    from satune.tune.verdicts import verdict_table
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:
@@ -196,9 +197,11 @@ def sweep(
         raise typer.Exit(130) from None
     out.print(_table(f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})", *table(spec, result), 2))
     if spec.search.repeats > 1:
-        title = (f"per configuration, over its {spec.search.repeats} repeats (one seed each), best first by "
-                 f"{spec.search.metrics[0]}; against the best: paired over seeds and examples")  # fmt: skip
+        title = f"per configuration, over its {spec.search.repeats} repeats (one seed each), best first by {spec.search.metrics[0]}"
         out.print(_table(title, *configuration_table(spec, result), 1))
+        if result.comparison is not None and result.comparison.verdicts:
+            title = "the best configuration against each other, on the final slice: paired over seeds and examples"
+            out.print(_table(title, *verdict_table(spec, result.comparison), 1))
     if (sources := source_table(spec, result)) is not None:
         out.print(_table("transferred, by source (mean ± std over the sources trained alike)", *sources, 1))
     if (matrix := transfer_matrix(spec, result)) is not None:

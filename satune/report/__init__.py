@@ -24,6 +24,7 @@ from satune.tune.summary import (
     table,
     transfer_matrix,
 )
+from satune.tune.verdicts import verdict_table
 
 __all__ = ["ReportError", "build_report"]
 
@@ -91,8 +92,10 @@ def write_tables(path: Path, data: SweepData, result: SweepResult) -> Path:
         lines += [f"Note: {data.comparison.note}.", ""]
     sections = []
     if spec.search.repeats > 1:
-        sections.append(("Configurations (mean ± std over seeds; verdicts against the best)",
-                         configuration_table(spec, result)))  # fmt: skip
+        sections.append(("Configurations (mean ± std over seeds)", configuration_table(spec, result)))
+    if data.comparison.verdicts:
+        sections.append(("The best configuration against each other (paired over seeds and examples)",
+                         verdict_table(spec, data.comparison)))  # fmt: skip
     if (sources := source_table(spec, result)) is not None:
         sections.append(("Transferred, by source (mean ± std over the sources trained alike)", sources))
     if (matrix := transfer_matrix(spec, result)) is not None:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from satune.report.fetch import SweepData
-from satune.report.figures import Drawn, configuration_label
+from satune.report.figures import Drawn
 from satune.tune.summary import OPTIMISTIC
+from satune.tune.verdicts import verdict_table
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1180px; padding: 0 20px 40px; color: #222; }
@@ -64,7 +65,7 @@ def render(data: SweepData, drawn: list[Drawn], trials: Table, configurations: T
         ]
     parts.append('<section id="verdicts"><h2>Verdicts: the best configuration against the others</h2>'
                  + (f'<p class="note">{e(comparison.note[0].upper() + comparison.note[1:])}.</p>' if comparison.note else "")
-                 + (_table(*verdict_table(data)) if comparison.verdicts else "")
+                 + (_table(*verdict_table(spec, comparison)) if comparison.verdicts else "")
                  + '<p class="meta">Numbers: <a href="verdicts.json">verdicts.json</a> · tables for a write-up: '
                  '<a href="tables.md">tables.md</a></p></section>')  # fmt: skip
     if cards:
@@ -97,24 +98,6 @@ def _card(card: dict[str, Any]) -> str:
     ]  # fmt: skip
     return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) \
         + "</table>"
-
-
-def verdict_table(data: SweepData) -> tuple[list[str], list[list[str]]]:
-    """One row per other configuration, closest first: the same verdicts as the end table's."""
-    comparison, keys = data.comparison, [*data.spec.search.grid, *data.spec.search.space]
-    rows = []
-    for v in comparison.verdicts:
-        config = comparison.others[v.other]
-        name = configuration_label(config.config, keys) or v.other
-        if data.spec.search.repeats == 1:
-            name += f" (trial {config.rows[0].trial_id})"
-        interval = f"[{v.seeds.lo:+.2%}, {v.seeds.hi:+.2%}]" if v.seeds else "-"
-        rows.append([name, v.metric, str(len(v.differences)), f"{v.mean:+.2%}", interval,
-                     f"{v.seeds.p:.2g}" if v.seeds else "-", str(v.examples or "-"),
-                     f"{v.p_examples:.2g}" if v.p_examples is not None else "-", v.verdict])  # fmt: skip
-    header = ["against", "metric", "seeds", "best - other", "95 % interval", "p (seeds)", "paired examples",
-              "p (examples)", "verdict"]  # fmt: skip
-    return header, rows
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

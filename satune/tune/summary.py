@@ -209,9 +209,9 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
             "pareto " if r.trial_id in front else ""
         )
         status = r.status.lower() if r.finished else "unfinished"
-        rows.append([r.trial_id, marks + status, *(_cell(result.labels.get(str(r.config.get(k)), r.config.get(k)))
+        rows.append([r.trial_id, marks + status, *(cell(result.labels.get(str(r.config.get(k)), r.config.get(k)))
                                                    for k in keys), _interval(r.metrics, first),
-                     *(_cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final),
+                     *(cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final),
                      flags(r.metrics)])  # fmt: skip
     return header, rows
 
@@ -288,36 +288,25 @@ def source_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list
 
 
 def configuration_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[str]]]:
-    """With repeats: one line per configuration, each metric as mean ± std over its n repeats, and
-    its verdict against the best configuration (tune.verdicts): the paired difference over seeds with
-    its 95 % interval, the paired t-test's p, the per-example test's p pooled over the seeds."""
+    """With repeats: one line per configuration, each metric as mean ± std over its n repeats, the
+    choosing one first (its verdict against the best: tune.verdicts.verdict_table)."""
     keys = [*sweep.search.grid, *sweep.search.space]
     metrics = shown_metrics(sweep)
     first, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
     groups = sorted(configurations(result.rows),
                     key=lambda g: -sign * (s[0] if (s := g.stats(first)) else -sign * float("inf")))  # fmt: skip
-    comparison = result.comparison
-    verdicts = {v.other: v for v in comparison.verdicts} if comparison is not None else {}
-    best = comparison.best.key if comparison is not None and comparison.best is not None else None
+    best = result.comparison.best.key if result.comparison is not None and result.comparison.best else None
     rows = []
     for g in groups:
         cells = []
         for m in metrics:
             s = g.stats(m)
             cells.append("-" if s is None else f"{s[0]:.4f} ± {s[1]:.4f} (n={s[2]})")
-        v = verdicts.get(g.key)
-        against = ["best", "", "", ""] if g.key == best else ["-", "-", "-", "-"]
-        if v is not None:
-            interval = f" [{v.seeds.lo:+.4f}, {v.seeds.hi:+.4f}]" if v.seeds else ""
-            against = [f"{v.metric} {v.mean:+.4f}{interval}", _p(v.seeds.p if v.seeds else None),
-                       _p(v.p_examples) + (f" (n={v.examples})" if v.examples else ""), v.verdict]  # fmt: skip
-        rows.append([g.key, *(_cell(g.config.get(k)) for k in keys), *cells, *against])
-    header = ["config", *keys, *(f"{m} mean ± std" for m in metrics),
-              "best - this [95 %]", "p (seeds)", "p (examples)", "verdict"]  # fmt: skip
-    return header, rows
+        rows.append([g.key + (" (best)" if g.key == best else ""), *(cell(g.config.get(k)) for k in keys), *cells])
+    return ["config", *keys, *(f"{m} mean ± std" for m in metrics)], rows
 
 
-def _p(p: float | None) -> str:
+def p_value(p: float | None) -> str:
     return "-" if p is None else f"{p:.2g}" if p >= 0.001 else "<0.001"
 
 
@@ -325,12 +314,13 @@ def _interval(metrics: dict[str, float], key: str) -> str:
     if key not in metrics:
         return "-"
     if "_acc" not in key or any(k not in metrics for k in interval_keys(key)):
-        return _cell(metrics[key])
+        return cell(metrics[key])
     n, lo, hi = (metrics[k] for k in interval_keys(key))
     return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}] n={n:.0f}"
 
 
-def _cell(v) -> str:
+def cell(v) -> str:
+    """A value in a table cell."""
     if v is None:
         return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)

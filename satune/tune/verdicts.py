@@ -33,7 +33,15 @@ from satune import tracking
 from satune.specs import SweepSpec
 from satune.stats import ALPHA, PairedT, mcnemar_p, paired_t
 from satune.tune.space import REPEAT_KEY
-from satune.tune.summary import Configuration, TrialRow, best_configuration, configurations, selection
+from satune.tune.summary import (
+    Configuration,
+    TrialRow,
+    best_configuration,
+    cell,
+    configurations,
+    p_value,
+    selection,
+)
 
 # The reported numbers a comparison may use, most trustworthy first, with the outcome file's column.
 REPORTED = (("final/aa_acc", "aa"), ("eval/aa_acc", "aa"), ("eval/pgd_acc", "pgd"))
@@ -56,6 +64,7 @@ class Verdict:
     best_only: int = 0  # ... on which only the best configuration's model was right
     other_only: int = 0
     p_examples: float | None = None  # exact McNemar on the pooled discordant examples
+    subject: str = "best"  # what the verdict calls the first side ("first" for any two configurations)
 
     @property
     def mean(self) -> float:
@@ -75,7 +84,7 @@ class Verdict:
     def verdict(self) -> str:
         if self.supported_by is None:
             return WITHIN_NOISE
-        who = "best ahead" if self.mean > 0 else "best behind"
+        who = f"{self.subject} {'ahead' if self.mean > 0 else 'behind'}"
         return f"{who}, beyond seed noise" if self.supported_by == "seeds" else f"{who} on these examples only"
 
     def record(self) -> dict[str, Any]:
@@ -141,7 +150,7 @@ def _versus(best: Configuration, other: Configuration, outcomes: OutcomeReader |
 
 
 def versus(pairs: list[tuple[TrialRow, TrialRow]], outcomes: OutcomeReader | None, other: str = "",
-           metrics: tuple[str, ...] | None = None) -> Verdict | None:  # fmt: skip
+           metrics: tuple[str, ...] | None = None, subject: str = "best") -> Verdict | None:  # fmt: skip
     """One verdict over pairs of trials trained with the same seed (first - second), on the most
     trustworthy reported number (or the first of `metrics`) that every trial of the pairs has."""
     for metric, column in REPORTED if metrics is None else [(m, dict(REPORTED).get(m, "")) for m in metrics]:
@@ -151,9 +160,9 @@ def versus(pairs: list[tuple[TrialRow, TrialRow]], outcomes: OutcomeReader | Non
         pooled = _pooled(pairs, metric, column, outcomes) if column else None
         seeds = paired_t(diffs)
         if pooled is None:
-            return Verdict(other, metric, diffs, seeds)
+            return Verdict(other, metric, diffs, seeds, subject=subject)
         n, b, c = pooled
-        return Verdict(other, metric, diffs, seeds, n, b, c, mcnemar_p(b, c))
+        return Verdict(other, metric, diffs, seeds, n, b, c, mcnemar_p(b, c), subject)
     return None
 
 
@@ -176,6 +185,22 @@ def _pooled(pairs: list[tuple[TrialRow, TrialRow]], metric: str, column: str, ou
         b += sum(x == "1" and y == "0" for x, y in both)
         c += sum(x == "0" and y == "1" for x, y in both)
     return n, b, c
+
+
+def verdict_table(sweep: SweepSpec, comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """One line per other configuration, closest on the select slice first: the end table's, the
+    report's and tables.md's."""
+    keys = [*sweep.search.grid, *sweep.search.space]
+    rows = []
+    for v in comparison.verdicts:
+        config = comparison.others[v.other]
+        name = v.other + (f" (trial {config.rows[0].trial_id})" if sweep.search.repeats == 1 else "")
+        interval = f" [{v.seeds.lo:+.4f}, {v.seeds.hi:+.4f}]" if v.seeds else ""
+        rows.append([name, *(cell(config.config.get(k)) for k in keys), v.metric, f"{v.mean:+.4f}{interval}",
+                     str(len(v.differences)), p_value(v.seeds.p if v.seeds else None),
+                     p_value(v.p_examples) + (f" (n={v.examples})" if v.examples else ""), v.verdict])  # fmt: skip
+    header = ["against", *keys, "metric", "best - this [95 %]", "seeds", "p (seeds)", "p (examples)", "verdict"]
+    return header, rows
 
 
 # --------------------------------------------------------------------------------------------

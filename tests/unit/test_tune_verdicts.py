@@ -114,3 +114,29 @@ def test_the_reports_winner_and_its_comparison_follow_the_select_slice(tmp_path)
     assert [r["other_label"] for r in drawn.table] == ["weighting=balanced", "weighting=overemphasized"]
     assert drawn.table[1]["other_only"] == 24 and drawn.table[1]["verdict"] == "best behind, beyond seed noise"
     assert outcome_column("index,label,clean,aa\n0,1,1,\n", "aa") == [""]  # an example AutoAttack did not cover
+
+
+def test_a_paper_reproduced_on_its_test_set_says_so_wherever_the_choice_is_reported(tmp_path):
+    from satune.tune.summary import SweepResult, table
+
+    spec = parse_sweep({
+        "name": "v", "storage": str(tmp_path),
+        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "l2", "eps": 0.75},
+                  "method": {"kind": "sat", "fraction": 0.1}},
+        "search": {"grid": {"method.weighting": WEIGHTINGS}, "repeats": 3, "metric": "eval/pgd_acc",
+                   "select_on": "final"},
+    })  # fmt: skip
+    trials = rows()
+    comparison = compare(spec, trials, None)
+    assert comparison.optimistic and comparison.selection == "eval/pgd_acc, selected on the test slice (optimistic)"
+    assert comparison.best.config == {"method.weighting": "overemphasized"}  # chosen on the final slice, as asked
+    best, _ = best_configuration(spec, trials)
+    header, _ = table(spec, SweepResult(tmp_path, trials, best))
+    assert "eval/pgd_acc [95 %] (test slice: optimistic)" in header
+    found = [Trial(f"run-{r.trial_id}", r, r.trial_id, {}) for r in trials]
+    data = SweepData("http://127.0.0.1:9", spec, "parent", "v-1", datetime.now(UTC), {}, found, tmp_path)
+    data._comparison = comparison  # (what the report computes from MLflow; no outcomes here)
+    from satune.report.page import render
+
+    page = render(data, [], table(spec, SweepResult(tmp_path, trials, best)), None, [], tmp_path)
+    assert "Selected on the test slice (optimistic)" in page
