@@ -33,7 +33,7 @@ def winners(sweep: SweepSpec, rows: list[TrialRow], top_k: int | str) -> list[Tr
     if top_k == "pareto":
         candidates = pareto_front(candidates, metrics, modes)
     sign = 1 if modes[0] == "max" else -1
-    ranked = sorted(candidates, key=lambda r: -sign * r.metrics[metrics[0]])
+    ranked = sorted(candidates, key=lambda r: (-sign * r.metrics[metrics[0]], r.trial_id))  # ties: by id, stably
     chosen = ranked if isinstance(top_k, str) else ranked[:top_k]
     return [t for r in chosen for t in groups[r.trial_id].rows] if sweep.search.repeats > 1 else chosen
 

@@ -132,7 +132,9 @@ def best_of(rows: list[TrialRow], metrics: list[str], modes: list[str]) -> tuple
         return None, []
     front = pareto_front(scored, metrics, modes) if len(metrics) > 1 else scored
     sign = 1 if modes[0] == "max" else -1
-    best = max(front, key=lambda r: sign * r.metrics[metrics[0]])
+    # A tie (likely on a select slice of a few hundred examples) goes to the lower id: the same best, and
+    # the same final-stage winners, after a --resume that lists the trials in another order.
+    best = min(front, key=lambda r: (-sign * r.metrics[metrics[0]], r.trial_id))
     return best, front if len(metrics) > 1 else []
 
 

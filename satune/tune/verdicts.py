@@ -127,7 +127,7 @@ def compare(sweep: SweepSpec, rows: list[TrialRow], outcomes: OutcomeReader | No
         out.note = "no finished trial reports the search's metric: nothing to compare"
         return out
     others = [g for g in groups if g is not best]
-    others.sort(key=lambda g: -sign * (s[0] if (s := g.stats(metric)) else -sign * float("inf")))
+    others.sort(key=lambda g: (-sign * (s[0] if (s := g.stats(metric)) else -sign * float("inf")), g.key))
     out.others = {g.key: g for g in others}
     if not others:
         out.note = "one configuration: nothing to compare it with"

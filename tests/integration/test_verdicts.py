@@ -47,12 +47,13 @@ def mean(runs, metric: str) -> float:
 
 def test_the_select_slice_chooses_the_best_configuration_and_the_final_stages_winners(swept):
     _, _, done, _, parent, by_config = swept
-    ranked = sorted(by_config, key=lambda k: -mean(by_config[k], "proxy/pgd_acc"))
-    best = ranked[0]
-    assert parent.data.tags["satune.best_trial"] == by_config[best][0].data.tags[TRIAL_TAG]
+    means = {k: mean(runs, "proxy/pgd_acc") for k, runs in by_config.items()}
+    (best,) = [k for k, runs in by_config.items() if runs[0].data.tags[TRIAL_TAG] == parent.data.tags["satune.best_trial"]]
+    assert means[best] == max(means.values())  # (a tie on the select slice may go either way)
     evaluated = {k for k, runs in by_config.items() if all("final/aa_acc" in r.data.metrics for r in runs)}
-    assert evaluated == set(ranked[:2])  # top_k 2 by the select slice, every repeat of each
-    assert not any("final/aa_acc" in r.data.metrics for r in by_config[ranked[2]])
+    (rest,) = set(by_config) - evaluated  # top_k 2 by the select slice, every repeat of each
+    assert len(evaluated) == 2 and min(means[k] for k in evaluated) >= means[rest]
+    assert not any("final/aa_acc" in r.data.metrics for r in by_config[rest])
     assert parent.data.tags["satune.selection"] == "proxy/pgd_acc on the select slice, 162 examples (mean over 3 repeats)"
     assert f"best configuration {best}" in done.stdout and "chosen by proxy/pgd_acc on the select slice" in done.stdout
 
@@ -117,8 +118,9 @@ def test_the_api_lists_the_trials_as_mlflow_holds_them(swept):
     verdict = loaded.verdicts().iloc[0]
     fraction = {c.config["method.fraction"] for c in [loaded.comparison.best]}.pop()
     again = loaded.compare({"method.fraction": fraction}, {"method.fraction": verdict["other.method.fraction"]})
-    assert {k: again[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples", "verdict")} == {
-        k: verdict[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples", "verdict")}  # fmt: skip
+    assert {k: again[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples")} == {
+        k: verdict[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples")}  # fmt: skip
+    assert again["verdict"] == verdict["verdict"].replace("best", "first", 1)  # (any two: "first ahead", ...)
     by_name = sat.load("verdicts", tracking_uri=loaded.tracking_uri)  # by name, and by the parent run's id
     by_id = sat.load(parent.info.run_id, tracking_uri=loaded.tracking_uri)
     assert by_name.verdicts().to_dict("records") == loaded.verdicts().to_dict("records")

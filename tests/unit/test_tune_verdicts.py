@@ -140,3 +140,17 @@ def test_a_paper_reproduced_on_its_test_set_says_so_wherever_the_choice_is_repor
 
     page = render(data, [], table(spec, SweepResult(tmp_path, trials, best)), None, [], tmp_path)
     assert "Selected on the test slice (optimistic)" in page
+
+
+def test_a_tie_on_the_select_slice_is_broken_the_same_way_whatever_the_order_of_the_trials(tmp_path):
+    """On a select slice of a few hundred images two trials often tie; a resumed sweep lists its trials
+    in another order, and must still name the same best and evaluate the same winners."""
+    from satune.tune.summary import TrialRow
+
+    spec = sweep(tmp_path, repeats=1)
+    tied = [TrialRow(t, "TERMINATED", {"method.weighting": w}, {"proxy/pgd_acc": p})
+            for t, w, p in (("c", "vanilla", 0.4), ("a", "balanced", 0.4), ("b", "overemphasized", 0.3))]  # fmt: skip
+    for order in (tied, tied[::-1]):
+        assert best_configuration(spec, order)[0].trial_id == "a"
+        assert [r.trial_id for r in winners(spec, order, 2)] == ["a", "c"]
+        assert [r.trial_id for r in winners(spec, order, 1)] == ["a"]
