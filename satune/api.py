@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,13 +41,15 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 @dataclass
 class Sweep:
-    """A finished (or interrupted) sweep as read from MLflow; everything is read when it is loaded."""
+    """A finished (or interrupted) sweep as read from MLflow: its trials and verdicts are read when it
+    is loaded; `compare` reads the outcome files it needs then, serving a local store again."""
 
     spec: SweepSpec
     parent_run_id: str
     tracking_uri: str
     data: SweepData
     comparison: Comparison
+    serve: Callable[[], AbstractContextManager[str]]  # the tracking server while a block runs (local mode: again)
 
     @property
     def selection(self) -> str:
@@ -100,7 +104,6 @@ class Sweep:
         frame.attrs = {"note": c.note, "selection": c.selection, "optimistic": c.optimistic}
         return frame
 
-
     def compare(self, first: dict[str, Any], second: dict[str, Any], metric: str | None = None,
                 pair_by: str = REPEAT_KEY) -> dict[str, Any] | None:  # fmt: skip
         """Any two configurations, `first - second`, as the verdicts compare the best with the
@@ -111,7 +114,9 @@ class Sweep:
         a, b = self._matching(first, pair_by), self._matching(second, pair_by)
         shared = sorted(set(a) & set(b), key=str)
         metrics = None if metric is None else (metric,)
-        found = versus([(a[k], b[k]) for k in shared], self.data.outcomes_of, "", metrics, subject="first")
+        with self.serve() as uri:  # outcome files the verdicts did not read yet (a local store's port is new)
+            self.data.uri = uri
+            found = versus([(a[k], b[k]) for k in shared], self.data.outcomes_of, "", metrics, subject="first")
         return None if found is None else found.record() | {"first": first, "second": second, "pair_by": pair_by}
 
     def _matching(self, values: dict[str, Any], pair_by: str) -> dict[Any, TrialRow]:
@@ -137,20 +142,27 @@ def load(sweep: str | Path, *, tracking_uri: str | None = None) -> Sweep:
     path = Path(sweep)
     if path.is_file():
         spec = load_sweep(path)
-        with tracking.serving(spec.tracking.uri, spec.storage, f"satune sweep {path}") as (served, _):
-            return _read(served, lambda: find_sweep(served, spec.name, _quiet))
+
+        @contextmanager
+        def serve() -> Iterator[str]:
+            with tracking.serving(spec.tracking.uri, spec.storage, f"satune sweep {path}") as (served, _):
+                yield served
+
+        with serve() as served:
+            return _read(served, serve, lambda: find_sweep(served, spec.name, _quiet))
     given = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if given is None:
         raise UserError(f"'{sweep}' is not a sweep file; for a sweep's name or run id pass tracking_uri")
     uri, name = given, str(sweep)
     tracking.check_reachable(uri)
-    return _read(uri, lambda: find_parent(uri, name, _quiet) if RUN_ID.fullmatch(name) else find_sweep(uri, name, _quiet))
+    find = lambda: find_parent(uri, name, _quiet) if RUN_ID.fullmatch(name) else find_sweep(uri, name, _quiet)  # noqa: E731
+    return _read(uri, lambda: nullcontext(uri), find)
 
 
-def _read(uri: str, find) -> Sweep:
+def _read(uri: str, serve: Callable[[], AbstractContextManager[str]], find: Callable[[], SweepData]) -> Sweep:
     data = find()
     comparison = data.comparison  # reads the outcomes it needs while the server answers
-    return Sweep(data.spec, data.parent_id, uri, data, comparison)
+    return Sweep(data.spec, data.parent_id, uri, data, comparison, serve)
 
 
 def _quiet(_: str) -> None:

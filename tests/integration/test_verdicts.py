@@ -121,6 +121,9 @@ def test_the_api_lists_the_trials_as_mlflow_holds_them(swept):
     assert {k: again[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples")} == {
         k: verdict[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples")}  # fmt: skip
     assert again["verdict"] == verdict["verdict"].replace("best", "first", 1)  # (any two: "first ahead", ...)
+    pgd = loaded.compare({"method.fraction": fraction}, {"method.fraction": verdict["other.method.fraction"]},
+                         metric="eval/pgd_acc")  # outcome files the verdicts did not need, read now
+    assert pgd["metric"] == "eval/pgd_acc" and pgd["examples"] == 3 * 377 and pgd["p_examples"] is not None
     by_name = sat.load("verdicts", tracking_uri=loaded.tracking_uri)  # by name, and by the parent run's id
     by_id = sat.load(parent.info.run_id, tracking_uri=loaded.tracking_uri)
     assert by_name.verdicts().to_dict("records") == loaded.verdicts().to_dict("records")
