@@ -3,8 +3,6 @@ metrics, tags), their metric histories and artifacts, and its Optuna studies. No
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import tempfile
 from collections.abc import Callable
@@ -97,10 +95,6 @@ class SweepData:
                     text = tracking.download(self.uri, trial.run_id, name, Path(tmp)).read_text()
             self._cache[trial.run_id, name] = text
         return self._cache[trial.run_id, name]
-
-    def outcomes(self, trial: Trial, name: str = "outcomes.csv") -> list[dict[str, str]] | None:
-        text = self.artifact_text(trial, name)
-        return None if text is None else list(csv.DictReader(io.StringIO(text)))
 
     def final_labels(self, trial: Trial) -> list[str]:
         """The labels of the trial's final-stage evaluations (`final/<label>/card.json`), oldest first."""
