@@ -165,10 +165,8 @@ def pgd(
 def _keep_best(best_x, best_loss, x, loss):
     if best_x is None:
         return x.clone(), loss.clone()
-    better = loss > best_loss
-    best_x[better] = x[better]
-    best_loss[better] = loss[better]
-    return best_x, best_loss
+    better = loss > best_loss  # where, not masked assignment: no host sync inside the attack loop
+    return torch.where(_per_example(better, x), x, best_x), torch.where(better, loss, best_loss)
 
 
 __all__ = ["Attack", "L2Step", "LinfStep", "attack_mode", "ce_loss", "pgd", "threat_step"]

@@ -99,7 +99,7 @@ def fit(
         data_gen, attack_gen = generator(seed, "data", epoch), generator(seed, "attack", epoch)
         method.start_epoch(epoch)
         model.train()
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, float | torch.Tensor] = defaultdict(float)
         lr = opt.param_groups[0]["lr"]
         for x, y, idx in source.batches(spec.batch_size, data_gen):
             x, y, idx = x.to(device, non_blocking=True), y.to(device, non_blocking=True), idx.to(device)
@@ -112,9 +112,10 @@ def fit(
                 sums[k] += v
         sched.step()
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        grad_evals += sums["grad_evals"]
-        metrics = {"epoch": epoch, **method.summarize(sums), "train/grad_evals": grad_evals, "train/lr": lr}
+            torch.cuda.synchronize(device)  # the epoch's one wait for the device, before its time is read
+        totals = {k: float(v) for k, v in sums.items()}
+        grad_evals += totals["grad_evals"]
+        metrics = {"epoch": epoch, **method.summarize(totals), "train/grad_evals": grad_evals, "train/lr": lr}
         metrics["time/epoch_s"] = time.perf_counter() - t0  # the training pass alone
 
         if select is not None and epoch in select_epochs:

@@ -83,6 +83,8 @@ def load_folder(where: str) -> Source:
 def build_context(spec: TrialSpec, sources: SourceLoader = load_folder) -> BuildContext:
     """The trial's runtime, data and attack, as its method kind is built from them."""
     device = runtime.configure(spec.runtime, spec.seed)
+    if device.type == "cuda":  # gpu/peak_mib is this trial's, also in an actor that ran others before
+        torch.cuda.reset_peak_memory_stats(device)
     cache = runtime.cache_dir(spec.runtime)
     data = load_data(spec.data, cache, device)
     log.info("data: %s, %d train / %d select / %d final, device %s", spec.data.dataset, len(data.train),
@@ -198,6 +200,8 @@ def run_trial(
     metrics["train/collapsed"] = float(result.collapsed_at is not None)
     metrics["train/grad_evals"] = result.history[-1]["train/grad_evals"]  # the whole training's cost
     metrics["time/total_s"] = time.perf_counter() - t0
+    if device.type == "cuda":  # what a trial needs of a shared GPU (resources.gpu below 1)
+        metrics["gpu/peak_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
     integrity += robust_above_clean(outcomes)
     for problem in integrity:
         log.warning("evaluation integrity: %s", problem)

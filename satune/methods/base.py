@@ -20,9 +20,10 @@ class Method(Protocol):
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> dict:
         """One batch -> {"loss": scalar to minimise, "logits": primary logits (n, C), "stats": sums}.
 
-        `stats` holds per-batch sums the loop adds up over an epoch and hands to `summarize`:
-        n, loss_sum, correct, attacked, adv_correct, grad_evals (input-gradient evaluations,
-        examples x steps), plus any method-specific sums.
+        `stats` holds per-batch sums (numbers, or tensors on the device: `batch_sums`) the loop adds
+        up over an epoch and hands to `summarize` as floats: n, loss_sum, correct, attacked,
+        adv_correct, grad_evals (input-gradient evaluations, examples x steps), plus any
+        method-specific sums.
         """
         ...
 
@@ -63,6 +64,22 @@ class MethodBase:
 
 def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1) == y
+
+
+def batch_sums(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, adv_logits: torch.Tensor,
+               attacked: torch.Tensor | None, grad_evals: int) -> dict:
+    """The sums every method reports for a batch. Counts that depend on the data stay tensors on the
+    device: the loop reads them once per epoch, where an `.item()` per step would make the host wait
+    for the GPU at every step. `attacked`: which examples `adv_logits` scores (None: all)."""
+    hit = correct(adv_logits.detach(), y)
+    return {
+        "n": len(y),
+        "loss_sum": loss.detach().float() * len(y),
+        "correct": correct(logits.detach(), y).sum(),
+        "attacked": len(y) if attacked is None else attacked.sum(),
+        "adv_correct": hit.sum() if attacked is None else (hit & attacked).sum(),
+        "grad_evals": grad_evals,
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from satune.attacks import Attack, attack_mode
 from satune.data import augmentation
 from satune.data.aux import AuxData, load_aux
 from satune.data.sources import Batch
-from satune.methods.base import BuildContext, Built, Kind, MethodBase, correct
+from satune.methods.base import BuildContext, Built, Kind, MethodBase, batch_sums
 from satune.methods.trades import clean_logits, kl, trades_start
 from satune.runtime import generator
 from satune.specs import BiamatSpec
@@ -40,11 +40,12 @@ def confidence(logits: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits.float(), dim=1).amax(1)
 
 
-def omega_from(primary_confidence: torch.Tensor, pi: float) -> float:
-    return float(pi * primary_confidence.mean())
+def omega_from(primary_confidence: torch.Tensor, pi: float) -> torch.Tensor:
+    """A 0-d tensor on the batch's device: the gate compares against it without a host sync."""
+    return pi * primary_confidence.mean()
 
 
-def gate(aux_confidence: torch.Tensor, omega: float | None, mode: str) -> torch.Tensor:
+def gate(aux_confidence: torch.Tensor, omega: float | torch.Tensor | None, mode: str) -> torch.Tensor:
     """Hi membership per auxiliary image: at or above omega (biamat), all (naive), none (all_uniform)."""
     if mode == "naive":
         return torch.ones_like(aux_confidence, dtype=torch.bool)
@@ -98,13 +99,13 @@ class Biamat(MethodBase):
         self.hi_loss = hi_loss  # TRADES variant: the loss of high-confidence aux images
         self.warmup_epochs = spec.resolved_warmup_epochs
         self.aux_batch_size, self.seed = aux_batch_size, seed
-        self.omega: float | None = None  # frozen at the first gated step (fixed_after_warmup)
+        self.omega: float | torch.Tensor | None = None  # frozen at the first gated step (fixed_after_warmup)
         self.epoch = 0
         self._stream: Iterator[Batch] | None = None  # set by start_epoch
 
     # -- state that must survive a resume: omega cannot be recomputed after the fact
     def state_dict(self) -> dict:
-        return {"omega": self.omega}
+        return {"omega": None if self.omega is None else float(self.omega)}
 
     def load_state_dict(self, state: dict) -> None:
         self.omega = state.get("omega")
@@ -135,21 +136,14 @@ class Biamat(MethodBase):
 
         step = self._at_step if self.spec.variant == "at" else self._trades_step
         loss, logits, adv_logits = step(model, xb, y, ya, hi, alpha, gen)
-        stats = {
-            "n": n_p,
-            "loss_sum": loss.item() * n_p,
-            "correct": int(correct(logits.detach(), y).sum()),
-            "attacked": n_p,
-            "adv_correct": int(correct(adv_logits.detach(), y).sum()),
-            "grad_evals": (n_p + n_a) * self.attack.steps,
-        }
+        stats = batch_sums(loss, logits, y, adv_logits, None, (n_p + n_a) * self.attack.steps)
         if not self.warming_up:
             src = self.aux.source_of[ia]
             stats["aux_n"] = n_a
-            stats["aux_hi"] = int(hi.sum())
+            stats["aux_hi"] = hi.sum()
             for k, label in enumerate(self.aux.labels):
-                stats[f"aux_n/{label}"] = int((src == k).sum())
-                stats[f"aux_hi/{label}"] = int((hi & (src == k)).sum())
+                stats[f"aux_n/{label}"] = (src == k).sum()
+                stats[f"aux_hi/{label}"] = (hi & (src == k)).sum()
         return {"loss": loss, "logits": logits, "stats": stats}
 
     def _gate(self, model: nn.Module, x: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
@@ -194,7 +188,7 @@ class Biamat(MethodBase):
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         out = super().summarize(sums)
         if self.omega is not None:
-            out["biamat/omega"] = self.omega
+            out["biamat/omega"] = float(self.omega)
         if sums.get("aux_n"):
             out["biamat/hi_ratio"] = sums["aux_hi"] / sums["aux_n"]
             if len(self.aux.labels) > 1:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from satune.attacks import Attack
-from satune.methods.base import BuildContext, Built, Kind, MethodBase, correct
+from satune.methods.base import BuildContext, Built, Kind, MethodBase, batch_sums
 from satune.seeds import derive_seed
 from satune.specs import AtSpec, CleanSpec, SatSpec, class_count
 
@@ -52,15 +52,8 @@ class SubsetAdversarial(MethodBase):
         ce = F.cross_entropy(logits, y, reduction="none")
         w = torch.where(mask, torch.full_like(ce, self.w_A), torch.full_like(ce, self.w_B))
         loss = (w * ce).sum() / w.sum().clamp_min(1e-12)
-        hit = correct(logits.detach(), y)
-        stats = {
-            "n": len(y),
-            "loss_sum": loss.item() * len(y),
-            "correct": int(hit.sum()),
-            "attacked": n_attacked,
-            "adv_correct": int(hit[mask].sum()),
-            "grad_evals": n_attacked * self.attack.steps,
-        }
+        # One host sync per step stays: the attacked subset's size shapes the attack's batch.
+        stats = batch_sums(loss, logits, y, logits, mask, n_attacked * self.attack.steps)
         return {"loss": loss, "logits": logits, "stats": stats}
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from satune.attacks import Attack, attack_mode
-from satune.methods.base import BuildContext, Built, Kind, MethodBase, correct
+from satune.methods.base import BuildContext, Built, Kind, MethodBase, batch_sums
 from satune.models import Net
 from satune.specs import TradesSpec
 
@@ -45,14 +45,7 @@ class Trades(MethodBase):
         model.train()
         logits, adv_logits = model(x), model(x_adv)
         loss = F.cross_entropy(logits, y) + self.beta * kl(logits, adv_logits).mean()
-        stats = {
-            "n": len(y),
-            "loss_sum": loss.item() * len(y),
-            "correct": int(correct(logits.detach(), y).sum()),
-            "attacked": len(y),
-            "adv_correct": int(correct(adv_logits.detach(), y).sum()),
-            "grad_evals": len(y) * self.attack.steps,
-        }
+        stats = batch_sums(loss, logits, y, adv_logits, None, len(y) * self.attack.steps)
         return {"loss": loss, "logits": logits, "stats": stats}
 
 

@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from satune import tracking, watchdog
 from satune.seeds import derive_seed
 from satune.specs import RunsOf, SweepSpec
+from satune.specs.datafiles import missing_data
 from satune.tune import cluster, final_stage, verdicts
 from satune.tune.progress import Progress, echo_stderr, live_view
 from satune.tune.rundir import JOURNAL_FILE, RunDir, SweepError, prepare, writable_by_others
@@ -80,6 +81,7 @@ def run_sweep(
             # fits a trial, one machine if MLflow is served locally). A local server starts while a
             # private Ray does (each takes seconds).
             address = address or os.environ.get("SATUNE_RAY_ADDRESS")
+            _check_data(sweep, joined=bool(address), echo=echo)
             if uri is not None:
                 tracking.check_server(uri)
             run.storage.check()
@@ -255,6 +257,16 @@ def _tune_quieted():
     finally:
         for name in _TUNE_LOGGERS:
             logging.getLogger(name).removeFilter(quiet)
+
+
+def _check_data(sweep: SweepSpec, joined: bool, echo: Callable[[str], None]) -> None:
+    """Data sets that are not on disk fail the sweep before Ray starts. Joined to a cluster, trials
+    read them on their own nodes, which this machine cannot see: a warning then."""
+    problems = missing_data(sweep.trial)
+    if problems and not joined:
+        raise SweepError("\n".join(problems))
+    for line in problems:
+        echo(f"warning: {line} on this machine (the trials read it on their nodes)")
 
 
 def _injected_interrupt(phase: str) -> None:

@@ -36,6 +36,7 @@ def test_trial_runs_on_cuda():
     result = run_trial(trial())
     assert next(result.model.parameters()).is_cuda
     assert 0 < result.metrics["eval/clean_acc"] <= 1 and "eval/aa_acc" in result.metrics
+    assert 0 < result.metrics["gpu/peak_mib"] < torch.cuda.get_device_properties(0).total_memory / 2**20
 
 
 def test_trial_runs_with_bfloat16_autocast():

@@ -15,7 +15,7 @@ from satune.trial import run_trial
 
 def test_gate_splits_a_known_batch():
     conf = torch.tensor([0.1, 0.5, 0.55, 0.9])
-    assert omega_from(torch.tensor([0.8, 1.0]), 0.55) == pytest.approx(0.495)
+    assert float(omega_from(torch.tensor([0.8, 1.0]), 0.55)) == pytest.approx(0.495)
     assert gate(conf, 0.5, "biamat").tolist() == [False, True, True, True]
     assert gate(conf, 0.95, "biamat").tolist() == [False] * 4  # all low
     assert gate(conf, 0.05, "biamat").tolist() == [True] * 4  # all high
