@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 import warnings
@@ -391,7 +392,17 @@ def _fit(
     # Trials' requests to an object store wait out an outage a minute longer than the sweep does:
     # the sweep stops them (resumably) before the outage fails them (spending their retries).
     storage_path, fs = run.storage.tune_storage(sweep.name, run_dir, patience=sweep.storage_patience_s + 60)
-    tune_dir = f"{storage_path}/tune"
+    # Tune stages its state on this node under <Ray session>/artifacts/<second>/<experiment name>: two
+    # sweeps on one cluster that start in the same second with one name share that folder, and each
+    # reads the other's trials as its own. So each run names its own, kept for --resume (a run that
+    # an older satune started keeps its "tune").
+    tune_name = run.state.get("tune_name")
+    if tune_name is None:
+        older = resume and tune.Tuner.can_restore(f"{storage_path}/tune", storage_filesystem=fs)
+        tune_name = "tune" if older else f"tune-{secrets.token_hex(4)}"
+    if run.state.get("tune_name") != tune_name:
+        run.save(tune_name=tune_name)
+    tune_dir = f"{storage_path}/{tune_name}"
     callbacks: list[tune.Callback] = [progress]
     sync = tune.SyncConfig()
     if fs is not None:  # an object store: our files go up whenever Tune saves its state, which goes up too
@@ -409,7 +420,7 @@ def _fit(
             param_space=grid_space(sweep.search) if _is_grid(sweep) else {},
             tune_config=_tune_config(sweep, run_dir),
             run_config=tune.RunConfig(
-                name="tune",
+                name=tune_name,
                 storage_path=storage_path,
                 storage_filesystem=fs,
                 sync_config=sync,

@@ -2,7 +2,7 @@
 `mlflow server` whose backend store is a PostgreSQL cluster of this test's own (Debian's postgresql)."""
 
 import pytest
-from conftest import run_dir_of, satune, smoke_file, state_of
+from conftest import run_dir_of, satune, smoke_file, state_of, tune_dir_of
 from postgres import INSTALL_HINT, Postgres, PostgresServer, pg_bin
 from test_sweep import epochs_logged, runs_of, study_of
 
@@ -61,7 +61,7 @@ def test_concurrent_trials_log_to_a_postgresql_backed_mlflow_server(tmp_path, po
 
     # Tune's saved state, Optuna's journal and MLflow name the same completed trials, with the same values
     run_dir = run_dir_of(tmp_path, name)
-    tune_trials = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(run_dir / "tune")).trials}
+    tune_trials = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_dir_of(run_dir))).trials}
     assert tune_trials == {c.data.tags[TRIAL_TAG]: "TERMINATED" for c in children}
     study = study_of(run_dir, name)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * TRIALS

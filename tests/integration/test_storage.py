@@ -61,11 +61,13 @@ def test_a_sweep_kept_in_s3_is_killed_and_resumed_on_another_machine(tmp_path, s
     # What the bucket holds: the run's state and journal, Tune's state, every trial's checkpoints.
     store = Storage(f"{s3}/sweeps")
     kept = [p.removeprefix(store.url("s3sweep", run_dir.name) + "/") for p in store.fs.find(store.url("s3sweep"))]
-    assert json.loads(store.read("s3sweep", run_dir.name, "sweep.json"))["status"] == "finished"
-    assert "optuna.journal" in kept and any(p.startswith("tune/experiment_state-") for p in kept)
+    state = json.loads(store.read("s3sweep", run_dir.name, "sweep.json"))
+    tune_name = state["tune_name"]
+    assert state["status"] == "finished"
+    assert "optuna.journal" in kept and any(p.startswith(f"{tune_name}/experiment_state-") for p in kept)
     trials = {c.data.tags[TRIAL_TAG] for c in children}
     for trial in trials:
-        checkpoints = {p.split("/")[2] for p in kept if p.startswith(f"tune/{trial}/checkpoint_")}
+        checkpoints = {p.split("/")[2] for p in kept if p.startswith(f"{tune_name}/{trial}/checkpoint_")}
         assert 1 <= len(checkpoints) <= 2, (trial, checkpoints)  # num_to_keep
     assert f"- **run directory**: `{s3}/sweeps/s3sweep/{run_dir.name}`" in parents[0].data.tags[NOTE_TAG]
     assert not list(tmp_path.rglob("s3:")) and not (tmp_path / "runs").exists()

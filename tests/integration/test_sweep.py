@@ -18,6 +18,7 @@ from conftest import (
     smoke_file,
     start_satune,
     state_of,
+    tune_dir_of,
     wait_until,
 )
 from mlflow.entities import ViewType
@@ -503,7 +504,7 @@ def test_an_interrupt_in_every_phase_then_resume_finishes_every_trial_once(tmp_p
     # 1. start-up: Ray has started, Tune has not
     done = satune("sweep", sweep, *address, env={"SATUNE_INTERRUPT_AT": "startup"})
     interrupted(done, "start-up")
-    assert not (run_dir_of(tmp_path, name) / "tune").exists()
+    assert not any(p.name.startswith("tune") for p in run_dir_of(tmp_path, name).iterdir())
 
     # 2. Ctrl-C from a terminal (the whole process group) while two trials run and one waits
     proc = start_satune("sweep", sweep, "--resume", *address)
@@ -534,7 +535,7 @@ def test_an_interrupt_in_every_phase_then_resume_finishes_every_trial_once(tmp_p
     study = study_of(run_dir_of(tmp_path, name), name)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     trial_ids = {c.data.tags[TRIAL_TAG] for c in children}
-    tune_dirs = {p.name for p in (run_dir_of(tmp_path, name) / "tune").iterdir() if p.is_dir()}
+    tune_dirs = {p.name for p in tune_dir_of(run_dir_of(tmp_path, name)).iterdir() if p.is_dir()}
     assert tune_dirs == trial_ids
     assert state_of(tmp_path, name)["status"] == "finished"
 
