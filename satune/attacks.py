@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from satune.runtime import to_device
 from satune.specs import ThreatSpec
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # adversarial images -> per-example loss
@@ -30,7 +31,7 @@ class LinfStep:
         self.eps, self.alpha = eps, alpha
 
     def init(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        u = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+        u = to_device(torch.rand(x.shape, generator=gen, dtype=x.dtype), x.device)
         return (2 * u - 1) * self.eps
 
     def step(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -46,8 +47,8 @@ class L2Step:
 
     def init(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         # A uniform direction with a radius drawn uniformly in [0, eps].
-        direction = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
-        radius = torch.rand(len(x), generator=gen, dtype=x.dtype).to(x.device) * self.eps
+        direction = to_device(torch.randn(x.shape, generator=gen, dtype=x.dtype), x.device)
+        radius = to_device(torch.rand(len(x), generator=gen, dtype=x.dtype), x.device) * self.eps
         return direction / _norms(direction) * _per_example(radius, x)
 
     def step(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

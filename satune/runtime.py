@@ -55,6 +55,15 @@ def generator(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Values drawn on the host (a CPU generator's, for runs that repeat on any device) onto `device`
+    without a host sync: a copy from pageable memory waits for the GPU's queued work, one from pinned
+    memory does not (torch keeps the pinned block until the copy has run)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def seed_global(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from satune.runtime import to_device
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -114,14 +116,14 @@ def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
-    return (torch.rand(n, generator=gen) * (high - low) + low).to(device)
+    return to_device(torch.rand(n, generator=gen) * (high - low) + low, device)
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    oy = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=gen), x.device)
+    ox = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=gen), x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -129,7 +131,7 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
+    flip = to_device(torch.rand(len(x), generator=gen) < 0.5, x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 

@@ -66,8 +66,14 @@ def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1) == y
 
 
-def batch_sums(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, adv_logits: torch.Tensor,
-               attacked: torch.Tensor | None, grad_evals: int) -> dict:
+def batch_sums(
+    loss: torch.Tensor,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    adv_logits: torch.Tensor,
+    attacked: torch.Tensor | None,
+    grad_evals: int,
+) -> dict:
     """The sums every method reports for a batch. Counts that depend on the data stay tensors on the
     device: the loop reads them once per epoch, where an `.item()` per step would make the host wait
     for the GPU at every step. `attacked`: which examples `adv_logits` scores (None: all)."""

@@ -39,20 +39,27 @@ class SubsetAdversarial(MethodBase):
         self.attack = attack
         self.in_A = in_A  # bool per training index, on the training device
         self.w_A, self.w_B = w_A, w_B
+        # Everyone in A (PGD-AT) or no one (clean training), known once: such steps never wait for the GPU.
+        self.everyone, self.no_one = bool(in_A.all()), not bool(in_A.any())
 
     def step(self, model: nn.Module, x, y, idx, gen) -> dict:
         mask = self.in_A[idx]
-        n_attacked = int(mask.sum())
-        x_in = x
-        if n_attacked:
-            x_in = x.clone()
-            x_in[mask] = self.attack(model, x[mask], y[mask], gen=gen)
+        if self.everyone:
+            x_in, n_attacked = self.attack(model, x, y, gen=gen), len(y)
+        elif self.no_one:
+            x_in, n_attacked = x, 0
+        else:  # one host sync per step: the attacked subset's size shapes the attack's batch
+            where = mask.nonzero().squeeze(1)
+            n_attacked = len(where)
+            x_in = x
+            if n_attacked:
+                adv = self.attack(model, x.index_select(0, where), y.index_select(0, where), gen=gen)
+                x_in = x.index_copy(0, where, adv)
         model.train()
         logits = model(x_in)
         ce = F.cross_entropy(logits, y, reduction="none")
         w = torch.where(mask, torch.full_like(ce, self.w_A), torch.full_like(ce, self.w_B))
         loss = (w * ce).sum() / w.sum().clamp_min(1e-12)
-        # One host sync per step stays: the attacked subset's size shapes the attack's batch.
         stats = batch_sums(loss, logits, y, logits, mask, n_attacked * self.attack.steps)
         return {"loss": loss, "logits": logits, "stats": stats}
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from satune.attacks import Attack, attack_mode
 from satune.methods.base import BuildContext, Built, Kind, MethodBase, batch_sums
 from satune.models import Net
+from satune.runtime import to_device
 from satune.specs import TradesSpec
 
 
@@ -22,7 +23,7 @@ def kl(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
 
 
 def trades_start(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    return 0.001 * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    return 0.001 * to_device(torch.randn(x.shape, generator=gen, dtype=x.dtype), x.device)
 
 
 def clean_logits(model: nn.Module, x: torch.Tensor, bn_mode: str) -> list[torch.Tensor]:
