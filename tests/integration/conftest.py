@@ -24,10 +24,20 @@ from satune.tune.cluster import ensure_private_token
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
+RECIPES = pytest.StashKey[list[tuple[str, int | None, float]]]()  # test_recipes.py: (file, exit code, seconds)
 ARTIFACTS = Path(os.environ.get("SATUNE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # Chromium as root in a sandbox-less container, and no calls home (this network refuses them).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """List the shipped sweep files test_recipes.py ran end to end, with their exit codes and times."""
+    ran = config.stash.get(RECIPES, None)
+    if ran:
+        terminalreporter.section("sweeps/ run end to end on fabricated real-format data")
+        for name, code, seconds in sorted(ran):
+            terminalreporter.line(f"{name:28} exit {code}  {seconds:6.1f} s")
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +102,9 @@ def ray_address(tmp_path_factory, ray_token):
 
 
 @contextmanager
-def ray_head(basetemp: Path, num_cpus: int = 2) -> Iterator[str]:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "SATUNE_CACHE": str(basetemp / "satune-cache")}
+def ray_head(basetemp: Path, num_cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Its workers inherit `env` (default: this process's environment)."""
+    env = {**(env or os.environ), "RAY_USAGE_STATS_ENABLED": "0", "SATUNE_CACHE": str(basetemp / "satune-cache")}
     port = free_port()
     head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--port", str(port), "--num-cpus", str(num_cpus),
                              "--include-dashboard", "false", "--disable-usage-stats"], env=env,
@@ -160,6 +171,11 @@ def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen | No
 def run_dir_of(tmp_path: Path, name: str) -> Path:
     (run_dir,) = (tmp_path / "runs" / name).iterdir()
     return run_dir
+
+
+def tune_dir_of(run_dir: Path) -> Path:
+    """Tune's experiment folder: a name of its own per run (two sweeps must never share Tune's staging)."""
+    return run_dir / json.loads((run_dir / "sweep.json").read_text())["tune_name"]
 
 
 def state_of(tmp_path: Path, name: str) -> dict:
