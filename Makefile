@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser postgres prometheus sweep run ui test test-unit lint bench clean
+.PHONY: install browser postgres prometheus sweep run ui test test-unit lint bench gpu-check clean
 
 $(BIN)/satune: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ lint: install
 	$(BIN)/ruff check satune tests bench docs/findings.py
 	$(BIN)/ruff format --check satune tests bench
 	$(BIN)/mypy
+
+# The one prepared check for a GPU at hand (under 8 minutes): docs/benchmarks.md, "The GPU check".
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py
 
 bench: install
 	$(BIN)/python bench/sat_cost.py
