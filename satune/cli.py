@@ -167,6 +167,10 @@ def sweep(
     for line in plan_lines(spec):
         out.print(line, highlight=False)
     if dry_run:
+        from satune.specs.datafiles import missing_data
+
+        for line in missing_data(spec.trial):  # the sweep itself refuses these (on a cluster: warns)
+            err.print(Text("warning: ", style="yellow") + Text(line), highlight=False, soft_wrap=True)
         return
     _logging(verbose)
     if plain:

@@ -61,5 +61,7 @@ storage: runs
     monkeypatch.delenv("SATUNE_RAY_ADDRESS", raising=False)
     result = CliRunner().invoke(app, ["sweep", str(sweep)])
     assert result.exit_code == 2, result.output
-    assert f"trial.data.root: {tmp_path}/data/cifar-10-batches-py/ lacks" in result.output
+    assert f"error: trial.data.root: {tmp_path}/data/cifar-10-batches-py/ lacks" in result.output
     assert not (tmp_path / "runs").exists()
+    dry = CliRunner().invoke(app, ["sweep", str(sweep), "--dry-run"])  # starts nothing: says so, exit 0
+    assert dry.exit_code == 0 and f"warning: trial.data.root: {tmp_path}/data/cifar-10-batches-py/ lacks" in dry.output
