@@ -24,10 +24,10 @@ from pathlib import Path
 import yaml
 
 from satune.specs import load_sweep
+from satune.sweep.summary import reproduce_command
 from satune.tracking import LocalServer
 from satune.tune import cluster
 from satune.tune.driver import run_sweep
-from satune.tune.summary import reproduce_command
 
 
 def timed(fn):

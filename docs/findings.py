@@ -17,7 +17,7 @@ from typing import Any
 
 from satune.api import Sweep, load
 from satune.report.fetch import param_value
-from satune.tune.summary import SweepResult, transfer_matrix
+from satune.sweep.summary import SweepResult, transfer_matrix
 
 ROOT = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
 REPORTED = "final/aa_acc"

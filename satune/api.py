@@ -1,6 +1,6 @@
 """A finished sweep in Python: its trials, configurations and verdicts as pandas DataFrames, the same
-numbers the end table and the report show (computed once, in satune.tune.verdicts and
-satune.tune.summary), read through MLflow as `mlflow.search_runs` reads runs.
+numbers the end table and the report show (computed once, in satune.sweep.verdicts and
+satune.sweep.summary), read through MLflow as `mlflow.search_runs` reads runs.
 
     import satune.api
 
@@ -27,9 +27,8 @@ from satune import tracking
 from satune.errors import UserError
 from satune.report.fetch import SweepData, find_parent, find_sweep, param_value
 from satune.specs import SweepSpec, load_sweep
-from satune.tune.space import REPEAT_KEY
-from satune.tune.summary import TrialRow, config_id, configurations, shown_metrics
-from satune.tune.verdicts import Comparison, versus
+from satune.sweep.summary import REPEAT_KEY, TrialRow, config_id, configurations, shown_metrics
+from satune.sweep.verdicts import Comparison, versus
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -103,7 +103,7 @@ def run(
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Run one trial without Ray or MLflow and write DIR/result.json."""
-    from satune.tune.rundir import sweep_root  # (storage at a URL: its local mirror)
+    from satune.sweep.rundir import sweep_root  # (storage at a URL: its local mirror)
 
     sweep = load_sweep(file)
     overridden = apply_overrides(sweep.trial.model_dump(exclude_unset=True, by_alias=True), set_ or [])
@@ -162,7 +162,7 @@ def sweep(
     Progress is a live table of the trials on a terminal; one line per trial event in a log or pipe,
     with TERM=dumb, or with --plain."""
     spec = load_sweep(file)
-    from satune.tune.plan import plan_lines  # no Ray, no torch: a dry run costs what validation costs
+    from satune.sweep.plan import plan_lines  # no Ray, no torch: a dry run costs what validation costs
 
     for line in plan_lines(spec):
         out.print(line, highlight=False)
@@ -177,8 +177,7 @@ def sweep(
         import os
 
         os.environ["SATUNE_PLAIN"] = "1"  # read where Tune runs: a resumed sweep's callback is Tune's own copy
-    from satune.tune.driver import SweepInterrupted, run_sweep
-    from satune.tune.summary import (
+    from satune.sweep.summary import (
         _interval,
         config_id,
         configuration_table,
@@ -189,7 +188,8 @@ def sweep(
         table,
         transfer_matrix,
     )
-    from satune.tune.verdicts import verdict_table
+    from satune.sweep.verdicts import verdict_table
+    from satune.tune.driver import SweepInterrupted, run_sweep
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:
@@ -241,7 +241,7 @@ def sweep(
 
 def _verdict_lines(result) -> None:
     """What the comparison cannot say (no repeats), or, without a configuration table, its verdicts."""
-    from satune.tune.verdicts import sentence
+    from satune.sweep.verdicts import sentence
 
     comparison = result.comparison
     if comparison is None:
@@ -383,8 +383,8 @@ def ui(
     from contextlib import ExitStack
 
     from satune import tracking
-    from satune.tune.rundir import JOURNAL_FILE, latest_run_dir, read_state
-    from satune.tune.summary import shown_metrics
+    from satune.sweep.rundir import JOURNAL_FILE, latest_run_dir, read_state
+    from satune.sweep.summary import shown_metrics
 
     spec = load_sweep(file)
     run_dir = latest_run_dir(spec)

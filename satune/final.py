@@ -34,7 +34,15 @@ from satune.methods import Source, kind_of
 from satune.models import create_model
 from satune.specs import TrialSpec, set_path
 from satune.specs.final import Settings
-from satune.tracking import FINAL_TAG, INTEGRITY_TAG
+from satune.tracking.tags import (
+    FINAL_AUTOATTACK_TAG,
+    FINAL_N_TAG,
+    FINAL_PACKAGE_TAG,
+    FINAL_SEED_TAG,
+    FINAL_TAG,
+    FINAL_THREAT_TAG,
+    INTEGRITY_TAG,
+)
 from satune.trial import load_folder
 
 log = logging.getLogger("satune")
@@ -180,11 +188,11 @@ def _tags(spec: TrialSpec, settings: Settings, done: Assessment) -> dict[str, ob
     aa, threat = settings.autoattack, settings.threat(spec)
     return {
         FINAL_TAG: settings.key(),
-        "satune.final.autoattack": aa.version + (f" ({', '.join(aa.attacks)})" if aa.attacks else ""),
-        "satune.final.threat": f"{threat.norm} eps {threat.eps:.6g}",
-        "satune.final.n": done.card["n_examples"],
-        "satune.final.seed": aa.seed,
-        "satune.final.package": done.card["autoattack"]["package"],
+        FINAL_AUTOATTACK_TAG: aa.version + (f" ({', '.join(aa.attacks)})" if aa.attacks else ""),
+        FINAL_THREAT_TAG: f"{threat.norm} eps {threat.eps:.6g}",
+        FINAL_N_TAG: done.card["n_examples"],
+        FINAL_SEED_TAG: aa.seed,
+        FINAL_PACKAGE_TAG: done.card["autoattack"]["package"],
         INTEGRITY_TAG: "; ".join(done.integrity) or "ok",
     }
 

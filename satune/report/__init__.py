@@ -13,7 +13,7 @@ from satune import tracking
 from satune.report.fetch import ReportError, SweepData, find_sweep
 from satune.report.figures import figures
 from satune.report.page import render
-from satune.tune.summary import (
+from satune.sweep.summary import (
     OPTIMISTIC,
     SweepResult,
     best_configuration,
@@ -24,7 +24,8 @@ from satune.tune.summary import (
     table,
     transfer_matrix,
 )
-from satune.tune.verdicts import verdict_table
+from satune.sweep.verdicts import verdict_table
+from satune.tracking.tags import BEST_TRIAL_TAG
 
 __all__ = ["ReportError", "build_report"]
 
@@ -65,7 +66,7 @@ def _result(data: SweepData) -> SweepResult:
     """The sweep's outcome for its tables: the best as the select slice chose it (the summary names
     the same), the verdicts against it."""
     best, pareto = best_configuration(data.spec, data.rows)
-    named = [r for r in data.rows if r.trial_id == data.tags.get("satune.best_trial")]
+    named = [r for r in data.rows if r.trial_id == data.tags.get(BEST_TRIAL_TAG)]
     labels = {s: source_label(p) for s, p in data.sources.items()}
     return SweepResult(data.run_dir, data.rows, named[0] if named else best, pareto, labels=labels,
                        comparison=data.comparison)  # fmt: skip

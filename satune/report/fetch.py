@@ -16,10 +16,10 @@ import yaml
 from satune import tracking
 from satune.errors import UserError
 from satune.specs import SweepSpec, parse_sweep
-from satune.tune import verdicts
-from satune.tune.rundir import JOURNAL_FILE, run_dir_named
-from satune.tune.space import REPEAT_KEY
-from satune.tune.summary import TrialRow
+from satune.sweep import verdicts
+from satune.sweep.rundir import JOURNAL_FILE, run_dir_named
+from satune.sweep.summary import REPEAT_KEY, TrialRow
+from satune.tracking.tags import REPEAT_TAG
 
 
 class ReportError(UserError):
@@ -137,7 +137,7 @@ def read_sweep(uri: str, parent, echo: Callable[[str], None]) -> SweepData:
             continue
         config = {k: param_value(r.data.params[k]) for k in keys if k in r.data.params}
         if spec.search.repeats > 1:
-            config[REPEAT_KEY] = int(r.data.tags.get("satune.repeat", 0))
+            config[REPEAT_KEY] = int(r.data.tags.get(REPEAT_TAG, 0))
         seed = r.data.params.get("seed")
         status = "TERMINATED" if r.info.status == "FINISHED" else r.info.status
         row = TrialRow(trial_id, status, config, dict(r.data.metrics), seed=int(seed) if seed else None)
@@ -159,7 +159,7 @@ def _sources(uri: str, sources: set[str]) -> dict[str, dict[str, str]]:
     for s in sources:
         if s.startswith("mlflow:"):
             run = tracking.get_run(uri, s.removeprefix("mlflow:"))
-            out[s] = dict(run.data.params) | {"repeat": run.data.tags.get("satune.repeat", "0")}
+            out[s] = dict(run.data.params) | {"repeat": run.data.tags.get(REPEAT_TAG, "0")}
     return out
 
 

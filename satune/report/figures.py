@@ -16,7 +16,8 @@ from matplotlib.ticker import MaxNLocator
 
 from satune.report.fetch import SweepData, Trial
 from satune.specs import interval_keys
-from satune.tune.summary import OPTIMISTIC, SweepResult, best_configuration, pareto_front, transfer_matrix
+from satune.sweep.summary import OPTIMISTIC, SweepResult, best_configuration, pareto_front, transfer_matrix
+from satune.tracking.tags import BEST_TRIAL_TAG
 
 # The robust numbers a sweep may report on the final slice, most trustworthy last: PGD and AutoAttack of
 # the trials, AutoAttack of the final stage on the winners.
@@ -73,8 +74,8 @@ def ranked(data: SweepData) -> list[Trial]:
 def best_trial(data: SweepData) -> str | None:
     """The trial the sweep's summary named best: chosen on the select slice (with repeats, the best
     configuration's first repeat)."""
-    if "satune.best_trial" in data.tags:
-        return data.tags["satune.best_trial"]
+    if BEST_TRIAL_TAG in data.tags:
+        return data.tags[BEST_TRIAL_TAG]
     best, _ = best_configuration(data.spec, data.rows)
     return best.trial_id if best is not None else None
 
@@ -527,7 +528,7 @@ def learning_curves(data: SweepData) -> list[Drawn]:
 def paired_comparison(data: SweepData) -> list[Drawn]:
     """The best configuration (chosen on the select slice) against each other on the reported
     number: the difference per seed, its mean and 95 % t interval, and what each test says
-    (satune.tune.verdicts, the same numbers as the end table and the API)."""
+    (satune.sweep.verdicts, the same numbers as the end table and the API)."""
     comparison = data.comparison
     shown = comparison.verdicts[:MAX_VERDICTS]
     if comparison.best is None or not shown:

@@ -10,8 +10,8 @@ from typing import Any
 
 from satune.report.fetch import SweepData
 from satune.report.figures import Drawn
-from satune.tune.summary import OPTIMISTIC
-from satune.tune.verdicts import verdict_table
+from satune.sweep.summary import OPTIMISTIC
+from satune.sweep.verdicts import verdict_table
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1180px; padding: 0 20px 40px; color: #222; }

@@ -265,7 +265,7 @@ class SweepSpec(Spec):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     storage: str = "runs"  # Ray results, Optuna journal, MLflow store (local mode): a path (absolute after
-    # loading) or an object store's URL (satune.tune.store)
+    # loading) or an object store's URL (satune.sweep.store)
     # How long the sweep waits for an object store (`storage` as a URL) that stopped answering before
     # it stops, resumably; trials' requests to it wait meanwhile.
     storage_patience_s: float = Field(default=120.0, gt=0)

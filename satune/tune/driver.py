@@ -6,7 +6,7 @@ One sweep run lives in `storage/<name>/<timestamp>/`: the sweep file and resolve
 (`tune/`). The local MLflow store (`storage/mlflow/`) is shared by every sweep in `storage`, so
 `satune ui` compares them all. `--resume` continues the newest unfinished run of the sweep.
 With storage at an object store's URL, Tune writes there directly and satune copies its own
-files up as they change (satune.tune.store).
+files up as they change (satune.sweep.store).
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ from satune import tracking, watchdog
 from satune.seeds import derive_seed
 from satune.specs import RunsOf, SweepSpec
 from satune.specs.datafiles import missing_data
-from satune.tune import cluster, final_stage, verdicts
+from satune.sweep import verdicts
+from satune.sweep.rundir import JOURNAL_FILE, RunDir, SweepError, prepare, writable_by_others
+from satune.sweep.summary import SweepResult, TrialRow, best_configuration, log_summary, source_label
+from satune.tune import cluster, final_stage
 from satune.tune.progress import Progress, echo_stderr, live_view
-from satune.tune.rundir import JOURNAL_FILE, RunDir, SweepError, prepare, writable_by_others
 from satune.tune.search import Cells, Replicates
 from satune.tune.space import cell_label, grid_space, optuna_space, sampler
-from satune.tune.summary import SweepResult, TrialRow, best_configuration, log_summary, source_label
 from satune.tune.trainable import TrialContext, resolve_trial, trial_trainable
 
 
@@ -236,7 +237,7 @@ class _TuneQuiet(logging.Filter):
 
 
 def _gave_up(exc: BaseException | None) -> bool:
-    from satune.tune.patient_s3 import GaveUp
+    from satune.sweep.patient_s3 import GaveUp
 
     while exc is not None:
         if isinstance(exc, GaveUp):

@@ -17,9 +17,9 @@ import ray
 from satune import tracking
 from satune.specs import SweepSpec
 from satune.specs.final import Settings
+from satune.sweep.rundir import SweepError
+from satune.sweep.summary import TrialRow, configurations, pareto_front
 from satune.tune import cluster
-from satune.tune.rundir import SweepError
-from satune.tune.summary import TrialRow, configurations, pareto_front
 
 
 def winners(sweep: SweepSpec, rows: list[TrialRow], top_k: int | str) -> list[TrialRow]:
@@ -88,7 +88,7 @@ def evaluate_sweep(sweep: SweepSpec, settings: Settings, *, top_k: int | str, ec
     """`satune eval SWEEP`: the winners of the sweep's newest run, evaluated in this process one
     after the other (no Ray), each logged into its own run."""
     from satune.final import evaluate_run
-    from satune.tune.rundir import latest_run_dir, read_state
+    from satune.sweep.rundir import latest_run_dir, read_state
 
     run_dir = latest_run_dir(sweep)
     if run_dir is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from satune.tune.space import REPEAT_KEY
+from satune.sweep.summary import REPEAT_KEY
 
 PROMETHEUS_PREFIX = "ray_"  # Ray exports an application metric `x` to Prometheus as `ray_x`
 
@@ -39,7 +39,7 @@ def exported(name: str) -> str:
 
 
 def trial_tags(sweep: str, trial_id: str, config: Mapping[str, Any]) -> dict[str, str]:
-    from satune.tune.summary import config_id
+    from satune.sweep.summary import config_id
 
     return {"sweep": sweep, "trial": trial_id, "config": config_id(dict(config))}
 

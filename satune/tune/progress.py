@@ -31,8 +31,9 @@ from rich.text import Text
 
 from satune import tracking
 from satune.specs import SweepSpec
-from satune.tune.rundir import STATE_FILE
-from satune.tune.space import REPEAT_KEY
+from satune.sweep.rundir import STATE_FILE
+from satune.sweep.summary import REPEAT_KEY
+from satune.tracking.tags import STOPPED_EARLY_TAG
 
 # Each state's style in the live table.
 STATES = {"pending": "dim", "paused": "dim", "running": "cyan", "evaluating": "cyan", "done": "green",
@@ -104,7 +105,7 @@ class Progress(tune.Callback):
             if r.data.tags.get(tracking.TRIAL_TAG) != trial_id or r.info.status == status:
                 continue
             if stopped:  # a scheduler stops a trial between reports: its run never ended itself
-                tracking.set_tags(uri, r.info.run_id, {"satune.stopped_early": "true"})
+                tracking.set_tags(uri, r.info.run_id, {STOPPED_EARLY_TAG: "true"})
             if stopped or r.info.status == "RUNNING":
                 tracking.end_run(uri, r.info.run_id, status)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from satune.tune.space import REPEAT_KEY
+from satune.sweep.summary import REPEAT_KEY
 
 FINISHED: Any = Searcher.FINISHED  # a string where Tune's annotations promise a dict
 

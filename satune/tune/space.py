@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from satune.specs import SearchSpec
-
-REPEAT_KEY = "repeat"  # grid sweeps: which repetition of the grid a trial is (part of its seed)
+from satune.sweep.summary import REPEAT_KEY
 
 
 def _distributions() -> dict[str, Callable[[Any], Any]]:

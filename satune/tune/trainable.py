@@ -19,8 +19,17 @@ from typing import Any
 from satune import tracking
 from satune.seeds import derive_seed
 from satune.specs import SweepSpec, TrialSpec, set_path
+from satune.sweep.summary import REPEAT_KEY
+from satune.tracking.tags import (
+    ACTOR_TAG,
+    COLLAPSED_TAG,
+    CONFIG_TAG,
+    NODE_TAG,
+    OVERFITTING_TAG,
+    REPEAT_TAG,
+    RESUMED_TAG,
+)
 from satune.tune.metrics import TrialGauges, describe
-from satune.tune.space import REPEAT_KEY
 
 META_FILE = "meta.json"
 
@@ -118,10 +127,10 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         # Where this attempt runs (a retried trial may land elsewhere): which node, by Ray's id and
         # address, and which actor (the dashboard's Actors page lists it by this id).
         here = ray.get_runtime_context()
-        where = {"satune.node": f"{here.get_node_id()} ({ray.util.get_node_ip_address()})",
-                 "satune.actor": here.get_actor_id()}  # fmt: skip
+        where = {NODE_TAG: f"{here.get_node_id()} ({ray.util.get_node_ip_address()})",
+                 ACTOR_TAG: here.get_actor_id()}  # fmt: skip
         if restored is not None:
-            where["satune.resumed_after_epoch"] = meta["epoch"]
+            where[RESUMED_TAG] = meta["epoch"]
         tracking.set_tags(uri, run_id, where)
         fail_at = ctx.fail_at_epoch if restored is None else None
 
@@ -168,9 +177,9 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             tracking.log_text(uri, run_id, result.outcomes.csv(), "outcomes.csv")
         flagged = {}
         if result.collapsed_at is not None:  # (1-based, as the epochs are printed)
-            flagged["satune.collapsed"] = f"robust accuracy collapsed at epoch {result.collapsed_at + 1}"
+            flagged[COLLAPSED_TAG] = f"robust accuracy collapsed at epoch {result.collapsed_at + 1}"
         if result.metrics.get("last/overfit") == 1:
-            flagged["satune.robust_overfitting"] = (f"the selected checkpoint beats the last by "
+            flagged[OVERFITTING_TAG] = (f"the selected checkpoint beats the last by "
                                                     f"{result.metrics['last/pgd_gap']:+.3f} PGD accuracy "
                                                     f"(p {result.metrics['last/pgd_gap_p']:.2g})")  # fmt: skip
         # The integrity tag last, in the same request: it marks the trial's end as logged.
@@ -195,9 +204,9 @@ def _finished_result(uri: str, run_id: str | None, into: Path) -> dict | None:
 
 def _grouping(config: dict[str, Any]) -> dict[str, str]:
     """Tags that group a configuration's repeats in MLflow's UI (group by satune.config)."""
-    from satune.tune.summary import config_id
+    from satune.sweep.summary import config_id
 
-    return {"satune.config": config_id(config), "satune.repeat": str(config.get(REPEAT_KEY, 0))}
+    return {CONFIG_TAG: config_id(config), REPEAT_TAG: str(config.get(REPEAT_KEY, 0))}
 
 
 def load_source(uri: str, where: str) -> Any:

@@ -16,8 +16,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from satune.specs import load_sweep
+from satune.sweep.rundir import JOURNAL_FILE, latest_run_dir
 from satune.tracking import PARENT_TAG
-from satune.tune.rundir import JOURNAL_FILE, latest_run_dir
 
 pytestmark = pytest.mark.integration
 

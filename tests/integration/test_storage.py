@@ -12,8 +12,8 @@ from mlflow.entities import ViewType
 from optuna.trial import TrialState
 from test_sweep import epochs_logged, runs_of, study_of
 
+from satune.sweep.store import Storage
 from satune.tracking import NOTE_TAG, TRIAL_TAG
-from satune.tune.store import Storage
 
 pytestmark = pytest.mark.integration
 

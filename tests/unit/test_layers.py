@@ -8,7 +8,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "satune"
 ORDER = ["errors", "seeds", "stats", "watchdog", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
-         "tracking", "final", "tune", "report", "api", "cli"]  # fmt: skip
+         "tracking", "final", "sweep", "tune", "report", "api", "cli"]  # fmt: skip
 HOMES = {"mlflow": {"tracking"}, "ray": {"tune"}, "pyautoattack": {"evaluate"}, "autoattack": {"evaluate"}}
 
 
@@ -38,6 +38,22 @@ def test_imports_flow_left_to_right(path):
             assert ORDER.index(other) <= ORDER.index(me), f"{me} imports {name}, which is to its right"
         if top in HOMES:
             assert me in HOMES[top], f"{me} imports {top}; only {HOMES[top]} may"
+
+
+def test_only_the_cli_reaches_into_tune_and_only_for_its_entry_points():
+    """The report, the API and the CLI read a sweep through satune.sweep (no Ray); the CLI starts the
+    driver (and the final stage, for `satune eval`), and that is all it takes from tune/."""
+    entry = {"satune.tune.driver", "satune.tune.final_stage"}
+    for path in SOURCES:
+        if layer(path) in ("report", "api", "cli"):
+            reached = {n for n in imports(path) if n == "satune.tune" or n.startswith("satune.tune.")}
+            assert reached <= (entry if layer(path) == "cli" else set()), (path.name, reached)
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "tune").glob("[!_]*.py")), ids=lambda p: p.name)
+def test_tune_holds_only_what_needs_ray(path):
+    """A module of tune/ that needs no Ray belongs in satune.sweep, where the report and the CLI can read it."""
+    assert any(n.split(".")[0] == "ray" for n in imports(path))
 
 
 @pytest.mark.parametrize("path", sorted((PKG / "specs").glob("*.py")), ids=lambda p: p.name)

@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from satune.specs import parse_sweep
+from satune.sweep.rundir import STATE_FILE
 from satune.tune import progress
 from satune.tune.progress import LiveView, Progress, echo_stderr, live_view, snapshot, wants_live
-from satune.tune.rundir import STATE_FILE
 
 
 class Terminal(io.StringIO):

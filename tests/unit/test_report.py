@@ -15,7 +15,7 @@ from satune.report.figures import (
     transfer_by_fraction,
 )
 from satune.specs import parse_sweep
-from satune.tune.summary import TrialRow
+from satune.sweep.summary import TrialRow
 
 
 def data(tmp_path, rows: list[TrialRow], grid: dict, space: dict | None = None, method: dict | None = None

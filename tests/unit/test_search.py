@@ -5,8 +5,8 @@ import pytest
 from optuna.trial import TrialState
 
 from satune.specs import parse_sweep
+from satune.sweep.summary import REPEAT_KEY
 from satune.tune.driver import _tune_config
-from satune.tune.space import REPEAT_KEY
 
 
 def searcher(tmp_path, **search):

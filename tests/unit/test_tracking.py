@@ -2,6 +2,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,19 @@ def test_ctrl_c_while_the_local_server_forks_is_not_lost(tmp_path):
         done.set()
         server.stop()
     assert server.proc is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_every_tag_name_comes_from_the_tag_table():
+    """A tag written as a literal outside satune/tracking/tags.py would not follow a rename there."""
+    import re
+
+    from satune.tracking import tags
+
+    literal = re.compile(r"""["'](satune|mlflow)\.[A-Za-z_]""")
+    package = Path(tags.__file__).parents[1]
+    found = [f"{p.relative_to(package)}:{i}: {line.strip()}" for p in sorted(package.rglob("*.py")) if p.name != "tags.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if literal.search(line) and '"mlflow.db"' not in line]  # fmt: skip  (the store's file, not a tag)
+    assert not found
+    names = {k: v for k, v in vars(tags).items() if k.isupper() and k != "ML_EXPERIMENT"}
+    assert len(set(names.values())) == len(names), "two tag names share a key"

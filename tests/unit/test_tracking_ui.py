@@ -12,8 +12,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from satune import tracking
 from satune.specs import parse_sweep
+from satune.sweep.rundir import JOURNAL_FILE
 from satune.tune.driver import _tune_config
-from satune.tune.rundir import JOURNAL_FILE
 
 
 def sweep(tmp_path, **search):

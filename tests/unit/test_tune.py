@@ -11,12 +11,21 @@ import pytest
 from optuna.trial import TrialState
 
 from satune.specs import apply_overrides, parse_sweep
-from satune.tune import cluster, rundir
+from satune.sweep import rundir
+from satune.sweep.plan import plan_lines
+from satune.sweep.rundir import STATE_FILE, SweepError, latest_run_dir, prepare, writable_by_others
+from satune.sweep.summary import (
+    REPEAT_KEY,
+    SweepResult,
+    TrialRow,
+    best_of,
+    pareto_front,
+    reproduce_command,
+    transfer_matrix,
+)
+from satune.tune import cluster
 from satune.tune.driver import _tune_config, _tune_quieted
-from satune.tune.plan import plan_lines
-from satune.tune.rundir import STATE_FILE, SweepError, latest_run_dir, prepare, writable_by_others
-from satune.tune.space import REPEAT_KEY, optuna_space
-from satune.tune.summary import SweepResult, TrialRow, best_of, pareto_front, reproduce_command, transfer_matrix
+from satune.tune.space import optuna_space
 from satune.tune.trainable import TrialContext, resolve_trial
 
 
@@ -238,7 +247,7 @@ def test_tune_says_nothing_satune_says_better(caplog):
     because the sweep stopped waiting for the object store; any other error still shows."""
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
-    from satune.tune.patient_s3 import GaveUp
+    from satune.sweep.patient_s3 import GaveUp
 
     def failed(exc: BaseException, wrapped: bool = False):
         try:

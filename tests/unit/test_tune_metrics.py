@@ -6,9 +6,8 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.experiment import Experiment
 
 from satune.specs import parse_sweep
+from satune.sweep.summary import REPEAT_KEY, config_id
 from satune.tune import metrics
-from satune.tune.space import REPEAT_KEY
-from satune.tune.summary import config_id
 from satune.tune.trainable import TrialContext, trial_trainable
 
 

@@ -27,21 +27,24 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from satune.errors import UserError
+from satune.tracking.tags import *  # noqa: F403  (every tag name, as tracking.<NAME>_TAG)
+from satune.tracking.tags import (
+    CONFIG_TAG,
+    EXPERIMENT_KIND_TAG,
+    ML_EXPERIMENT,
+    NOTE_TAG,
+    ORPHAN_TAG,
+    PARENT_TAG,
+    REPEAT_TAG,
+    SWEEP_NAME_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    VIEW_TAG_PREFIX,
+)
 
 if TYPE_CHECKING:
     from satune.specs import SweepSpec
 
-PARENT_TAG = "mlflow.parentRunId"
-TRIAL_TAG = "satune.trial_id"
-SWEEP_TAG = "satune.sweep"  # the parent run's name: <sweep name>-<run directory>
-SWEEP_NAME_TAG = "satune.sweep_name"
-# MLflow's own keys, as its UI (3.17, server/js/build) reads them. The kind is what the UI's own
-# experiment-kind selector writes; 3.17 itself picks the view by the `workflowType` URL parameter (runs_link).
-EXPERIMENT_KIND_TAG, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
-NOTE_TAG = "mlflow.note.content"  # a run's description, markdown
-VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: a saved view of an experiment's runs table
-FINAL_TAG = "satune.final_eval"  # the settings key of the latest final evaluation of a run
-INTEGRITY_TAG = "satune.integrity"  # "ok", or the evaluation checks a trial failed
 
 
 class TrackingError(UserError):
@@ -471,7 +474,7 @@ def child_runs(uri: str, experiment_id: str, parent_id: str) -> list:
 def discard_orphan(uri: str, run_id: str) -> None:
     """A child run of a trial Tune never recorded: said why, ended, and deleted (restorable)."""
     c = client(uri)
-    c.set_tag(run_id, "satune.orphan", "its driver died before Ray Tune recorded the trial; --resume ran the "
+    c.set_tag(run_id, ORPHAN_TAG, "its driver died before Ray Tune recorded the trial; --resume ran the "
                                        "configuration again as another trial")  # fmt: skip
     if c.get_run(run_id).info.status == "RUNNING":
         c.set_terminated(run_id, "KILLED")
@@ -567,7 +570,7 @@ def runs_view(sweep: SweepSpec, parent_id: str, metrics: list[str]) -> dict[str,
     flat list (sorting by a metric un-nests them; a saved view cannot expand rows), best first by
     the first searched metric, the searched keys and `metrics` as columns."""
     params = [*sweep.search.space, *sweep.search.grid]
-    tags = ["satune.config", "satune.repeat"] if sweep.search.repeats > 1 else []
+    tags = [CONFIG_TAG, REPEAT_TAG] if sweep.search.repeats > 1 else []
     return {
         "searchFilter": f"tags.`{PARENT_TAG}` = '{parent_id}'",
         "orderByKey": f"metrics.`{sweep.search.metrics[0]}`",

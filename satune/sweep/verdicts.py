@@ -32,8 +32,8 @@ from typing import Any
 from satune import tracking
 from satune.specs import SweepSpec
 from satune.stats import ALPHA, PairedT, mcnemar_p, paired_t
-from satune.tune.space import REPEAT_KEY
-from satune.tune.summary import (
+from satune.sweep.summary import (
+    REPEAT_KEY,
     Configuration,
     TrialRow,
     best_configuration,
@@ -42,6 +42,7 @@ from satune.tune.summary import (
     p_value,
     selection,
 )
+from satune.tracking.tags import VERDICT_TAG_PREFIX, VERDICTS_TAG
 
 # The reported numbers a comparison may use, most trustworthy first, with the outcome file's column.
 REPORTED = (("final/aa_acc", "aa"), ("eval/aa_acc", "aa"), ("eval/pgd_acc", "pgd"))
@@ -260,11 +261,11 @@ def log(comparison: Comparison, uri: str, parent: str, directory: Path) -> None:
     records = comparison.records()
     (directory / "verdicts.json").write_text(json.dumps(records, indent=2) + "\n")
     tracking.log_dict(uri, parent, records, "verdicts.json")
-    tags: dict[str, object] = {"satune.verdicts": comparison.note or f"{len(comparison.verdicts)} configurations "
+    tags: dict[str, object] = {VERDICTS_TAG: comparison.note or f"{len(comparison.verdicts)} configurations "
                                f"against the best, chosen by {comparison.selection}"}  # fmt: skip
     metrics: dict[str, float] = {}
     for v in comparison.verdicts:
-        tags[f"satune.verdict.{v.other}"] = sentence(v)
+        tags[VERDICT_TAG_PREFIX + v.other] = sentence(v)
         metrics[f"verdict/{v.other}/diff"] = v.mean
         if v.seeds is not None:
             metrics |= {f"verdict/{v.other}/diff_lo": v.seeds.lo, f"verdict/{v.other}/diff_hi": v.seeds.hi,

@@ -13,10 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 from satune import tracking
 from satune.specs import SweepSpec, interval_keys
-from satune.tune.space import REPEAT_KEY
+from satune.tracking.tags import (
+    BEST_CONFIG_TAG,
+    BEST_TRIAL_TAG,
+    ERRORS_TAG,
+    PARETO_TAG,
+    SELECTION_TAG,
+    TRANSFER_MATRIX_TAG,
+    TRIALS_TAG,
+)
+
+REPEAT_KEY = "repeat"  # grid sweeps: which repetition of the grid a trial is (part of its seed)
 
 if TYPE_CHECKING:
-    from satune.tune.verdicts import Comparison
+    from satune.sweep.verdicts import Comparison
 
 
 @dataclass
@@ -146,23 +156,23 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
 
     tracking.log_dict(uri, parent, [record(r) for r in result.rows], "trials.json")
     tags: dict[str, object] = {
-        "satune.trials": len(result.rows),
-        "satune.errors": sum(r.status == "ERROR" for r in result.rows),
-        "satune.selection": selection(sweep, result.best),
+        TRIALS_TAG: len(result.rows),
+        ERRORS_TAG: sum(r.status == "ERROR" for r in result.rows),
+        SELECTION_TAG: selection(sweep, result.best),
     }
     if result.best is not None:
-        tags["satune.best_trial"] = result.best.trial_id
+        tags[BEST_TRIAL_TAG] = result.best.trial_id
         chose = {k for m in sweep.search.metrics for k in (m, *interval_keys(m))}  # with its n and interval
         best = {k: v for k, v in result.best.metrics.items() if k in chose
                 or k.startswith("final/") and "/class_" not in k}  # fmt: skip
         if sweep.search.repeats > 1:  # the best configuration's mean and spread over its repeats
             (group,) = [g for g in configurations(result.rows) if result.best in g.rows]
-            tags["satune.best_config"] = group.key
+            tags[BEST_CONFIG_TAG] = group.key
             stats = {k: s for k in best if (s := group.stats(k)) is not None}
             best = {k: s[0] for k, s in stats.items()} | {f"{k}_std": s[1] for k, s in stats.items()}
         tracking.log_metrics(uri, parent, {f"best/{k}": v for k, v in best.items()})
     if result.pareto:
-        tags["satune.pareto_trials"] = ",".join(r.trial_id for r in result.pareto)
+        tags[PARETO_TAG] = ",".join(r.trial_id for r in result.pareto)
         tracking.log_dict(uri, parent, [record(r) for r in result.pareto], "pareto.json")
     if sweep.search.repeats > 1:
         tracking.log_dict(uri, parent, configuration_records(sweep, result), "configurations.json")
@@ -172,7 +182,7 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
         csv = "\n".join(",".join(f'"{c}"' if "," in c else c for c in line) for line in [header, *rows]) + "\n"
         (result.directory / "transfer_matrix.csv").write_text(csv)
         tracking.log_text(uri, parent, csv, "transfer_matrix.csv")
-        tags["satune.transfer_matrix"] = title
+        tags[TRANSFER_MATRIX_TAG] = title
     tracking.set_tags(uri, parent, tags)
 
 

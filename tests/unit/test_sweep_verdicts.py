@@ -10,10 +10,9 @@ from scipy.stats import binomtest, ttest_rel
 from satune.report.fetch import SweepData, Trial
 from satune.report.figures import best_trial, paired_comparison
 from satune.specs import parse_sweep
+from satune.sweep.summary import REPEAT_KEY, best_configuration, config_id
+from satune.sweep.verdicts import WITHIN_NOISE, compare, outcome_column
 from satune.tune.final_stage import winners
-from satune.tune.space import REPEAT_KEY
-from satune.tune.summary import best_configuration, config_id
-from satune.tune.verdicts import WITHIN_NOISE, compare, outcome_column
 
 WEIGHTINGS = ["vanilla", "balanced", "overemphasized"]
 # The select slice ranks vanilla > balanced > overemphasized; the final slice the other way round.
@@ -33,7 +32,7 @@ def sweep(tmp_path, repeats: int = 3):
 
 
 def rows(repeats: int = 3):
-    from satune.tune.summary import TrialRow
+    from satune.sweep.summary import TrialRow
 
     out = []
     for r in range(repeats):
@@ -117,7 +116,7 @@ def test_the_reports_winner_and_its_comparison_follow_the_select_slice(tmp_path)
 
 
 def test_a_paper_reproduced_on_its_test_set_says_so_wherever_the_choice_is_reported(tmp_path):
-    from satune.tune.summary import SweepResult, table
+    from satune.sweep.summary import SweepResult, table
 
     spec = parse_sweep({
         "name": "v", "storage": str(tmp_path),
@@ -145,7 +144,7 @@ def test_a_paper_reproduced_on_its_test_set_says_so_wherever_the_choice_is_repor
 def test_a_tie_on_the_select_slice_is_broken_the_same_way_whatever_the_order_of_the_trials(tmp_path):
     """On a select slice of a few hundred images two trials often tie; a resumed sweep lists its trials
     in another order, and must still name the same best and evaluate the same winners."""
-    from satune.tune.summary import TrialRow
+    from satune.sweep.summary import TrialRow
 
     spec = sweep(tmp_path, repeats=1)
     tied = [TrialRow(t, "TERMINATED", {"method.weighting": w}, {"proxy/pgd_acc": p})

@@ -84,7 +84,7 @@ class Storage:
 
         fs = self.fs
         if patience and fs.protocol[0] == "s3":
-            from satune.tune.patient_s3 import PatientS3FileSystem
+            from satune.sweep.patient_s3 import PatientS3FileSystem
 
             PatientS3FileSystem.given_up = False
             fs = PatientS3FileSystem(*fs.storage_args, **fs.storage_options, patience=patience, skip_instance_cache=True)
@@ -100,7 +100,7 @@ class Storage:
         satune's own files are no longer copied up (the local folder keeps them)."""
         self.__dict__["_given_up"] = True
         if self.remote and self.fs.protocol[0] == "s3":
-            from satune.tune.patient_s3 import PatientS3FileSystem
+            from satune.sweep.patient_s3 import PatientS3FileSystem
 
             PatientS3FileSystem.given_up = True
 

@@ -7,8 +7,8 @@ import pickle
 import pytest
 
 from satune.specs import parse_sweep
-from satune.tune.rundir import JOURNAL_FILE, STATE_FILE, SweepError, latest_run_dir, prepare
-from satune.tune.store import Storage, StorageError
+from satune.sweep.rundir import JOURNAL_FILE, STATE_FILE, SweepError, latest_run_dir, prepare
+from satune.sweep.store import Storage, StorageError
 
 
 def sweep(storage: str):

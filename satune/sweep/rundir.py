@@ -3,7 +3,7 @@
 The state names the MLflow parent run and says how the run ended: starting → running →
 finished | interrupted | failed. `--resume` continues the newest run that did not finish. With
 storage at a URL, the run's own files (state, Optuna journal) are kept in a local folder and
-copied to storage as they change (satune.tune.store). No Ray here: the driver, the CLI and the
+copied to storage as they change (satune.sweep.store). No Ray here: the driver, the CLI and the
 tests read run directories without starting anything.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from satune.errors import UserError
 from satune.specs import SweepSpec
-from satune.tune.store import Storage
+from satune.sweep.store import Storage
 
 STATE_FILE = "sweep.json"
 JOURNAL_FILE = "optuna.journal"  # the sweep's Optuna studies, one per grid cell
