@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from satune.report.fetch import SweepData, Trial
 from satune.specs import interval_keys
 from satune.sweep.summary import OPTIMISTIC, SweepResult, best_configuration, pareto_front, transfer_matrix
+from satune.sweep.summary import ranked as summary_ranked
 from satune.tracking.tags import BEST_TRIAL_TAG
 
 # The robust numbers a sweep may report on the final slice, most trustworthy last: PGD and AutoAttack of
@@ -65,10 +66,9 @@ def headline(data: SweepData) -> str:
 
 def ranked(data: SweepData) -> list[Trial]:
     """The finished trials that report the search's objective, best first."""
-    metric, mode = data.spec.search.metrics[0], data.spec.search.modes[0]
-    sign = 1 if mode == "max" else -1
+    metric = data.spec.search.metrics[0]
     have = [t for t in data.finished if metric in t.row.metrics]
-    return sorted(have, key=lambda t: -sign * t.row.metrics[metric])
+    return summary_ranked(have, lambda t: t.row.metrics[metric], data.spec.search.modes[0])
 
 
 def best_trial(data: SweepData) -> str | None:

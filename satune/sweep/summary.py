@@ -7,9 +7,10 @@ import hashlib
 import json
 import shlex
 import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from satune import tracking
 from satune.specs import SweepSpec, interval_keys
@@ -23,6 +24,7 @@ from satune.tracking.tags import (
     TRIALS_TAG,
 )
 
+T = TypeVar("T")
 REPEAT_KEY = "repeat"  # grid sweeps: which repetition of the grid a trial is (part of its seed)
 
 if TYPE_CHECKING:
@@ -56,6 +58,10 @@ class Configuration:
         if not values:
             return None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+    def mean(self, metric: str) -> float | None:
+        s = self.stats(metric)
+        return None if s is None else s[0]
 
     def as_row(self, metrics: list[str]) -> TrialRow:
         """A row of means, to rank configurations as trials are ranked."""
@@ -123,6 +129,20 @@ def _literal(value: Any) -> str:
     return text.replace("e", ".0e", 1) if isinstance(value, float) and "e" in text and "." not in text else text
 
 
+def ranked(items: Iterable[T], value: Callable[[T], float | None], mode: str,
+           tie: Callable[[T], Any] | None = None) -> list[T]:  # fmt: skip
+    """The one ranking rule: best first by `value` under `mode` (max or min), items without a value last,
+    ties by `tie` (a trial id: the same order after a --resume that lists trials in another order),
+    else in their given order."""
+    sign = 1 if mode == "max" else -1
+
+    def key(item: T) -> tuple[bool, float, Any]:
+        v = value(item)
+        return v is None, 0.0 if v is None else -sign * v, tie(item) if tie is not None else 0
+
+    return sorted(items, key=key)
+
+
 def pareto_front(rows: list[TrialRow], metrics: list[str], modes: list[str]) -> list[TrialRow]:
     """Rows no other row dominates (at least as good in every objective, better in one)."""
 
@@ -141,10 +161,9 @@ def best_of(rows: list[TrialRow], metrics: list[str], modes: list[str]) -> tuple
     if not scored:
         return None, []
     front = pareto_front(scored, metrics, modes) if len(metrics) > 1 else scored
-    sign = 1 if modes[0] == "max" else -1
     # A tie (likely on a select slice of a few hundred examples) goes to the lower id: the same best, and
     # the same final-stage winners, after a --resume that lists the trials in another order.
-    best = min(front, key=lambda r: (-sign * r.metrics[metrics[0]], r.trial_id))
+    best = ranked(front, lambda r: r.metrics[metrics[0]], modes[0], tie=lambda r: r.trial_id)[0]
     return best, front if len(metrics) > 1 else []
 
 
@@ -212,8 +231,7 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
     keys = [*sweep.search.grid, *sweep.search.space] + ([REPEAT_KEY] if sweep.search.repeats > 1 else [])
     chose = f"{first} [95 %]" + (" (test slice: optimistic)" if sweep.search.select_on == "final" else "")
     header = ["trial", "status", *keys, chose, *metrics, *(f"{m} [95 %]" for m in final), "flags"]
-    sign = 1 if sweep.search.modes[0] == "max" else -1
-    ordered = sorted(result.rows, key=lambda r: -sign * r.metrics.get(first, -sign * float("inf")))
+    ordered = ranked(result.rows, lambda r: r.metrics.get(first), sweep.search.modes[0])
     front = {r.trial_id for r in result.pareto}
     rows = []
     for r in ordered:
@@ -304,9 +322,8 @@ def configuration_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str
     choosing one first (its verdict against the best: tune.verdicts.verdict_table)."""
     keys = [*sweep.search.grid, *sweep.search.space]
     metrics = shown_metrics(sweep)
-    first, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
-    groups = sorted(configurations(result.rows),
-                    key=lambda g: -sign * (s[0] if (s := g.stats(first)) else -sign * float("inf")))  # fmt: skip
+    first = sweep.search.metrics[0]
+    groups = ranked(configurations(result.rows), lambda g: g.mean(first), sweep.search.modes[0])
     best = result.comparison.best.key if result.comparison is not None and result.comparison.best else None
     rows = []
     for g in groups:

@@ -40,6 +40,7 @@ from satune.sweep.summary import (
     cell,
     configurations,
     p_value,
+    ranked,
     selection,
 )
 from satune.tracking.tags import VERDICT_TAG_PREFIX, VERDICTS_TAG
@@ -118,7 +119,7 @@ class Comparison:
 
 def compare(sweep: SweepSpec, rows: list[TrialRow], outcomes: OutcomeReader | None = None) -> Comparison:
     """The best configuration (on the select slice) against each other, best-ranked first."""
-    metric, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
+    metric = sweep.search.metrics[0]
     finished = [r for r in rows if r.status == "TERMINATED"]
     best_row, _ = best_configuration(sweep, finished)
     groups = configurations(finished)
@@ -127,8 +128,8 @@ def compare(sweep: SweepSpec, rows: list[TrialRow], outcomes: OutcomeReader | No
     if best is None:
         out.note = "no finished trial reports the search's metric: nothing to compare"
         return out
-    others = [g for g in groups if g is not best]
-    others.sort(key=lambda g: (-sign * (s[0] if (s := g.stats(metric)) else -sign * float("inf")), g.key))
+    others = ranked([g for g in groups if g is not best], lambda g: g.mean(metric), sweep.search.modes[0],
+                    tie=lambda g: g.key)  # fmt: skip
     out.others = {g.key: g for g in others}
     if not others:
         out.note = "one configuration: nothing to compare it with"

@@ -18,7 +18,7 @@ from satune import tracking
 from satune.specs import SweepSpec
 from satune.specs.final import Settings
 from satune.sweep.rundir import SweepError
-from satune.sweep.summary import TrialRow, configurations, pareto_front
+from satune.sweep.summary import TrialRow, configurations, pareto_front, ranked
 from satune.tune import cluster
 
 
@@ -32,9 +32,8 @@ def winners(sweep: SweepSpec, rows: list[TrialRow], top_k: int | str) -> list[Tr
     candidates = [g.as_row(metrics) for g in groups.values()] if sweep.search.repeats > 1 else scored
     if top_k == "pareto":
         candidates = pareto_front(candidates, metrics, modes)
-    sign = 1 if modes[0] == "max" else -1
-    ranked = sorted(candidates, key=lambda r: (-sign * r.metrics[metrics[0]], r.trial_id))  # ties: by id, stably
-    chosen = ranked if isinstance(top_k, str) else ranked[:top_k]
+    order = ranked(candidates, lambda r: r.metrics[metrics[0]], modes[0], tie=lambda r: r.trial_id)
+    chosen = order if isinstance(top_k, str) else order[:top_k]
     return [t for r in chosen for t in groups[r.trial_id].rows] if sweep.search.repeats > 1 else chosen
 
 

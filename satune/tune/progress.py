@@ -32,7 +32,7 @@ from rich.text import Text
 from satune import tracking
 from satune.specs import SweepSpec
 from satune.sweep.rundir import STATE_FILE
-from satune.sweep.summary import REPEAT_KEY
+from satune.sweep.summary import REPEAT_KEY, ranked
 from satune.tracking.tags import STOPPED_EARLY_TAG
 
 # Each state's style in the live table.
@@ -118,9 +118,10 @@ def echo_stderr(line: str) -> None:
 
 def best_trial(sweep: SweepSpec, trials: Sequence[Trial]) -> Trial | None:
     """The best trial by the first searched metric, which only a trial's final report carries."""
-    metric, sign = sweep.search.metrics[0], 1 if sweep.search.modes[0] == "max" else -1
+    metric = sweep.search.metrics[0]
     scored = [t for t in trials if isinstance(t.run_metadata.last_result.get(metric), int | float)]
-    return max(scored, key=lambda t: sign * t.run_metadata.last_result[metric], default=None)
+    order = ranked(scored, lambda t: t.run_metadata.last_result[metric], sweep.search.modes[0])
+    return order[0] if order else None
 
 
 # --------------------------------------------------------------------------------------------
