@@ -53,7 +53,7 @@ DomainKind = Literal["uniform", "loguniform", "int", "logint", "choice", "grid"]
 DOMAIN_KINDS: tuple[str, ...] = typing.get_args(DomainKind)
 
 # --------------------------------------------------------------------------------------------
-# Metric names (design.md): one set of keys for Tune, MLflow, search.metric and result files.
+# Metric names (docs/sweep-file.md#metric-names): one set of keys for Tune, MLflow, search.metric and result files.
 
 PER_EPOCH_METRICS = (
     "train/loss",

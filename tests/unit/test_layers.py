@@ -1,4 +1,4 @@
-"""The import rules of design.md, checked on the source: imports flow one way, left to right, and
+"""The import rules of docs/architecture.md, checked on the source: imports flow one way, left to right, and
 each heavy dependency has one home."""
 
 import ast
@@ -70,3 +70,12 @@ def test_the_sweep_driver_never_imports_torch():
 
     code = "import sys, satune.cli, satune.tune.driver, satune.tune.final_stage; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_the_architecture_doc_draws_this_order():
+    """docs/architecture.md names the layers in the order this file enforces."""
+    import re
+
+    doc = (PKG.parent / "docs" / "architecture.md").read_text()
+    block = doc.split("```text", 1)[1].split("```", 1)[0]
+    assert re.findall(r"[a-z_]+", block) == ORDER
