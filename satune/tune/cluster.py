@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from satune.errors import UserError
+from satune.tune import upstream
 
 
 class ClusterError(UserError):
@@ -79,8 +80,8 @@ def preflight(address: str, timeout: float = 5.0) -> None:
     network, and report a version mismatch over several lines. `auto` and ray:// addresses are
     left to ray.init."""
     import grpc  # type: ignore[import-untyped]
-    from ray.core.generated import gcs_service_pb2 as pb
-    from ray.core.generated import gcs_service_pb2_grpc as stubs
+
+    pb, stubs = upstream.gcs_stubs()
 
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -89,10 +90,10 @@ def preflight(address: str, timeout: float = 5.0) -> None:
     metadata = [("authorization", f"Bearer {token}")] if token else None
     with grpc.insecure_channel(address) as channel:
         try:
-            stubs.NodeInfoGcsServiceStub(channel).GetClusterId(pb.GetClusterIdRequest(), timeout=timeout,  # type: ignore[attr-defined]
+            stubs.NodeInfoGcsServiceStub(channel).GetClusterId(pb.GetClusterIdRequest(), timeout=timeout,
                                                                metadata=metadata)  # fmt: skip
             reply = stubs.InternalKVGcsServiceStub(channel).InternalKVGet(
-                pb.InternalKVGetRequest(namespace=b"cluster", key=b"CLUSTER_METADATA"), timeout=timeout,  # type: ignore[attr-defined]
+                pb.InternalKVGetRequest(namespace=b"cluster", key=b"CLUSTER_METADATA"), timeout=timeout,
                 metadata=metadata)  # fmt: skip
         except grpc.RpcError as exc:
             raise ClusterError(_rpc_failure(address, exc, token)) from None
@@ -152,10 +153,8 @@ def _token_auth_like_ray_start() -> None:
     RAY_AUTH_MODE into its config when imported, so the config is read again, as Ray itself does."""
     if "RAY_AUTH_MODE" in os.environ or not (os.environ.get("RAY_AUTH_TOKEN") or token_path().exists()):
         return
-    from ray._raylet import Config  # type: ignore[attr-defined]
-
     os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")
+    upstream.reload_ray_config()
 
 
 def dashboard_hint(url: str | None) -> str:

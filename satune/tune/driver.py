@@ -26,7 +26,6 @@ import optuna
 import ray
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
@@ -37,6 +36,7 @@ from satune.seeds import derive_seed
 from satune.specs import RunsOf, SweepSpec
 from satune.specs.datafiles import missing_data
 from satune.sweep import verdicts
+from satune.sweep.journal import fail_running
 from satune.sweep.rundir import JOURNAL_FILE, RunDir, SweepError, prepare, writable_by_others
 from satune.sweep.summary import SweepResult, TrialRow, best_configuration, log_summary, source_label
 from satune.tune import cluster, final_stage
@@ -44,6 +44,7 @@ from satune.tune.progress import Progress, echo_stderr, live_view
 from satune.tune.search import Cells, Replicates
 from satune.tune.space import cell_label, grid_space, optuna_space, sampler
 from satune.tune.trainable import TrialContext, resolve_trial, trial_trainable
+from satune.tune.upstream import FinalResultOptunaSearch, result_trials
 
 
 class SweepInterrupted(Exception):
@@ -446,7 +447,7 @@ def _fit(
     # After an interrupt Tune marks the trials it stopped TERMINATED in memory, like finished ones;
     # the state it saved just before (what --resume restores) still has them RUNNING.
     saved = {t.trial_id: t.status for t in tune.ExperimentAnalysis(tune_dir, storage_filesystem=fs).trials}
-    rows = [_row(ctx, t, saved.get(t.trial_id)) for t in grid._experiment_analysis.trials]
+    rows = [_row(ctx, t, saved.get(t.trial_id)) for t in result_trials(grid)]
     interrupted = len(rows) < sweep.search.trial_count or not all(r.finished for r in rows)
     if not interrupted:
         _settle_orphans(run_dir, uri, experiment_id, parent, {r.trial_id for r in rows})
@@ -478,7 +479,7 @@ def _tune_config(sweep: SweepSpec, run_dir: Path) -> tune.TuneConfig:
         def study(i: int) -> OptunaSearch:  # one Optuna study per grid cell, in one journal
             name = sweep.name if len(cells) == 1 else f"{sweep.name}/{cell_label(cells[i])}"
             seed = sweep.seed if i == 0 else derive_seed(sweep.seed, "cell", i) % 2**32
-            search = _FinalResultOptunaSearch(space=optuna_space(s), metric=metric, mode=mode,
+            search = FinalResultOptunaSearch(space=optuna_space(s), metric=metric, mode=mode,
                                               sampler=sampler(s, seed), study_name=name, storage=storage)  # fmt: skip
             # optuna-dashboard then names the objectives after the metrics, not "Objective 0"
             with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
@@ -520,37 +521,6 @@ class _Synced(tune.Callback):
         return None
 
 
-class _FinalResultOptunaSearch(OptunaSearch):
-    """OptunaSearch told only of final results.
-
-    Per-epoch reports carry the select-slice proxy, not the searched metrics, and no Optuna pruner
-    runs under Tune (ASHA does the stopping), so intermediate values are not sent. It also keeps a
-    resumed sweep from reporting into an Optuna trial that finished just before the driver died.
-    """
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        asked = self._ot_trials.get(trial_id)
-        if asked is not None and asked.number in self._told():
-            # Told before the driver stopped, after Tune last saved this searcher (a resumed sweep
-            # whose trial had finished): Optuna keeps what it was told, and would say so in a warning.
-            self._completed_trials.add(trial_id)
-            return
-        # A trial the scheduler stopped lacks the final metrics: Optuna records it PRUNED. (Told
-        # [None, None] for several metrics, Optuna would record a FAIL.)
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if result is not None and any(result.get(m) is None for m in metrics):
-            result = None
-        super().on_trial_complete(trial_id, result, error)
-
-    def _told(self) -> set[int]:
-        assert self._ot_study is not None  # (set up before any trial is suggested)
-        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return {t.number for t in self._ot_study.get_trials(deepcopy=False, states=finished)}
-
-
 def _settle_orphans(run_dir: Path, uri: str, experiment_id: str, parent: str, trial_ids: set[str]) -> None:
     """Once Tune is done with every trial: a trial the driver started but died before Tune
     recorded (Tune saves its state every few seconds) was asked for again on --resume, as a new
@@ -559,11 +529,7 @@ def _settle_orphans(run_dir: Path, uri: str, experiment_id: str, parent: str, tr
     has exactly one run, and nothing else."""
     journal = run_dir / JOURNAL_FILE
     if journal.exists():
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-        for name in optuna.get_all_study_names(storage):  # one per grid cell
-            study = optuna.load_study(study_name=name, storage=storage)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        fail_running(journal)
     for run in tracking.child_runs(uri, experiment_id, parent):
         if run.data.tags.get(tracking.TRIAL_TAG) not in trial_ids:
             tracking.discard_orphan(uri, run.info.run_id)
