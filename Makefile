@@ -43,6 +43,7 @@ ui: install
 # screenshots kept in test-artifacts/), GPU tests where CUDA exists.
 test: install browser postgres prometheus
 	$(BIN)/ruff check satune tests bench docs/findings.py
+	$(BIN)/ruff format --check satune tests bench docs/findings.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
@@ -51,7 +52,7 @@ test-unit: install
 
 lint: install
 	$(BIN)/ruff check satune tests bench docs/findings.py
-	$(BIN)/ruff format --check satune tests bench
+	$(BIN)/ruff format --check satune tests bench docs/findings.py
 	$(BIN)/mypy
 
 # The one prepared check for a GPU at hand (under 8 minutes): docs/benchmarks.md, "The GPU check".

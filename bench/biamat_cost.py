@@ -21,12 +21,14 @@ from satune.specs import BiamatSpec, parse_trial
 
 def main() -> None:
     args, device = setup(__doc__)
-    spec = parse_trial({
-        "data": {"dataset": "mnist5k", "classes": [0, 1, 2, 3, 4]},
-        "threat": {"norm": "l2", "eps": 1.5, "steps": 7},
-        "method": {"kind": "at"},
-        "train": {"epochs": 1, "batch_size": 128},
-    })  # fmt: skip
+    spec = parse_trial(
+        {
+            "data": {"dataset": "mnist5k", "classes": [0, 1, 2, 3, 4]},
+            "threat": {"norm": "l2", "eps": 1.5, "steps": 7},
+            "method": {"kind": "at"},
+            "train": {"epochs": 1, "batch_size": 128},
+        }
+    )
     data = load_data(spec.data, runtime.cache_dir(spec.runtime), device)
     aux_specs = BiamatSpec(aux=["mnist5k[5-9]", "digits", "noise"]).aux
     aux = load_aux(aux_specs, data.shape, "none", runtime.cache_dir(spec.runtime), device)
@@ -48,8 +50,10 @@ def main() -> None:
 
     variants = {"at": at, "biamat": biamat("biamat"), "naive": biamat("naive")}
     t, evals = epoch_times(variants, data.train, spec.train, device, args.rounds)
-    print(f"mnist5k digits 0-4 ({n} images) + 128 auxiliary images per step, L2 PGD-7, batch 128, "
-          f"{args.threads} thread(s), device {device}, median of {args.rounds} rounds")  # fmt: skip
+    print(
+        f"mnist5k digits 0-4 ({n} images) + 128 auxiliary images per step, L2 PGD-7, batch 128, "
+        f"{args.threads} thread(s), device {device}, median of {args.rounds} rounds"
+    )
     print(
         f"BiaMAT/AT epoch time:        {t['biamat'] / t['at']:.3f}   (grad_evals {evals['biamat'] / evals['at']:.3f})"
     )

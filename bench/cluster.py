@@ -117,9 +117,13 @@ def main() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
         ensure_private_token()
         with LocalServer(tmp / "mlflow") as server:
-            spans = {n: (makespan(tmp, server.uri, f"one-node-{n}", [n], args.trials, args.epochs),
-                         makespan(tmp, server.uri, f"{n}-nodes", [1] * n, args.trials, args.epochs))
-                     for n in args.nodes}  # fmt: skip
+            spans = {
+                n: (
+                    makespan(tmp, server.uri, f"one-node-{n}", [n], args.trials, args.epochs),
+                    makespan(tmp, server.uri, f"{n}-nodes", [1] * n, args.trials, args.epochs),
+                )
+                for n in args.nodes
+            }
             lost = recovery(tmp, server.uri, epochs=60)
     for n, (one, many) in spans.items():
         print(

@@ -71,8 +71,11 @@ def main() -> None:
                 server.stop()
             outcomes[outcome] += 1
     print(f"satune from {tracking.__file__}")
-    print(f"{args.n} Ctrl-C sent 0..{args.delay}s after the server's log appeared: " +
-          ", ".join(f"{k} {v}" for k, v in outcomes.items()) + f" (lost: {outcomes['lost'] / args.n:.1%})")  # fmt: skip
+    print(
+        f"{args.n} Ctrl-C sent 0..{args.delay}s after the server's log appeared: "
+        + ", ".join(f"{k} {v}" for k, v in outcomes.items())
+        + f" (lost: {outcomes['lost'] / args.n:.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -149,14 +149,18 @@ def main() -> None:
     for label in [s for s in args.share.split(",") if s]:
         print(f"\n{label}: processes sharing {device}, {args.share_epochs} timed epochs each")
         rel = f"x {procs[0]} proc"
-        print(f"{'procs':>5} {'gpu/trial':>9} {'epoch s/trial':>13} {rel:>8} {'total img/s':>11} {rel:>8} "
-              f"{'peak MiB/proc':>13}")  # fmt: skip
+        print(
+            f"{'procs':>5} {'gpu/trial':>9} {'epoch s/trial':>13} {rel:>8} {'total img/s':>11} {rel:>8} "
+            f"{'peak MiB/proc':>13}"
+        )
         base = None
         for p in procs:
             per_trial, throughput, peak = share(args, label == "bf16", p)
             base = base or (per_trial, throughput)
-            print(f"{p:5d} {1 / p:9.2f} {per_trial:13.2f} {per_trial / base[0]:8.2f} {throughput:11.0f} "
-                  f"{throughput / base[1]:8.2f} {peak:13.0f}")  # fmt: skip
+            print(
+                f"{p:5d} {1 / p:9.2f} {per_trial:13.2f} {per_trial / base[0]:8.2f} {throughput:11.0f} "
+                f"{throughput / base[1]:8.2f} {peak:13.0f}"
+            )
 
 
 if __name__ == "__main__":

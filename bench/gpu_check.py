@@ -114,12 +114,42 @@ class Sizes:
     arch: str = "preact_resnet18"
 
 
-GPU = Sizes(size=32, epoch_images=50_000, check_images=10_000, batch=128, steps=10, warmup=5, block=10, blocks=4,
-            eval_n=2000, eval_batches=(128, 500, 1000), eval_steps=20, aa_n=1000, aa_train_steps=60,
-            sweep_k=(1, 2, 4, 8), sweep_images=5000, sweep_test=500)  # fmt: skip
-DRY = Sizes(size=8, epoch_images=256, check_images=64, batch=16, steps=2, warmup=1, block=2, blocks=2, eval_n=64,
-            eval_batches=(8, 16, 32), eval_steps=2, aa_n=8, aa_train_steps=4, sweep_k=(1, 2), sweep_images=64,
-            sweep_test=40)  # fmt: skip
+GPU = Sizes(
+    size=32,
+    epoch_images=50_000,
+    check_images=10_000,
+    batch=128,
+    steps=10,
+    warmup=5,
+    block=10,
+    blocks=4,
+    eval_n=2000,
+    eval_batches=(128, 500, 1000),
+    eval_steps=20,
+    aa_n=1000,
+    aa_train_steps=60,
+    sweep_k=(1, 2, 4, 8),
+    sweep_images=5000,
+    sweep_test=500,
+)
+DRY = Sizes(
+    size=8,
+    epoch_images=256,
+    check_images=64,
+    batch=16,
+    steps=2,
+    warmup=1,
+    block=2,
+    blocks=2,
+    eval_n=64,
+    eval_batches=(8, 16, 32),
+    eval_steps=2,
+    aa_n=8,
+    aa_train_steps=4,
+    sweep_k=(1, 2),
+    sweep_images=64,
+    sweep_test=40,
+)
 PARTS = ("cuda_tests", "at_epoch", "where", "biamat", "autoattack", "sweep")
 
 
@@ -166,8 +196,11 @@ def table(report: Report, meta: dict[str, Any]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(4)]
     lines = [f"{k}: {v}" for k, v in meta.items() if k != "args"]
     for i, c in enumerate(cells):
-        lines.append("  ".join([c[0].ljust(widths[0]), c[1].ljust(widths[1]), c[2].rjust(widths[2]),
-                                c[3].ljust(widths[3]), c[4]]).rstrip())  # fmt: skip
+        lines.append(
+            "  ".join(
+                [c[0].ljust(widths[0]), c[1].ljust(widths[1]), c[2].rjust(widths[2]), c[3].ljust(widths[3]), c[4]]
+            ).rstrip()
+        )
         if i == 0:
             lines.append("-" * (sum(widths) + 8 + 40))
     return "\n".join(lines)
@@ -292,9 +325,14 @@ def bf16_note(ctx: Context) -> str:
 def part_cuda_tests(ctx: Context, report: Report) -> None:
     xml = ctx.scratch / "cuda_tests.xml"
     env = dict(os.environ) | ({} if ctx.cuda else {"CUDA_VISIBLE_DEVICES": ""})  # a CPU run hides the GPU
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu",
-                           f"--junitxml={xml}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=ctx.args.timeout)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu", f"--junitxml={xml}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=ctx.args.timeout,
+    )
     print(done.stdout[-3000:] + done.stderr[-2000:], flush=True)
     if not xml.exists():
         raise RuntimeError(f"pytest wrote no report (exit {done.returncode})")
@@ -315,8 +353,12 @@ def part_cuda_tests(ctx: Context, report: Report) -> None:
 # 2. The AT epoch
 
 
-CONFIGS = (("fp32, NCHW", "fp32_nchw", False, False), ("fp32, NHWC", "fp32_nhwc", False, True),
-           ("bf16, NCHW", "bf16_nchw", True, False), ("bf16, NHWC", "bf16_nhwc", True, True))  # fmt: skip
+CONFIGS = (
+    ("fp32, NCHW", "fp32_nchw", False, False),
+    ("fp32, NHWC", "fp32_nhwc", False, True),
+    ("bf16, NCHW", "bf16_nchw", True, False),
+    ("bf16, NHWC", "bf16_nhwc", True, True),
+)
 
 
 def part_at_epoch(ctx: Context, report: Report) -> None:
@@ -328,18 +370,32 @@ def part_at_epoch(ctx: Context, report: Report) -> None:
         per_step = step_seconds(ctx, partial(ctx.at, nhwc=nhwc), amp)
         ctx.results[f"at.{key}"] = per_step
         epochs[label] = epoch = per_step * steps
-        note = (f"{per_step:.4f} s/step x {steps} steps ({how}); {s.check_images} images: "
-                f"{per_step * steps_check:.3g} s; {s.batch / per_step:.0f} img/s") + (bf16_note(ctx) if amp else "")  # fmt: skip
+        note = (
+            f"{per_step:.4f} s/step x {steps} steps ({how}); {s.check_images} images: "
+            f"{per_step * steps_check:.3g} s; {s.batch / per_step:.0f} img/s"
+        ) + (bf16_note(ctx) if amp else "")
         report.add("at_epoch", key, f"PGD-{s.steps} AT {label}", epoch, f"s/epoch of {s.epoch_images}", note)
     per_step = step_seconds(ctx, lambda n: ctx.at(n, attacked=False))
-    report.add("at_epoch", "clean", "clean (no attack), fp32, default layout", per_step * steps,
-               f"s/epoch of {s.epoch_images}", f"{per_step:.4f} s/step; {s.batch / per_step:.0f} img/s")  # fmt: skip
+    report.add(
+        "at_epoch",
+        "clean",
+        "clean (no attack), fp32, default layout",
+        per_step * steps,
+        f"s/epoch of {s.epoch_images}",
+        f"{per_step:.4f} s/step; {s.batch / per_step:.0f} img/s",
+    )
     best = min(epochs, key=lambda k: epochs[k])
     verdict = "met" if epochs[best] <= GOAL_S else f"{epochs[best] / GOAL_S:.1f}x the goal"
     if not ctx.cuda or s.epoch_images != GPU.epoch_images:
         verdict = "not comparable: the goal is for 50k images on a GPU"
-    report.add("at_epoch", "goal", f"goal: <= {GOAL_S:g} s per 50k-image AT epoch (H100-class)", epochs[best],
-               f"s/epoch of {s.epoch_images}", f"best: {best}; {verdict}")  # fmt: skip
+    report.add(
+        "at_epoch",
+        "goal",
+        f"goal: <= {GOAL_S:g} s per 50k-image AT epoch (H100-class)",
+        epochs[best],
+        f"s/epoch of {s.epoch_images}",
+        f"best: {best}; {verdict}",
+    )
     check_epoch(ctx, report)
 
 
@@ -350,8 +406,14 @@ def check_epoch(ctx: Context, report: Report) -> None:
     model, method = ctx.at(s.check_images)
     row = fit(model, method, subset(ctx.data(), s.check_images), ctx.train_spec(), 0, ctx.device).history[0]
     guess = ctx.results[f"at.{default}"] * ctx.epoch_steps(s.check_images)
-    report.add("at_epoch", "fit_check", f"one fit() epoch of {s.check_images}, fp32, default layout",
-               row["time/epoch_s"], "s", f"extrapolated from steps: {guess:.3g} s (x{row['time/epoch_s'] / guess:.2f})")  # fmt: skip
+    report.add(
+        "at_epoch",
+        "fit_check",
+        f"one fit() epoch of {s.check_images}, fp32, default layout",
+        row["time/epoch_s"],
+        "s",
+        f"extrapolated from steps: {guess:.3g} s (x{row['time/epoch_s'] / guess:.2f})",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,8 +443,14 @@ def pipeline(ctx: Context, report: Report) -> None:
     seconds = epoch(ctx.data())
     at = ctx.results.get(f"at.{default_key(ctx)}")
     share = f"; {seconds / (at * ctx.epoch_steps()):.1%} of the fp32 AT epoch (part 2)" if at else ""
-    report.add("where", "pipeline", f"data pipeline alone, crop+flip, {s.epoch_images} images", seconds, "s/epoch",
-               f"{seconds / ctx.epoch_steps() * 1e3:.2f} ms/batch{share}")  # fmt: skip
+    report.add(
+        "where",
+        "pipeline",
+        f"data pipeline alone, crop+flip, {s.epoch_images} images",
+        seconds,
+        "s/epoch",
+        f"{seconds / ctx.epoch_steps() * 1e3:.2f} ms/batch{share}",
+    )
 
 
 def host_syncs(ctx: Context, report: Report) -> None:
@@ -406,8 +474,7 @@ def host_syncs(ctx: Context, report: Report) -> None:
         counts.append(Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs))
     per_line = {k: (counts[1][k] - counts[0][k]) / 8 for k in counts[1]}
     where = ", ".join(f"{k} {v:g}" for k, v in sorted(per_line.items(), key=lambda kv: -kv[1]) if v > 0)
-    report.add("where", "syncs", "host syncs per AT step (fp32)", sum(per_line.values()), "syncs/step",
-               where or "none")  # fmt: skip
+    report.add("where", "syncs", "host syncs per AT step (fp32)", sum(per_line.values()), "syncs/step", where or "none")
 
 
 def eval_batches(ctx: Context, report: Report) -> None:
@@ -425,15 +492,24 @@ def eval_batches(ctx: Context, report: Report) -> None:
         sync(ctx.device)
         rates[bs] = s.eval_n / (time.perf_counter() - t0)
     for bs, rate in rates.items():
-        report.add("where", f"eval_bs{bs}", f"PGD-{s.eval_steps} eval, batch {bs}", rate, "img/s",
-                   f"{rate / max(rates.values()):.0%} of the best; {s.eval_n} images")  # fmt: skip
+        report.add(
+            "where",
+            f"eval_bs{bs}",
+            f"PGD-{s.eval_steps} eval, batch {bs}",
+            rate,
+            "img/s",
+            f"{rate / max(rates.values()):.0%} of the best; {s.eval_n} images",
+        )
 
 
 @contextlib.contextmanager
 def autotuned() -> Iterator[None]:
     """cuDNN's autotuner on and non-deterministic kernels allowed, for the block only."""
-    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-           torch.backends.cudnn.benchmark)  # fmt: skip
+    was = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = True
     try:
@@ -448,8 +524,14 @@ def fast_kernels(ctx: Context, report: Report) -> None:
     with autotuned():
         per_step = step_seconds(ctx, lambda n: ctx.at(n))
     note = f"x{per_step / base:.2f} the deterministic step ({base:.4f} s)" + ("" if ctx.cuda else "; no effect on CPU")
-    report.add("where", "autotuned", "AT fp32, cudnn.benchmark on, non-deterministic", per_step * ctx.epoch_steps(),
-               f"s/epoch of {ctx.sizes.epoch_images}", note)  # fmt: skip
+    report.add(
+        "where",
+        "autotuned",
+        "AT fp32, cudnn.benchmark on, non-deterministic",
+        per_step * ctx.epoch_steps(),
+        f"s/epoch of {ctx.sizes.epoch_images}",
+        note,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,8 +557,14 @@ def part_biamat(ctx: Context, report: Report) -> None:
     steps = ctx.epoch_steps()
     unit = f"s/epoch of {s.epoch_images}"
     report.add("biamat", "at", "AT, fp32, default layout", at * steps, unit, f"{at:.4f} s/step")
-    report.add("biamat", "biamat", f"BiaMAT (variant at, +{s.batch} aux images/step)", bia * steps, unit,
-               f"{bia:.4f} s/step; grad evals 2x AT's")  # fmt: skip
+    report.add(
+        "biamat",
+        "biamat",
+        f"BiaMAT (variant at, +{s.batch} aux images/step)",
+        bia * steps,
+        unit,
+        f"{bia:.4f} s/step; grad evals 2x AT's",
+    )
     report.add("biamat", "ratio", "BiaMAT / AT epoch time", bia / at, "x", f"paper: {PAPER_BIAMAT}x (WRN-28-10, V100)")
 
 
@@ -504,14 +592,18 @@ def part_autoattack(ctx: Context, report: Report) -> None:
     clean = float(clean_correct(model, xt, yt, bs).float().mean())
     sync(ctx.device)
     t0 = time.perf_counter()
-    robust = autoattack_correct(model, xt, yt, ctx.threat(), AutoAttackSpec(version="standard"), batch_size=bs,
-                                n_classes=10)  # fmt: skip
+    robust = autoattack_correct(
+        model, xt, yt, ctx.threat(), AutoAttackSpec(version="standard"), batch_size=bs, n_classes=10
+    )
     sync(ctx.device)
     seconds = time.perf_counter() - t0
-    what = (f"{s.arch} after {s.aa_train_steps} PGD-AT steps on class-templated images; {half} of them held out + "
-            f"{s.aa_n - half} random images; clean acc {clean:.3f}, AA acc {float(robust.float().mean()):.3f}")  # fmt: skip
-    report.add("autoattack", "seconds", f"AutoAttack standard, Linf 8/255, {s.aa_n} images, batch {bs}", seconds, "s",
-               what)  # fmt: skip
+    what = (
+        f"{s.arch} after {s.aa_train_steps} PGD-AT steps on class-templated images; {half} of them held out + "
+        f"{s.aa_n - half} random images; clean acc {clean:.3f}, AA acc {float(robust.float().mean()):.3f}"
+    )
+    report.add(
+        "autoattack", "seconds", f"AutoAttack standard, Linf 8/255, {s.aa_n} images, batch {bs}", seconds, "s", what
+    )
     report.add("autoattack", "images_per_s", "AutoAttack standard throughput", s.aa_n / seconds, "img/s")
 
 
@@ -542,9 +634,14 @@ def part_sweep(ctx: Context, report: Report) -> None:
         path, log = write_sweep(ctx, base, k), base / f"k{k}.log"
         t0 = time.monotonic()
         with open(log, "w") as out:
-            code = subprocess.run([sys.executable, "-m", "satune.cli", "sweep", str(path), "--plain", "--no-report"],
-                                  cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=ctx.args.timeout,
-                                  ).returncode  # fmt: skip
+            code = subprocess.run(
+                [sys.executable, "-m", "satune.cli", "sweep", str(path), "--plain", "--no-report"],
+                cwd=base,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=ctx.args.timeout,
+            ).returncode
         wall = time.monotonic() - t0
         print(f"  sweep k={k}: exit {code} after {wall:.1f} s (log {log})", flush=True)
         if code:
@@ -597,14 +694,22 @@ def sweep_rows(ctx: Context, report: Report, uri: str, k: int, name: str, wall: 
     window = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
     rate = images / window
     epoch = statistics.median(r.data.metrics["time/epoch_s"] for r in runs)
-    note = (f"{images} images over {window:.1f} s (first trial start to last end); epoch {epoch:.2f} s/trial; "
-            f"satune sweep wall {wall:.0f} s") + ("" if base is None else f"; x{rate / base:.2f} k=1's")  # fmt: skip
+    note = (
+        f"{images} images over {window:.1f} s (first trial start to last end); epoch {epoch:.2f} s/trial; "
+        f"satune sweep wall {wall:.0f} s"
+    ) + ("" if base is None else f"; x{rate / base:.2f} k=1's")
     share = f"gpu {1 / k:g}" if ctx.cuda else "cpu"
     report.add("sweep", f"k{k}.images_per_s", f"k={k} trials at once ({share} each)", rate, "img/s", note)
     peaks = [r.data.metrics["gpu/peak_mib"] for r in runs if "gpu/peak_mib" in r.data.metrics]
     why = "n/a (CUDA only)" if not ctx.cuda else "n/a: the trials logged no gpu/peak_mib"
-    report.add("sweep", f"k{k}.peak_mib", f"k={k} peak GPU memory per trial", max(peaks) if peaks else None, "MiB",
-               "max over trials" if peaks else why)  # fmt: skip
+    report.add(
+        "sweep",
+        f"k{k}.peak_mib",
+        f"k={k} peak GPU memory per trial",
+        max(peaks) if peaks else None,
+        "MiB",
+        "max over trials" if peaks else why,
+    )
     return base if base is not None else rate
 
 
@@ -612,9 +717,13 @@ def sweep_rows(ctx: Context, report: Report, uri: str, k: int, name: str, wall: 
 
 
 RUNNERS: dict[str, Callable[[Context, Report], None]] = {
-    "cuda_tests": part_cuda_tests, "at_epoch": part_at_epoch, "where": part_where, "biamat": part_biamat,
-    "autoattack": part_autoattack, "sweep": part_sweep,
-}  # fmt: skip
+    "cuda_tests": part_cuda_tests,
+    "at_epoch": part_at_epoch,
+    "where": part_where,
+    "biamat": part_biamat,
+    "autoattack": part_autoattack,
+    "sweep": part_sweep,
+}
 
 
 def options() -> argparse.Namespace:
@@ -701,12 +810,27 @@ def main() -> int:
             run_part(ctx, report, name)
     for name, seconds in report.seconds.items():
         report.add("total", f"{name}_s", f"part {name}", seconds, "s wall")
-    report.add("total", "all_s", "whole run", ctx.elapsed(), "s wall", "FAILED: " + "; ".join(report.failures)
-               if report.failures else "every part ran")  # fmt: skip
+    report.add(
+        "total",
+        "all_s",
+        "whole run",
+        ctx.elapsed(),
+        "s wall",
+        "FAILED: " + "; ".join(report.failures) if report.failures else "every part ran",
+    )
     print("\n" + table(report, meta))
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"meta": meta, "ok": not report.failures, "failures": report.failures,
-                                     "rows": [asdict(r) for r in report.rows]}, indent=1))  # fmt: skip
+    json_path.write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "ok": not report.failures,
+                "failures": report.failures,
+                "rows": [asdict(r) for r in report.rows],
+            },
+            indent=1,
+        )
+    )
     print(f"\nwritten: {json_path}")
     return 1 if report.failures else 0
 

@@ -35,10 +35,28 @@ from satune import tracking  # noqa: E402
 from satune.tracking import LocalServer  # noqa: E402
 
 # What a trial's epoch row holds (satune/train.py, methods/, evaluate.py): about 20 numbers.
-METRICS = ["epoch", "train/loss", "train/acc", "train/adv_loss", "train/adv_acc", "train/lr", "train/grad_evals",
-           "train/loss_A", "train/loss_B", "train/acc_A", "train/acc_B", "select/clean_acc", "select/pgd_acc",
-           "select/pgd_acc_A", "select/pgd_acc_B", "select/proxy", "time/epoch_s", "time/attack_s",
-           "time/eval_s", "sat/a_share"]  # fmt: skip
+METRICS = [
+    "epoch",
+    "train/loss",
+    "train/acc",
+    "train/adv_loss",
+    "train/adv_acc",
+    "train/lr",
+    "train/grad_evals",
+    "train/loss_A",
+    "train/loss_B",
+    "train/acc_A",
+    "train/acc_B",
+    "select/clean_acc",
+    "select/pgd_acc",
+    "select/pgd_acc_A",
+    "select/pgd_acc_B",
+    "select/proxy",
+    "time/epoch_s",
+    "time/attack_s",
+    "time/eval_s",
+    "sat/a_share",
+]
 
 
 def logger(tasks: mp.Queue, results: mp.Queue) -> None:
@@ -58,8 +76,9 @@ def logger(tasks: mp.Queue, results: mp.Queue) -> None:
         tracking.end_run(uri, run_id, "FINISHED")
 
 
-def measure(workers: list[tuple[mp.Process, mp.Queue]], results: mp.Queue, uri: str, experiment_id: str,
-            n: int, epochs: int) -> tuple[float, list[float]]:  # fmt: skip
+def measure(
+    workers: list[tuple[mp.Process, mp.Queue]], results: mp.Queue, uri: str, experiment_id: str, n: int, epochs: int
+) -> tuple[float, list[float]]:
     """(batches/s, per-request latencies) of n loggers at once."""
     for _, q in workers[:n]:
         q.put((uri, experiment_id, epochs))
@@ -98,8 +117,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_, Postgres() as pg:
         tmp = Path(tmp_)
-        with LocalServer(tmp / "sqlite") as sqlite, PostgresServer(pg, tmp / "pg1", workers=1) as pg1, \
-                PostgresServer(pg, tmp / "pg2", workers=2) as pg2:  # fmt: skip
+        with (
+            LocalServer(tmp / "sqlite") as sqlite,
+            PostgresServer(pg, tmp / "pg1", workers=1) as pg1,
+            PostgresServer(pg, tmp / "pg2", workers=2) as pg2,
+        ):
             servers = {"sqlite": sqlite.uri, "postgres": pg1.uri, "postgres x2": pg2.uri}
             experiments = {k: tracking.ensure_experiment(uri, "bench") for k, uri in servers.items()}
             rate: dict[tuple[str, int], list[float]] = {}
@@ -117,8 +139,10 @@ def main() -> None:
     for p, _ in workers:
         p.join(timeout=30)
 
-    print(f"PostgreSQL {pg.version}; {args.epochs} batches of {len(METRICS)} metrics per logger; "
-          f"median of {args.rounds} rounds; batches/s (latency per request, median / p95 ms)")  # fmt: skip
+    print(
+        f"PostgreSQL {pg.version}; {args.epochs} batches of {len(METRICS)} metrics per logger; "
+        f"median of {args.rounds} rounds; batches/s (latency per request, median / p95 ms)"
+    )
     names = list(servers)
     print("| loggers | " + " | ".join(names) + " | postgres/sqlite | postgres x2/sqlite |")
     print("|---|" + "---|" * (len(names) + 2))

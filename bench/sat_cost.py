@@ -23,12 +23,14 @@ FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 def main() -> None:
     args, device = setup(__doc__)
-    spec = parse_trial({
-        "data": {"dataset": args.dataset},
-        "threat": {"norm": "l2", "eps": 1.5, "steps": 7},
-        "method": {"kind": "at"},
-        "train": {"epochs": 1, "batch_size": 128},
-    })  # fmt: skip
+    spec = parse_trial(
+        {
+            "data": {"dataset": args.dataset},
+            "threat": {"norm": "l2", "eps": 1.5, "steps": 7},
+            "method": {"kind": "at"},
+            "train": {"epochs": 1, "batch_size": 128},
+        }
+    )
     data = load_data(spec.data, runtime.cache_dir(spec.runtime), device)
     n = len(data.train)
     attack = Attack.from_threat(spec.threat)
@@ -47,8 +49,10 @@ def main() -> None:
         return build
 
     t, evals = epoch_times({k: variant(v) for k, v in methods.items()}, data.train, spec.train, device, args.rounds)
-    print(f"dataset {args.dataset}, {n} training images, L2 PGD-7, batch 128, {args.threads} thread(s), "
-          f"device {device}, median of {args.rounds} rounds")  # fmt: skip
+    print(
+        f"dataset {args.dataset}, {n} training images, L2 PGD-7, batch 128, {args.threads} thread(s), "
+        f"device {device}, median of {args.rounds} rounds"
+    )
     print(f"clean/AT epoch-time ratio: {t['clean'] / t['at']:.3f}")
     print(f"{'f':>5} {'SAT/AT time':>12} {'f+(1-f)c/AT':>12} {'grad_evals SAT/AT':>18}")
     for f in FRACTIONS:

@@ -36,8 +36,12 @@ from conftest import S3_ENV, S3Endpoint  # noqa: E402 - the tests' restartable S
 
 def sweep_file(tmp: Path, name: str, uri: str, args: argparse.Namespace) -> Path:
     data = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-    data.update(name=name, storage="s3://bench/sweeps", tracking={"uri": uri, "experiment": name},
-                storage_patience_s=args.patience)  # fmt: skip
+    data.update(
+        name=name,
+        storage="s3://bench/sweeps",
+        tracking={"uri": uri, "experiment": name},
+        storage_patience_s=args.patience,
+    )
     data["search"]["num_samples"] = args.trials
     data["trial"]["train"]["epochs"] = args.epochs
     path = tmp / f"{name}.yaml"
@@ -93,17 +97,26 @@ def main() -> None:
         short, _, code, out = run(sweep_file(tmp, "short", server.uri, args), store, args.short)
         assert code == 0, out[-3000:]
         starts = re.findall(r"trial (\w+) started", out)
-        print(f"{args.short:.0f} s outage:         {short:6.1f} s  (+{short - base:.1f} s; trials started twice: "
-              f"{len(starts) - len(set(starts))})", flush=True)  # fmt: skip
+        print(
+            f"{args.short:.0f} s outage:         {short:6.1f} s  (+{short - base:.1f} s; trials started twice: "
+            f"{len(starts) - len(set(starts))})",
+            flush=True,
+        )
 
         path = sweep_file(tmp, "long", server.uri, args)
         _, stopped, code, out = run(path, store, float("inf"))
         assert code == 130 and stopped is not None, out[-3000:]
-        print(f"store away for good:  exit {code} {stopped:.1f} s after it went away (storage_patience_s "
-              f"{args.patience:.0f}: +{stopped - args.patience:.1f} s)", flush=True)  # fmt: skip
+        print(
+            f"store away for good:  exit {code} {stopped:.1f} s after it went away (storage_patience_s "
+            f"{args.patience:.0f}: +{stopped - args.patience:.1f} s)",
+            flush=True,
+        )
         store.start()
-        resumed = subprocess.run([sys.executable, "-m", "satune.cli", "sweep", str(path), "--resume", "--no-report",
-                                  "--plain"], capture_output=True, text=True)  # fmt: skip
+        resumed = subprocess.run(
+            [sys.executable, "-m", "satune.cli", "sweep", str(path), "--resume", "--no-report", "--plain"],
+            capture_output=True,
+            text=True,
+        )
         print(f"--resume once it is back: exit {resumed.returncode}")
     store.stop()
 

@@ -41,12 +41,22 @@ def main() -> None:
     ap.add_argument("sweep", nargs="?", default="sweeps/wA.yaml")
     ap.add_argument("--samples", type=int, help="override search.num_samples")
     ap.add_argument("--epochs", type=int, help="override trial.train.epochs")
-    ap.add_argument("--shell-loop", action="store_true",
-                    help="then run the same trials as `satune run` processes with xargs -P, for comparison")
-    ap.add_argument("--no-final-eval", action="store_true",
-                    help="drop the final stage (its AutoAttack is not in the trials' own run times)")
-    ap.add_argument("--reuse-actors", choices=["off", "on", "both"], default="off",
-                    help="resources.reuse_actors for the sweep (both: one sweep each, off first)")
+    ap.add_argument(
+        "--shell-loop",
+        action="store_true",
+        help="then run the same trials as `satune run` processes with xargs -P, for comparison",
+    )
+    ap.add_argument(
+        "--no-final-eval",
+        action="store_true",
+        help="drop the final stage (its AutoAttack is not in the trials' own run times)",
+    )
+    ap.add_argument(
+        "--reuse-actors",
+        choices=["off", "on", "both"],
+        default="off",
+        help="resources.reuse_actors for the sweep (both: one sweep each, off first)",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +89,9 @@ def main() -> None:
         slots = min(sweep.resources.max_concurrent, len(result.rows))
         loop = shell_loop(path, result.rows, slots, tmp) if args.shell_loop else None
 
-    print(f"sweep {sweep.name}: {len(result.rows)} trials x {sweep.trial.train.epochs} epochs, {slots} concurrent slots")
+    print(
+        f"sweep {sweep.name}: {len(result.rows)} trials x {sweep.trial.train.epochs} epochs, {slots} concurrent slots"
+    )
     print(f"local MLflow server start-up:      {mlflow_start:6.1f} s")
     print(f"private Ray start-up:              {ray_start:6.1f} s")
     for reuse, (_, _, wall, result) in runs.items():
@@ -105,8 +117,13 @@ def shell_loop(path: Path, rows, slots: int, tmp: Path) -> float:
         args = shlex.split(reproduce_command(path, r, threads=1))
         lines.append(shlex.join([str(satune), *args[1:], "--out", str(tmp / "loop" / r.trial_id)]))
     (tmp / "commands").write_text("\n".join(lines) + "\n")
-    took, done = timed(lambda: subprocess.run(["xargs", "-P", str(slots), "-d", "\n", "-I", "CMD", "sh", "-c", "CMD"],
-                                              stdin=(tmp / "commands").open(), capture_output=True))  # fmt: skip
+    took, done = timed(
+        lambda: subprocess.run(
+            ["xargs", "-P", str(slots), "-d", "\n", "-I", "CMD", "sh", "-c", "CMD"],
+            stdin=(tmp / "commands").open(),
+            capture_output=True,
+        )
+    )
     if done.returncode != 0:
         raise SystemExit(f"the shell loop failed: {done.stderr.decode()[-2000:]}")
     return took

@@ -26,8 +26,10 @@ REPORTED = "final/aa_acc"
 def provenance(sweep: Sweep, file: str) -> str:
     tags = sweep.data.tags
     sha = tags.get("git.sha", "unknown")[:10] + (" (uncommitted changes)" if tags.get("git.dirty") == "true" else "")
-    return (f"`{file}`, run `{sweep.data.parent_name}`, MLflow parent run `{sweep.parent_run_id}`, git {sha}, "
-            f"{len(sweep.data.finished)} trials; the best chosen by {sweep.selection}.")  # fmt: skip
+    return (
+        f"`{file}`, run `{sweep.data.parent_name}`, MLflow parent run `{sweep.parent_run_id}`, git {sha}, "
+        f"{len(sweep.data.finished)} trials; the best chosen by {sweep.selection}."
+    )
 
 
 def stats(values: list[float]) -> str:
@@ -63,10 +65,20 @@ def weighting(out: list[str]) -> None:
     rows = []
     for w in ("vanilla", "balanced", "overemphasized"):
         mine = [t for t in trials if t["method.weighting"] == w]
-        rows.append([w, str(len(mine)), stats(column(mine, REPORTED)), stats(column(mine, "eval/pgd_acc")),
-                     stats(column(mine, "eval/clean_acc")), stats(column(mine, "proxy/pgd_acc"))])  # fmt: skip
-    out += [table(["weighting", "seeds", "final/aa_acc", "eval/pgd_acc", "eval/clean_acc", "proxy/pgd_acc (select)"],
-                  rows), ""]  # fmt: skip
+        rows.append(
+            [
+                w,
+                str(len(mine)),
+                stats(column(mine, REPORTED)),
+                stats(column(mine, "eval/pgd_acc")),
+                stats(column(mine, "eval/clean_acc")),
+                stats(column(mine, "proxy/pgd_acc")),
+            ]
+        )
+    out += [
+        table(["weighting", "seeds", "final/aa_acc", "eval/pgd_acc", "eval/clean_acc", "proxy/pgd_acc (select)"], rows),
+        "",
+    ]
     for w in ("balanced", "overemphasized"):
         for metric in (REPORTED, "eval/clean_acc"):
             v = sweep.compare({"method.weighting": w}, {"method.weighting": "vanilla"}, metric=metric)
@@ -85,16 +97,25 @@ def ratio(out: list[str]) -> None:
     fractions = sorted({t["method.fraction"] for t in trials})
     rows = []
     for f in fractions:
-        cells = [stats(column([t for t in trials if t["method.fraction"] == f and t["method.ranking"] == r],
-                              REPORTED)) for r in rankings]  # fmt: skip
-        clean = [stats(column([t for t in trials if t["method.fraction"] == f and t["method.ranking"] == r],
-                              "eval/clean_acc")) for r in rankings]  # fmt: skip
+        cells = [
+            stats(column([t for t in trials if t["method.fraction"] == f and t["method.ranking"] == r], REPORTED))
+            for r in rankings
+        ]
+        clean = [
+            stats(
+                column([t for t in trials if t["method.fraction"] == f and t["method.ranking"] == r], "eval/clean_acc")
+            )
+            for r in rankings
+        ]
         rows.append([str(f), *cells, *clean])
     out += [table(["f", *(f"{r}: {REPORTED}" for r in rankings), *(f"{r}: clean" for r in rankings)], rows), ""]
     for f in fractions:
         for other in ("random", "entropy_easiest"):
-            v = sweep.compare({"method.fraction": f, "method.ranking": "entropy_hardest"},
-                              {"method.fraction": f, "method.ranking": other}, metric=REPORTED)  # fmt: skip
+            v = sweep.compare(
+                {"method.fraction": f, "method.ranking": "entropy_hardest"},
+                {"method.fraction": f, "method.ranking": other},
+                metric=REPORTED,
+            )
             out.append(f"- f = {f}, hardest − {other}: {verdict(v, 'hardest')}")
     out.append("")
 
@@ -111,8 +132,13 @@ def matrix(out: list[str]) -> None:
 def transfer(out: list[str]) -> None:
     sweep = load(ROOT / "sweeps" / "transfer.yaml")
     sources = load(ROOT / "sweeps" / "transfer_sources.yaml")
-    out += ["## `transfer_sources.yaml`, `transfer.yaml`", "", provenance(sources, "sweeps/transfer_sources.yaml"),
-            provenance(sweep, "sweeps/transfer.yaml"), ""]  # fmt: skip
+    out += [
+        "## `transfer_sources.yaml`, `transfer.yaml`",
+        "",
+        provenance(sources, "sweeps/transfer_sources.yaml"),
+        provenance(sweep, "sweeps/transfer.yaml"),
+        "",
+    ]
     trials = sweep.trials().to_dict("records")
     by_source = {s: {k: param_value(v) for k, v in p.items()} for s, p in sweep.data.sources.items()}
     metric = "eval/aa_acc"
@@ -121,21 +147,42 @@ def transfer(out: list[str]) -> None:
     for f in fractions:
         cells = []
         for w in ("vanilla", "overemphasized"):
-            mine = [t for t in trials if by_source[t["method.source"]]["method.fraction"] == f
-                    and by_source[t["method.source"]]["method.weighting"] == w]  # fmt: skip
-            src = [t for t in sources.trials().to_dict("records")
-                   if t["method.fraction"] == f and t["method.weighting"] == w]  # fmt: skip
-            cells += [stats(column(mine, metric)), stats(column(mine, "eval/clean_acc")),
-                      stats(column(src, "eval/pgd_acc"))]  # fmt: skip
+            mine = [
+                t
+                for t in trials
+                if by_source[t["method.source"]]["method.fraction"] == f
+                and by_source[t["method.source"]]["method.weighting"] == w
+            ]
+            src = [
+                t
+                for t in sources.trials().to_dict("records")
+                if t["method.fraction"] == f and t["method.weighting"] == w
+            ]
+            cells += [
+                stats(column(mine, metric)),
+                stats(column(mine, "eval/clean_acc")),
+                stats(column(src, "eval/pgd_acc")),
+            ]
         rows.append([str(f), *cells])
-    header = ["source f", *(f"{w}: {h}" for w in ("vanilla", "over-emphasised")
-                            for h in ("transferred eval/aa_acc", "transferred clean", "source eval/pgd_acc"))]  # fmt: skip
+    header = [
+        "source f",
+        *(
+            f"{w}: {h}"
+            for w in ("vanilla", "over-emphasised")
+            for h in ("transferred eval/aa_acc", "transferred clean", "source eval/pgd_acc")
+        ),
+    ]
     out += [table(header, rows), ""]
     for f in fractions:
-        v = sweep.compare({"source.method.fraction": f, "source.method.weighting": "overemphasized"},
-                          {"source.method.fraction": f, "source.method.weighting": "vanilla"}, metric=metric,
-                          pair_by="source.repeat")  # fmt: skip
-        out.append(f"- f = {f}, over-emphasised − vanilla sources, transferred {metric}: {verdict(v, 'over-emphasised')}")
+        v = sweep.compare(
+            {"source.method.fraction": f, "source.method.weighting": "overemphasized"},
+            {"source.method.fraction": f, "source.method.weighting": "vanilla"},
+            metric=metric,
+            pair_by="source.repeat",
+        )
+        out.append(
+            f"- f = {f}, over-emphasised − vanilla sources, transferred {metric}: {verdict(v, 'over-emphasised')}"
+        )
     out.append("")
 
 

@@ -66,13 +66,22 @@ class Sweep:
         records = []
         for t in self.data.trials:
             r = t.row
-            records.append({
-                "trial": r.trial_id, "run_id": t.run_id, "status": r.status, "config": config_id(r.config),
-                "repeat": int(r.config.get(REPEAT_KEY, 0)), "seed": r.seed, **{k: r.config.get(k) for k in keys},
-                "best": config_id(r.config) == best, "chosen_on": self.selection,
-                "collapsed": r.metrics.get("train/collapsed") == 1, "overfit": r.metrics.get("last/overfit") == 1,
-                **{k: v for k, v in sorted(r.metrics.items()) if "/class_" not in k},
-            })  # fmt: skip
+            records.append(
+                {
+                    "trial": r.trial_id,
+                    "run_id": t.run_id,
+                    "status": r.status,
+                    "config": config_id(r.config),
+                    "repeat": int(r.config.get(REPEAT_KEY, 0)),
+                    "seed": r.seed,
+                    **{k: r.config.get(k) for k in keys},
+                    "best": config_id(r.config) == best,
+                    "chosen_on": self.selection,
+                    "collapsed": r.metrics.get("train/collapsed") == 1,
+                    "overfit": r.metrics.get("last/overfit") == 1,
+                    **{k: v for k, v in sorted(r.metrics.items()) if "/class_" not in k},
+                }
+            )
         return pd.DataFrame.from_records(records)
 
     def configurations(self) -> pd.DataFrame:
@@ -83,10 +92,19 @@ class Sweep:
         records = []
         for g in configurations([t.row for t in self.data.trials]):
             stats = {m: s for m in shown_metrics(self.spec) if (s := g.stats(m)) is not None}
-            records.append({"config": g.key, **g.config, "trials": [r.trial_id for r in g.rows],
-                            "best": self.comparison.best is not None and g.key == self.comparison.best.key,
-                            **{f"{m} {part}": v for m, s in stats.items()
-                               for part, v in zip(("mean", "std", "n"), s, strict=True)}})  # fmt: skip
+            records.append(
+                {
+                    "config": g.key,
+                    **g.config,
+                    "trials": [r.trial_id for r in g.rows],
+                    "best": self.comparison.best is not None and g.key == self.comparison.best.key,
+                    **{
+                        f"{m} {part}": v
+                        for m, s in stats.items()
+                        for part, v in zip(("mean", "std", "n"), s, strict=True)
+                    },
+                }
+            )
         return pd.DataFrame.from_records(records)
 
     def verdicts(self) -> pd.DataFrame:
@@ -97,14 +115,17 @@ class Sweep:
         import pandas as pd
 
         c = self.comparison
-        rows = [{"best": c.best.key if c.best else None, **v.record(), **_prefixed(c.others[v.other].config)}
-                for v in c.verdicts]  # fmt: skip
+        rows = [
+            {"best": c.best.key if c.best else None, **v.record(), **_prefixed(c.others[v.other].config)}
+            for v in c.verdicts
+        ]
         frame = pd.DataFrame.from_records(rows)
         frame.attrs = {"note": c.note, "selection": c.selection, "optimistic": c.optimistic}
         return frame
 
-    def compare(self, first: dict[str, Any], second: dict[str, Any], metric: str | None = None,
-                pair_by: str = REPEAT_KEY) -> dict[str, Any] | None:  # fmt: skip
+    def compare(
+        self, first: dict[str, Any], second: dict[str, Any], metric: str | None = None, pair_by: str = REPEAT_KEY
+    ) -> dict[str, Any] | None:
         """Any two configurations, `first - second`, as the verdicts compare the best with the
         others: the trials whose values include `first` (and `second`), paired by `pair_by` (the
         repeat, i.e. the seed; a transfer sweep pairs by its sources' own repeat, e.g.

@@ -33,8 +33,12 @@ from satune.specs import (
     parse_trial,
 )
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Sweeps for adversarial-training research (SAT, BiaMAT) on Ray Tune, Optuna and MLflow.")  # fmt: skip
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Sweeps for adversarial-training research (SAT, BiaMAT) on Ray Tune, Optuna and MLflow.",
+)
 # Into a file or a CI log (not a terminal), tables keep their columns whole instead of 80 wide.
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -85,8 +89,11 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Sweep files to ch
             for line in str(exc).splitlines():
                 _error(line)
             continue
-        out.print(f"{f}: ok ({sweep.trial.method.kind}, {len(sweep.search.grid)} grid axes, {len(sweep.search.space)} searched, "
-                  f"{sweep.search.trial_count} trials)", highlight=False)  # fmt: skip
+        out.print(
+            f"{f}: ok ({sweep.trial.method.kind}, {len(sweep.search.grid)} grid axes, {len(sweep.search.space)} searched, "
+            f"{sweep.search.trial_count} trials)",
+            highlight=False,
+        )
     if failed:
         raise typer.Exit(2)
 
@@ -119,8 +126,9 @@ def run(
     from satune.trial import run_trial
 
     try:
-        result = run_trial(trial, on_epoch=_progress(trial.train.epochs), checkpoint=checkpoint if resume else None,
-                           workdir=target)  # fmt: skip
+        result = run_trial(
+            trial, on_epoch=_progress(trial.train.epochs), checkpoint=checkpoint if resume else None, workdir=target
+        )
     except KeyboardInterrupt:
         sets = [arg for item in set_ or [] for arg in ("--set", item)]
         again = shlex.join(["satune", "run", str(file), *sets, "--out", str(target), "--resume"])
@@ -196,8 +204,10 @@ def sweep(
         result = run_sweep(spec, file, resume=resume, address=address, report=_reporter(spec) if report else None)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         started = isinstance(exc, SweepInterrupted) and exc.run_dir is not None
-        err.print(f"interrupted: {again}" if started else "interrupted before the sweep started; nothing to resume",
-                  highlight=False)  # fmt: skip
+        err.print(
+            f"interrupted: {again}" if started else "interrupted before the sweep started; nothing to resume",
+            highlight=False,
+        )
         raise typer.Exit(130) from None
     out.print(_table(f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})", *table(spec, result), 2))
     if spec.search.repeats > 1:
@@ -209,14 +219,17 @@ def sweep(
     if (sources := source_table(spec, result)) is not None:
         out.print(_table("transferred, by source (mean ± std over the sources trained alike)", *sources, 1))
     if (matrix := transfer_matrix(spec, result)) is not None:
-        out.print(_table(f"class-transfer matrix: {matrix[0]} ({result.directory / 'transfer_matrix.csv'})",
-                         *matrix[1:], 1))  # fmt: skip
+        out.print(
+            _table(f"class-transfer matrix: {matrix[0]} ({result.directory / 'transfer_matrix.csv'})", *matrix[1:], 1)
+        )
     if result.interrupted:
         err.print(f"interrupted: {again}", highlight=False)
         raise typer.Exit(130)
     if result.pareto:
-        out.print(f"Pareto front ({', '.join(spec.search.metrics)}): {', '.join(r.trial_id for r in result.pareto)}",
-                  highlight=False)  # fmt: skip
+        out.print(
+            f"Pareto front ({', '.join(spec.search.metrics)}): {', '.join(r.trial_id for r in result.pareto)}",
+            highlight=False,
+        )
     if result.best is not None:
         threads = None if spec.trial.runtime.threads is not None else max(1, int(spec.resources.cpu))
         first = spec.search.metrics[0]
@@ -230,8 +243,11 @@ def sweep(
             value = f"{stats[0]:.4f} ± {stats[1]:.4f}" if stats else "-"
         out.print(f"{what}, chosen by {selection(spec, result.best)}: {value}", highlight=False)
         _verdict_lines(result)
-        again = f"its repeat {result.best.config.get('repeat', 0)}, trial {result.best.trial_id}: " \
-            if spec.search.repeats > 1 else ""  # fmt: skip
+        again = (
+            f"its repeat {result.best.config.get('repeat', 0)}, trial {result.best.trial_id}: "
+            if spec.search.repeats > 1
+            else ""
+        )
         out.print(f"{again}reproduce it without Ray or MLflow:", highlight=False)
         out.print("  " + reproduce_command(file, result.best, threads), highlight=False, soft_wrap=True)
     out.print(f"compare the trials in the MLflow UI: satune ui {file}", highlight=False)
@@ -269,8 +285,12 @@ def _reporter(spec) -> Callable[[str], None]:
 def report(
     sweep: Annotated[str, typer.Argument(help="A sweep file, or a sweep's name (with --tracking-uri).")],
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder for index.html, the figures and their CSV files "
-                                  "(default: report/ in the sweep's newest run folder).")  # fmt: skip
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for index.html, the figures and their CSV files "
+            "(default: report/ in the sweep's newest run folder).",
+        ),
     ] = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="For a sweep's name: the MLflow server (default: MLFLOW_TRACKING_URI).")
@@ -291,8 +311,9 @@ def report(
     from satune.report import build_report
 
     with serving(uri, spec.storage if spec else "", f"satune sweep {sweep}") as (uri, _):  # local mode: its store
-        index = build_report(uri, spec.name if spec else sweep, out_dir, echo=lambda m: err.print(m, highlight=False),
-                             log=log)  # fmt: skip
+        index = build_report(
+            uri, spec.name if spec else sweep, out_dir, echo=lambda m: err.print(m, highlight=False), log=log
+        )
     out.print(f"report: {index.resolve().as_uri()}", highlight=False)
 
 
@@ -394,13 +415,20 @@ def ui(
     servers: list[tracking.LocalServer | tracking.StudyDashboard] = []
     try:
         with ExitStack() as stack:
-            uri, server = stack.enter_context(tracking.serving(spec.tracking.uri, spec.storage, f"satune sweep {file}",
-                                                               host, port))  # fmt: skip
+            uri, server = stack.enter_context(
+                tracking.serving(spec.tracking.uri, spec.storage, f"satune sweep {file}", host, port)
+            )
             if server is not None:
                 servers.append(server)
                 out.print(f"MLflow UI: {uri}  (Ctrl-C stops it)", highlight=False)
-            link = tracking.trials_view(uri, spec, state["experiment_id"], state["parent_run_id"], shown_metrics(spec),
-                                        name=f"{spec.name} {run_dir.name}: trials")  # fmt: skip
+            link = tracking.trials_view(
+                uri,
+                spec,
+                state["experiment_id"],
+                state["parent_run_id"],
+                shown_metrics(spec),
+                name=f"{spec.name} {run_dir.name}: trials",
+            )
             out.print(f"the trials of {run_dir}: {link}", highlight=False)
             if (run_dir / JOURNAL_FILE).exists():
                 servers.append(stack.enter_context(tracking.StudyDashboard(run_dir / JOURNAL_FILE, host, optuna_port)))
@@ -424,16 +452,25 @@ def _progress(epochs: int) -> Callable:
         }
         parts = "  ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in shown.items())
         collapsed = "  robust accuracy collapsed" if metrics.get("select/collapsed") == 1 else ""
-        err.print(f"epoch {metrics['epoch'] + 1}/{epochs}  {parts}  ({metrics['time/epoch_s']:.1f}s){collapsed}",
-                  highlight=False)  # fmt: skip
+        err.print(
+            f"epoch {metrics['epoch'] + 1}/{epochs}  {parts}  ({metrics['time/epoch_s']:.1f}s){collapsed}",
+            highlight=False,
+        )
 
     return on_epoch
 
 
 def _summary(metrics: dict) -> None:
     out.print(accuracy_table("final metrics (final slice, selected checkpoint)", metrics))
-    rest = ("train/selected_epoch", "train/collapsed", "last/pgd_gap", "last/pgd_gap_p", "last/overfit",
-            "train/grad_evals", "time/total_s")
+    rest = (
+        "train/selected_epoch",
+        "train/collapsed",
+        "last/pgd_gap",
+        "last/pgd_gap_p",
+        "last/overfit",
+        "train/grad_evals",
+        "time/total_s",
+    )
     out.print("  ".join(f"{k} {_value(metrics[k])}" for k in rest if k in metrics), highlight=False)
 
 

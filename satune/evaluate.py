@@ -33,8 +33,9 @@ def eval_step_size(threat: ThreatSpec, spec: EvalSpec) -> float:
 def eval_attack(threat: ThreatSpec, spec: EvalSpec) -> Attack:
     """PGD-k for evaluation: random start, step eval_step_size (a stronger proxy than a small
     fixed step without restarts, which can overstate robustness by tens of points)."""
-    return Attack(threat.norm, threat.eps, eval_step_size(threat, spec), spec.pgd_steps, random_start=True,
-                  bn_mode="eval")  # fmt: skip
+    return Attack(
+        threat.norm, threat.eps, eval_step_size(threat, spec), spec.pgd_steps, random_start=True, bn_mode="eval"
+    )
 
 
 @torch.no_grad()
@@ -72,9 +73,15 @@ def pgd_correct(
 
 
 def autoattack_correct(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatSpec, aa: AutoAttackSpec, *,
-    batch_size: int, n_classes: int,
-) -> torch.Tensor:  # fmt: skip
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatSpec,
+    aa: AutoAttackSpec,
+    *,
+    batch_size: int,
+    n_classes: int,
+) -> torch.Tensor:
     """AutoAttack through `pyautoattack` (PyPI), or upstream `autoattack` when that is installed."""
     norm = {"l2": "L2", "linf": "Linf"}[threat.norm]
     device = device_of(model)
@@ -84,15 +91,24 @@ def autoattack_correct(
         try:  # upstream fra31/auto-attack (git-only), positional/keyword API with bs=
             from autoattack import AutoAttack as Upstream
 
-            attack = Upstream(model, norm=norm, eps=threat.eps, version=aa.version, device=str(device), seed=aa.seed,
-                              verbose=False, attacks_to_run=aa.attacks or [])  # fmt: skip
+            attack = Upstream(
+                model,
+                norm=norm,
+                eps=threat.eps,
+                version=aa.version,
+                device=str(device),
+                seed=aa.seed,
+                verbose=False,
+                attacks_to_run=aa.attacks or [],
+            )
             _fit_targets(attack, n_classes)
             x_adv = attack.run_standard_evaluation(x, y, bs=batch_size)
         except ImportError:
             from pyautoattack import AutoAttack
 
-            attack = AutoAttack(model, norm=norm, eps=threat.eps, version=aa.version, device=device, seed=aa.seed,
-                                attacks=aa.attacks)  # fmt: skip
+            attack = AutoAttack(
+                model, norm=norm, eps=threat.eps, version=aa.version, device=device, seed=aa.seed, attacks=aa.attacks
+            )
             _fit_targets(attack, n_classes)
             x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
         return (_predict(model, x_adv.to(device), batch_size) == y) & (_predict(model, x, batch_size) == y)
@@ -153,9 +169,14 @@ def with_interval(key: str, ok: torch.Tensor) -> dict[str, float]:
 
 
 def accuracies(
-    prefix: str, kind: str, ok: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],
-    a_classes: list[int] | None, per_class: bool = True,
-) -> dict[str, float]:  # fmt: skip
+    prefix: str,
+    kind: str,
+    ok: torch.Tensor,
+    labels: torch.Tensor,
+    classes: tuple[str, ...],
+    a_classes: list[int] | None,
+    per_class: bool = True,
+) -> dict[str, float]:
     """`prefix/kind_acc` overall, per class, and on A / B for a class split, each with n and interval.
     A class absent from a small slice has no accuracy: it is left out rather than reported as NaN."""
     groups = {f"{prefix}/{kind}_acc": ok}
@@ -206,8 +227,9 @@ def final_metrics(
     n_aa = spec.autoattack.count(len(y)) if autoattack else 0
     if n_aa > 0:
         log.info("AutoAttack %s on %d examples", spec.autoattack.version, n_aa)
-        outcomes.correct["aa"] = autoattack_correct(model, x[:n_aa], y[:n_aa], threat, spec.autoattack,
-                                                    batch_size=spec.batch_size, n_classes=len(classes))  # fmt: skip
+        outcomes.correct["aa"] = autoattack_correct(
+            model, x[:n_aa], y[:n_aa], threat, spec.autoattack, batch_size=spec.batch_size, n_classes=len(classes)
+        )
     metrics: dict[str, float] = {}
     for kind, ok in outcomes.correct.items():
         outcomes.correct[kind] = ok = ok.cpu()
@@ -237,7 +259,9 @@ def integrity_problems(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> li
             first, second = model(x), model(x)
         if not torch.equal(first, second):
             problems.append("two forward passes differ (dropout or other randomness at evaluation)")
-        if bool(((first >= 0) & (first <= 1)).all()) and torch.allclose(first.sum(1), torch.ones(len(first)).to(first), atol=1e-4):  # fmt: skip
+        if bool(((first >= 0) & (first <= 1)).all()) and torch.allclose(
+            first.sum(1), torch.ones(len(first)).to(first), atol=1e-4
+        ):
             problems.append("the model returns probabilities (rows in [0, 1] summing to 1); attacks need logits")
         if x.min() < 0 or x.max() > 1:
             problems.append(f"inputs outside [0, 1] (min {float(x.min()):.3g}, max {float(x.max()):.3g})")

@@ -47,6 +47,7 @@ from satune.trial import load_folder
 
 log = logging.getLogger("satune")
 
+
 @dataclass
 class Assessment:
     metrics: dict[str, float]
@@ -75,12 +76,19 @@ def assess(spec: TrialSpec, result: dict, state: dict, settings: Settings) -> As
     n = aa.count(len(y))
     x, y = x[:n], y[:n]
     integrity = integrity_problems(model, x[:64], y[:64])
-    log.info("final evaluation: AutoAttack %s, %s eps %.4g, on %d of %d final-slice examples", aa.version,
-             threat.norm, threat.eps, n, len(data.final))  # fmt: skip
+    log.info(
+        "final evaluation: AutoAttack %s, %s eps %.4g, on %d of %d final-slice examples",
+        aa.version,
+        threat.norm,
+        threat.eps,
+        n,
+        len(data.final),
+    )
     outcomes = Outcomes(y.cpu())
     outcomes.correct["clean"] = clean_correct(model, x, y, spec.eval.batch_size).cpu()
-    outcomes.correct["aa"] = autoattack_correct(model, x, y, threat, aa, batch_size=spec.eval.batch_size,
-                                                n_classes=data.num_classes).cpu()  # fmt: skip
+    outcomes.correct["aa"] = autoattack_correct(
+        model, x, y, threat, aa, batch_size=spec.eval.batch_size, n_classes=data.num_classes
+    ).cpu()
     a_idx = [data.classes.index(c) for c in a_classes] if a_classes else None
     metrics: dict[str, float] = {}
     for kind, ok in outcomes.correct.items():
@@ -110,17 +118,20 @@ def card_markdown(card: dict[str, Any], title: str) -> str:
     """The card as a person reads it (RobustBench's leaderboard columns)."""
     lo, hi = card["autoattack_acc_95"]
     extra = ", ".join(card["extra_data"]) or "none"
-    attacks = card["autoattack"]["version"] + (f" ({', '.join(card['autoattack']['attacks'])})"
-                                               if card["autoattack"]["attacks"] else "")  # fmt: skip
+    attacks = card["autoattack"]["version"] + (
+        f" ({', '.join(card['autoattack']['attacks'])})" if card["autoattack"]["attacks"] else ""
+    )
     rows = [
         ("dataset", f"{card['dataset']} ({card['classes']} classes), final slice, {card['n_examples']} examples"),
         ("threat model", f"{card['threat_model']}, eps {card['eps']:.4g}"),
-        ("architecture", card["architecture"]), ("training", card["method"]), ("extra data", extra),
+        ("architecture", card["architecture"]),
+        ("training", card["method"]),
+        ("extra data", extra),
         ("clean accuracy", f"{card['clean_acc']:.2%}"),
         ("AutoAttack accuracy", f"{card['autoattack_acc']:.2%} (95 % interval {lo:.2%} – {hi:.2%})"),
         ("AutoAttack", f"{attacks}, seed {card['autoattack']['seed']}, {card['autoattack']['package']}"),
         ("integrity checks", card["integrity"] if isinstance(card["integrity"], str) else "; ".join(card["integrity"])),
-    ]  # fmt: skip
+    ]
     return f"# {title}\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
 
 
@@ -200,5 +211,6 @@ def _tags(spec: TrialSpec, settings: Settings, done: Assessment) -> dict[str, ob
 def _with_threads(spec: TrialSpec, threads: int | None) -> TrialSpec:
     if threads is None:
         return spec
-    return TrialSpec.model_validate(set_path(spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
-                                             "runtime.threads", threads))  # fmt: skip
+    return TrialSpec.model_validate(
+        set_path(spec.model_dump(mode="json", by_alias=True, exclude_unset=True), "runtime.threads", threads)
+    )

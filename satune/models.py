@@ -59,11 +59,15 @@ def small_cnn(channels: int, size: tuple[int, int]) -> tuple[nn.Module, int]:
     """
     h, w = size[0] // 4, size[1] // 4
     net = nn.Sequential(
-        _conv_bn(channels, 16), nn.MaxPool2d(2),
-        _conv_bn(16, 32), nn.MaxPool2d(2),
+        _conv_bn(channels, 16),
+        nn.MaxPool2d(2),
+        _conv_bn(16, 32),
+        nn.MaxPool2d(2),
         _conv_bn(32, 32),
-        nn.Flatten(), nn.Linear(32 * h * w, 32), nn.ReLU(inplace=True),
-    )  # fmt: skip
+        nn.Flatten(),
+        nn.Linear(32 * h * w, 32),
+        nn.ReLU(inplace=True),
+    )
     return net, 32
 
 

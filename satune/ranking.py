@@ -58,8 +58,14 @@ def ranking_key(spec: TrialSpec) -> str:
     m = spec.method
     assert isinstance(m, SatSpec)
     data = spec.data.model_dump(exclude={"download", "num_workers"})
-    parts = {"data": data, "arch": spec.model.arch, "train": _recipe(spec).model_dump(), "amp": spec.runtime.amp,
-             "seed": m.ranking_seed, "v": 2}  # fmt: skip
+    parts = {
+        "data": data,
+        "arch": spec.model.arch,
+        "train": _recipe(spec).model_dump(),
+        "amp": spec.runtime.amp,
+        "seed": m.ranking_seed,
+        "v": 2,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

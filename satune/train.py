@@ -88,8 +88,9 @@ def fit(
         method.load_state_dict(state["method"])
         set_rng_state(state["rng"])
         start, grad_evals = state["epoch"] + 1, state["grad_evals"]
-        result = FitResult(state["history"], state["best_epoch"], state["best_score"], state["best_state"],
-                           state.get("collapsed_at"))  # fmt: skip
+        result = FitResult(
+            state["history"], state["best_epoch"], state["best_score"], state["best_state"], state.get("collapsed_at")
+        )
 
     for epoch in range(start, spec.epochs):
         if stop_on_collapse and result.collapsed_at is not None:
@@ -123,8 +124,12 @@ def fit(
             # A collapse is two checks in a row below half of the best before them: one low check that
             # recovers at the next is a dip (noisy training), not catastrophic overfitting.
             *before, previous = [h for h in result.history if "select/pgd_acc" in h] or [{}]
-            if result.collapsed_at is None and previous and collapsed(before, previous, select_n) \
-                    and collapsed(before, metrics, select_n):  # fmt: skip
+            if (
+                result.collapsed_at is None
+                and previous
+                and collapsed(before, previous, select_n)
+                and collapsed(before, metrics, select_n)
+            ):
                 result.collapsed_at = previous["epoch"]
             metrics["select/collapsed"] = float(result.collapsed_at is not None)
             score = metrics[select_metric]

@@ -87,13 +87,30 @@ def build_context(spec: TrialSpec, sources: SourceLoader = load_folder) -> Build
         torch.cuda.reset_peak_memory_stats(device)
     cache = runtime.cache_dir(spec.runtime)
     data = load_data(spec.data, cache, device)
-    log.info("data: %s, %d train / %d select / %d final, device %s", spec.data.dataset, len(data.train),
-             len(data.select), len(data.final), device)  # fmt: skip
+    log.info(
+        "data: %s, %d train / %d select / %d final, device %s",
+        spec.data.dataset,
+        len(data.train),
+        len(data.select),
+        len(data.final),
+        device,
+    )
     if len(data.select) < SMALL_SELECT:
-        log.warning("the select slice holds %d examples (one is %.1f points): checkpoints and winners chosen on it "
-                    "are noisy; give it more with data.select_fraction", len(data.select), 100 / len(data.select))  # fmt: skip
-    return BuildContext(spec, data, Attack.from_threat(spec.threat), device, cache,
-                        scores=lambda: difficulty_scores(spec, data, device, cache), source=sources)  # fmt: skip
+        log.warning(
+            "the select slice holds %d examples (one is %.1f points): checkpoints and winners chosen on it "
+            "are noisy; give it more with data.select_fraction",
+            len(data.select),
+            100 / len(data.select),
+        )
+    return BuildContext(
+        spec,
+        data,
+        Attack.from_threat(spec.threat),
+        device,
+        cache,
+        scores=lambda: difficulty_scores(spec, data, device, cache),
+        source=sources,
+    )
 
 
 def prepare(spec: TrialSpec) -> None:
@@ -164,11 +181,22 @@ def run_trial(
 
     with tempfile.TemporaryDirectory(prefix="satune-") as tmp:
         result: FitResult = fit(
-            model, built.method, data.train, spec.train, spec.seed, device,
-            select=select, select_metric=spec.eval.select_metric, select_epochs=spec.selection_epochs(),
-            select_n=len(data.select), stop_on_collapse=spec.train.stop_on_collapse,
-            on_epoch=on_epoch, workdir=Path(workdir or tmp), resume_from=checkpoint, amp=spec.runtime.amp,
-        )  # fmt: skip
+            model,
+            built.method,
+            data.train,
+            spec.train,
+            spec.seed,
+            device,
+            select=select,
+            select_metric=spec.eval.select_metric,
+            select_epochs=spec.selection_epochs(),
+            select_n=len(data.select),
+            stop_on_collapse=spec.train.stop_on_collapse,
+            on_epoch=on_epoch,
+            workdir=Path(workdir or tmp),
+            resume_from=checkpoint,
+            amp=spec.runtime.amp,
+        )
 
     # The final report, named apart from the epochs': the last epoch's checkpoint on the final slice
     # (robust overfitting shows as last/pgd_gap), then the selected one on the select slice (the
@@ -206,9 +234,11 @@ def run_trial(
     for problem in integrity:
         log.warning("evaluation integrity: %s", problem)
     if result.collapsed_at is not None:
-        log.warning("catastrophic overfitting: robust accuracy on the select slice collapsed at epoch %d%s",
-                    result.collapsed_at + 1, " (training stopped at the check that confirmed it)"
-                    if spec.train.stop_on_collapse else "")  # fmt: skip
+        log.warning(
+            "catastrophic overfitting: robust accuracy on the select slice collapsed at epoch %d%s",
+            result.collapsed_at + 1,
+            " (training stopped at the check that confirmed it)" if spec.train.stop_on_collapse else "",
+        )
     return TrialResult(spec, metrics, result.history, model, effective, outcomes, integrity, result.collapsed_at)
 
 

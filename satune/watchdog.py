@@ -9,8 +9,13 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def watched(probe: Callable[[], str | None], patience: float, on_lost: Callable[[str], None],
-            every: float = 2.0, name: str = "watchdog") -> Iterator[None]:  # fmt: skip
+def watched(
+    probe: Callable[[], str | None],
+    patience: float,
+    on_lost: Callable[[str], None],
+    every: float = 2.0,
+    name: str = "watchdog",
+) -> Iterator[None]:
     """While the block runs, `probe()` is asked every `every` seconds: None when the server
     answered, else why not. Once it has not answered for `patience` seconds, `on_lost(why)` is
     called, once, from another thread."""

@@ -64,8 +64,12 @@ def s3_server():
     endpoint.stop()
 
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "satune-test", "AWS_SECRET_ACCESS_KEY": "satune-test",
-          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "satune-test",
+    "AWS_SECRET_ACCESS_KEY": "satune-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 def new_bucket(endpoint: str, monkeypatch, tmp_path) -> str:

@@ -20,5 +20,17 @@ def kind_of(spec: MethodSpecBase) -> Kind:
     return KINDS[spec.kind]
 
 
-__all__ = ["KINDS", "Biamat", "BuildContext", "Built", "Kind", "Method", "MethodBase", "SubsetAdversarial",
-           "Source", "Trades", "kind_of", "subset_weights"]  # fmt: skip
+__all__ = [
+    "KINDS",
+    "Biamat",
+    "BuildContext",
+    "Built",
+    "Kind",
+    "Method",
+    "MethodBase",
+    "SubsetAdversarial",
+    "Source",
+    "Trades",
+    "kind_of",
+    "subset_weights",
+]

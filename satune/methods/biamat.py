@@ -202,10 +202,22 @@ def _build(ctx: BuildContext) -> Built:
     spec, trial = ctx.trial.method, ctx.trial
     assert isinstance(spec, BiamatSpec)
     aux = load_aux(spec.aux, ctx.data.shape, augmentation(trial.data), ctx.cache, ctx.device, trial.data.root)
-    method = Biamat(spec, ctx.attack, aux, aux_batch_size=spec.aux_batch_size or trial.train.batch_size,
-                    hi_loss=spec.resolved_aux_hi_loss(trial.data.dataset), seed=trial.seed)  # fmt: skip
-    effective: dict[str, Any] = {"method.warmup_epochs": method.warmup_epochs, "method.alpha": method.alpha, "method.pi": method.pi, "method.aux_batch_size": method.aux_batch_size,
-                 "method.aux_head": aux.n_classes, "method.aux_images": len(aux.source)}  # fmt: skip
+    method = Biamat(
+        spec,
+        ctx.attack,
+        aux,
+        aux_batch_size=spec.aux_batch_size or trial.train.batch_size,
+        hi_loss=spec.resolved_aux_hi_loss(trial.data.dataset),
+        seed=trial.seed,
+    )
+    effective: dict[str, Any] = {
+        "method.warmup_epochs": method.warmup_epochs,
+        "method.alpha": method.alpha,
+        "method.pi": method.pi,
+        "method.aux_batch_size": method.aux_batch_size,
+        "method.aux_head": aux.n_classes,
+        "method.aux_images": len(aux.source),
+    }
     if spec.variant == "trades":
         effective |= {"method.beta": method.beta, "method.aux_hi_loss": method.hi_loss}
     summary = (

@@ -115,14 +115,19 @@ def _build_sat(ctx: BuildContext) -> Built:
     labels = ctx.data.train.labels.cpu()
     in_a, a_classes = membership(spec, labels, ctx.data.classes, ctx.scores)
     w_A, w_B = subset_weights(spec, float(in_a.float().mean()))
-    effective: dict[str, Any] = {"method.weighting": spec.resolved_weighting, "method.w_A": w_A, "method.w_B": w_B,
-                                 "method.a_examples": int(in_a.sum())}  # fmt: skip
+    effective: dict[str, Any] = {
+        "method.weighting": spec.resolved_weighting,
+        "method.w_A": w_A,
+        "method.w_B": w_B,
+        "method.a_examples": int(in_a.sum()),
+    }
     if a_classes is not None:  # by name: an evaluation later finds A_val and B_val with them
         effective["method.a_classes"] = [ctx.data.classes[c] for c in a_classes]
     named = f" (classes {effective['method.a_classes']})" if a_classes else ""
     summary = f"SAT: {int(in_a.sum())} of {len(in_a)} training examples in A{named}, w_A {w_A:.4g}, w_B {w_B:.4g}"
-    return Built(SubsetAdversarial(ctx.attack, in_a.to(ctx.device), w_A, w_B), effective, a_classes=a_classes,
-                 summary=summary)  # fmt: skip
+    return Built(
+        SubsetAdversarial(ctx.attack, in_a.to(ctx.device), w_A, w_B), effective, a_classes=a_classes, summary=summary
+    )
 
 
 def _prepare_sat(ctx: BuildContext) -> None:

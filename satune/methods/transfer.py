@@ -68,15 +68,21 @@ def _build(ctx: BuildContext) -> Built:
     source = source_model(found.result, found.state)
     wanted = tuple(found.result["effective"]["data.shape"])
     if tuple(ctx.data.shape) != wanted:
-        raise DataError(f"trial.data: the source model takes {'x'.join(map(str, wanted))} images, this data is "
-                        f"{'x'.join(map(str, ctx.data.shape))} (set trial.data.resize: {wanted[1]})")  # fmt: skip
+        raise DataError(
+            f"trial.data: the source model takes {'x'.join(map(str, wanted))} images, this data is "
+            f"{'x'.join(map(str, ctx.data.shape))} (set trial.data.resize: {wanted[1]})"
+        )
     with torch.random.fork_rng(devices=[]):  # the new head depends on the trial seed alone
         torch.manual_seed(ctx.trial.seed)
         model = Transferred(source, ctx.data.num_classes, spec.hidden)
     clean = SubsetAdversarial(ctx.attack, torch.zeros(len(ctx.data.train), dtype=torch.bool, device=ctx.device))
     src = TrialSpec.model_validate(found.result["spec"])
-    effective = {"method.hidden": spec.hidden or feature_size(source), "source.model.arch": src.model.arch,
-                 "source.data.dataset": src.data.dataset, "source.method.kind": src.method.kind}  # fmt: skip
+    effective = {
+        "method.hidden": spec.hidden or feature_size(source),
+        "source.model.arch": src.model.arch,
+        "source.data.dataset": src.data.dataset,
+        "source.method.kind": src.method.kind,
+    }
     for key in ("method.fraction", "method.weighting", "method.w_A", "method.classes", "method.split"):
         value = found.result["effective"].get(key, getattr(src.method, key.split(".", 1)[1], None))
         if value is not None:
@@ -88,10 +94,13 @@ def _build(ctx: BuildContext) -> Built:
 def _rebuild(result: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     """A transfer trial's model from its weights: the source part, then the head."""
     inner = {k.removeprefix("source."): v for k, v in state.items() if k.startswith("source.")}
-    source_result = {"spec": {**result["spec"], "model": {"arch": result["effective"]["source.model.arch"]}},
-                     "effective": result["effective"]}  # fmt: skip
-    model = Transferred(source_model(source_result, inner), int(state["head.2.weight"].shape[0]),
-                        int(state["head.0.weight"].shape[0]))  # fmt: skip
+    source_result = {
+        "spec": {**result["spec"], "model": {"arch": result["effective"]["source.model.arch"]}},
+        "effective": result["effective"],
+    }
+    model = Transferred(
+        source_model(source_result, inner), int(state["head.2.weight"].shape[0]), int(state["head.0.weight"].shape[0])
+    )
     model.load_state_dict(state)
     return model
 

@@ -32,8 +32,9 @@ __all__ = ["ReportError", "build_report"]
 ARTIFACT_DIR = "report"  # in the parent run: report/index.html
 
 
-def build_report(uri: str, name: str, out: Path | None = None, echo: Callable[[str], None] = print,
-                 log: bool = True) -> Path:  # fmt: skip
+def build_report(
+    uri: str, name: str, out: Path | None = None, echo: Callable[[str], None] = print, log: bool = True
+) -> Path:
     """The report of the newest run of sweep `name`; returns index.html's path. `out` defaults to
     report/ in the sweep's run folder (or ./report-<run> when that folder is on another machine)."""
     data = find_sweep(uri, name, echo)
@@ -68,8 +69,9 @@ def _result(data: SweepData) -> SweepResult:
     best, pareto = best_configuration(data.spec, data.rows)
     named = [r for r in data.rows if r.trial_id == data.tags.get(BEST_TRIAL_TAG)]
     labels = {s: source_label(p) for s, p in data.sources.items()}
-    return SweepResult(data.run_dir, data.rows, named[0] if named else best, pareto, labels=labels,
-                       comparison=data.comparison)  # fmt: skip
+    return SweepResult(
+        data.run_dir, data.rows, named[0] if named else best, pareto, labels=labels, comparison=data.comparison
+    )
 
 
 def _write_verdicts(path: Path, data: SweepData) -> Path:
@@ -82,11 +84,15 @@ def write_tables(path: Path, data: SweepData, result: SweepResult) -> Path:
     docs/findings.md quotes."""
     spec, tags = data.spec, data.tags
     sha = tags.get("git.sha", "unknown")[:10] + (" (uncommitted changes)" if tags.get("git.dirty") == "true" else "")
-    lines = [f"# {spec.name}", "",
-             f"Run {data.parent_name}, MLflow parent run `{data.parent_id}`, git {sha}, started "
-             f"{data.started:%Y-%m-%d %H:%M} UTC; {len(data.finished)} of {len(data.trials)} trials finished. "
-             f"The best was chosen by {data.comparison.selection}. Regenerate: `satune report <its sweep file>` "
-             f"(or `satune report {spec.name} --tracking-uri URI`).", ""]  # fmt: skip
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"Run {data.parent_name}, MLflow parent run `{data.parent_id}`, git {sha}, started "
+        f"{data.started:%Y-%m-%d %H:%M} UTC; {len(data.finished)} of {len(data.trials)} trials finished. "
+        f"The best was chosen by {data.comparison.selection}. Regenerate: `satune report <its sweep file>` "
+        f"(or `satune report {spec.name} --tracking-uri URI`).",
+        "",
+    ]
     if data.optimistic:
         lines += [f"**{OPTIMISTIC}**", ""]
     if data.comparison.note:
@@ -95,8 +101,12 @@ def write_tables(path: Path, data: SweepData, result: SweepResult) -> Path:
     if spec.search.repeats > 1:
         sections.append(("Configurations (mean ± std over seeds)", configuration_table(spec, result)))
     if data.comparison.verdicts:
-        sections.append(("The best configuration against each other (paired over seeds and examples)",
-                         verdict_table(spec, data.comparison)))  # fmt: skip
+        sections.append(
+            (
+                "The best configuration against each other (paired over seeds and examples)",
+                verdict_table(spec, data.comparison),
+            )
+        )
     if (sources := source_table(spec, result)) is not None:
         sections.append(("Transferred, by source (mean ± std over the sources trained alike)", sources))
     if (matrix := transfer_matrix(spec, result)) is not None:
@@ -111,8 +121,17 @@ def write_tables(path: Path, data: SweepData, result: SweepResult) -> Path:
 
 def _trial_records(data: SweepData) -> list[dict[str, Any]]:
     metrics = shown_metrics(data.spec)
-    return [{"trial": t.row.trial_id, "run_id": t.run_id, "status": t.row.status, "seed": t.row.seed,
-             **t.row.config, **{m: t.row.metrics.get(m) for m in metrics}} for t in data.trials]  # fmt: skip
+    return [
+        {
+            "trial": t.row.trial_id,
+            "run_id": t.run_id,
+            "status": t.row.status,
+            "seed": t.row.seed,
+            **t.row.config,
+            **{m: t.row.metrics.get(m) for m in metrics},
+        }
+        for t in data.trials
+    ]
 
 
 def _cards(data: SweepData) -> list[dict[str, Any]]:

@@ -99,8 +99,9 @@ class SweepData:
     def final_labels(self, trial: Trial) -> list[str]:
         """The labels of the trial's final-stage evaluations (`final/<label>/card.json`), oldest first."""
         if (trial.run_id, "final/") not in self._cache:
-            self._cache[trial.run_id, "final/"] = verdicts.final_labels(tracking.artifact_paths(self.uri, trial.run_id,
-                                                                                                 "final"))  # fmt: skip
+            self._cache[trial.run_id, "final/"] = verdicts.final_labels(
+                tracking.artifact_paths(self.uri, trial.run_id, "final")
+            )
         return self._cache[trial.run_id, "final/"]
 
 
@@ -117,7 +118,9 @@ def find_parent(uri: str, run_id: str, echo: Callable[[str], None]) -> SweepData
     """The sweep whose parent run is `run_id`."""
     parent = tracking.get_run(uri, run_id)
     if tracking.SWEEP_NAME_TAG not in parent.data.tags:
-        raise ReportError(f"run {run_id} at {uri} is not a sweep's parent run (it has no {tracking.SWEEP_NAME_TAG} tag)")
+        raise ReportError(
+            f"run {run_id} at {uri} is not a sweep's parent run (it has no {tracking.SWEEP_NAME_TAG} tag)"
+        )
     return read_sweep(uri, parent, echo)
 
 
@@ -143,9 +146,16 @@ def read_sweep(uri: str, parent, echo: Callable[[str], None]) -> SweepData:
         row = TrialRow(trial_id, status, config, dict(r.data.metrics), seed=int(seed) if seed else None)
         trials.append(Trial(r.info.run_id, row, r.info.run_name, dict(r.data.tags)))
     run_dir = run_dir_named(spec, parent.info.run_name.removeprefix(f"{name}-"))
-    data_ = SweepData(uri, spec, parent.info.run_id, parent.info.run_name,
-                      datetime.fromtimestamp(parent.info.start_time / 1000, tz=UTC), dict(parent.data.tags), trials,
-                      run_dir)  # fmt: skip
+    data_ = SweepData(
+        uri,
+        spec,
+        parent.info.run_id,
+        parent.info.run_name,
+        datetime.fromtimestamp(parent.info.start_time / 1000, tz=UTC),
+        dict(parent.data.tags),
+        trials,
+        run_dir,
+    )
     if not data_.finished:
         raise ReportError(f"sweep '{name}' (run {parent.info.run_name}) has no finished trial yet: nothing to draw")
     if "method.source" in spec.search.grid:

@@ -22,8 +22,11 @@ from satune.tracking.tags import BEST_TRIAL_TAG
 
 # The robust numbers a sweep may report on the final slice, most trustworthy last: PGD and AutoAttack of
 # the trials, AutoAttack of the final stage on the winners.
-ROBUST = {"eval/pgd_acc": ("PGD (trial)", "o"), "eval/aa_acc": ("AutoAttack (trial)", "s"),
-          "final/aa_acc": ("AutoAttack (final stage)", "D")}  # fmt: skip
+ROBUST = {
+    "eval/pgd_acc": ("PGD (trial)", "o"),
+    "eval/aa_acc": ("AutoAttack (trial)", "s"),
+    "final/aa_acc": ("AutoAttack (final stage)", "D"),
+}
 CLEAN = "eval/clean_acc"
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 
@@ -40,8 +43,18 @@ class Drawn:
 def figures(data: SweepData, echo: Callable[[str], None]) -> list[Drawn]:
     """Every figure the sweep's data supports, in the report's order."""
     drawn = []
-    for draw in (objective_vs_parameters, fraction_curves, class_transfer, transfer_by_fraction, pareto,
-                 optuna_history, optuna_importances, biamat_gate, learning_curves, paired_comparison):  # fmt: skip
+    for draw in (
+        objective_vs_parameters,
+        fraction_curves,
+        class_transfer,
+        transfer_by_fraction,
+        pareto,
+        optuna_history,
+        optuna_importances,
+        biamat_gate,
+        learning_curves,
+        paired_comparison,
+    ):
         echo(f"report: {draw.__name__.replace('_', ' ')}")
         drawn += draw(data)
     return drawn
@@ -115,8 +128,15 @@ def new_figure(data: SweepData, panels: int, title: str, width: float = 5.2, hei
     fig = Figure(figsize=(width * panels, height + 0.7), layout=ConstrainedLayoutEngine(rect=(0, 0.035, 1, 0.965)))
     fig.suptitle(title, fontsize=12)
     sha = data.tags.get("git.sha", "unknown")[:10]
-    fig.text(0.995, 0.003, f"{data.parent_name} · {data.started:%Y-%m-%d %H:%M} UTC · git {sha}",
-             ha="right", va="bottom", fontsize=7, color="#666")  # fmt: skip
+    fig.text(
+        0.995,
+        0.003,
+        f"{data.parent_name} · {data.started:%Y-%m-%d %H:%M} UTC · git {sha}",
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="#666",
+    )
     return fig
 
 
@@ -145,24 +165,53 @@ def objective_vs_parameters(data: SweepData) -> list[Drawn]:
         categories = sorted({str(v) for v in values})
         fig = new_figure(data, 2, f"clean and robust accuracy against {key}")
         table = []
-        for ax, metrics, what in ((fig.add_subplot(1, 2, 1), [CLEAN], "clean"),
-                                  (fig.add_subplot(1, 2, 2), robust, "robust")):  # fmt: skip
+        for ax, metrics, what in (
+            (fig.add_subplot(1, 2, 1), [CLEAN], "clean"),
+            (fig.add_subplot(1, 2, 2), robust, "robust"),
+        ):
             for i, m in enumerate(metrics):
                 shift = 0.0 if numeric else 0.12 * (i - (len(metrics) - 1) / 2)  # side by side, not on top
-                pts = [(float(t.row.config[key]) if numeric else categories.index(str(t.row.config[key])) + shift, t)
-                       for t in finished if m in t.row.metrics and key in t.row.config]  # fmt: skip
+                pts = [
+                    (float(t.row.config[key]) if numeric else categories.index(str(t.row.config[key])) + shift, t)
+                    for t in finished
+                    if m in t.row.metrics and key in t.row.config
+                ]
                 if not pts:
                     continue
                 name, marker = ROBUST.get(m, ("clean", "o"))
                 err = list(zip(*(interval(t.row.metrics, m) for _, t in pts), strict=True))
-                ax.errorbar([x for x, _ in pts], [pct(t.row.metrics[m]) for _, t in pts], yerr=err, fmt=marker,
-                            color=COLORS[i], alpha=0.8, capsize=3, label=f"{name}: trial, 95 % interval")  # fmt: skip
+                ax.errorbar(
+                    [x for x, _ in pts],
+                    [pct(t.row.metrics[m]) for _, t in pts],
+                    yerr=err,
+                    fmt=marker,
+                    color=COLORS[i],
+                    alpha=0.8,
+                    capsize=3,
+                    label=f"{name}: trial, 95 % interval",
+                )
                 means = _means_by_x(pts, m)
                 if len(means) < len(pts):  # repeats: the mean over seeds (a line only along a numeric axis)
-                    ax.plot(list(means), [pct(v) for v in means.values()], "-" if numeric else "_", ms=22, mew=2,
-                            color=COLORS[i], alpha=0.7, label=f"{name}: mean over seeds")  # fmt: skip
-                table += [{"trial": t.row.trial_id, key: t.row.config[key], "metric": m,
-                           "value": t.row.metrics[m], **_bounds(t.row.metrics, m)} for _, t in pts]  # fmt: skip
+                    ax.plot(
+                        list(means),
+                        [pct(v) for v in means.values()],
+                        "-" if numeric else "_",
+                        ms=22,
+                        mew=2,
+                        color=COLORS[i],
+                        alpha=0.7,
+                        label=f"{name}: mean over seeds",
+                    )
+                table += [
+                    {
+                        "trial": t.row.trial_id,
+                        key: t.row.config[key],
+                        "metric": m,
+                        "value": t.row.metrics[m],
+                        **_bounds(t.row.metrics, m),
+                    }
+                    for _, t in pts
+                ]
             ax.set_xlabel(key)
             ax.set_ylabel(f"{what} accuracy [% of the final slice]")
             ax.grid(alpha=0.3)
@@ -172,10 +221,16 @@ def objective_vs_parameters(data: SweepData) -> list[Drawn]:
                 ax.set_xticks(range(len(categories)), categories, rotation=20)
             if ax.has_data():
                 ax.legend(fontsize=7)
-        out.append(Drawn(f"objective_vs_{_stem(key)}", f"Accuracy against {key}",
-                         "Each point is one trial on the final slice, with its 95 % Wilson interval; markers tell "
-                         "PGD from AutoAttack. (The search chose on the select slice, proxy/*: these only report.)",
-                         fig, table))  # fmt: skip
+        out.append(
+            Drawn(
+                f"objective_vs_{_stem(key)}",
+                f"Accuracy against {key}",
+                "Each point is one trial on the final slice, with its 95 % Wilson interval; markers tell "
+                "PGD from AutoAttack. (The search chose on the select slice, proxy/*: these only report.)",
+                fig,
+                table,
+            )
+        )
     return out
 
 
@@ -225,18 +280,26 @@ def fraction_curves(data: SweepData) -> list[Drawn]:
             stats = [mean_std(by_f[x]) for x in xs]
             means, stds = [pct(m) for m, _ in stats], [pct(s) for _, s in stats]
             ax.plot(xs, means, "o-", color=COLORS[i % len(COLORS)], label=name)
-            ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
-                            [m + s for m, s in zip(means, stds, strict=True)], color=COLORS[i % len(COLORS)],
-                            alpha=0.15)  # fmt: skip
-            table += [{"group": name, "fraction": x, "metric": metric, "mean": st[0], "std": st[1],
-                       "n": len(by_f[x])} for x, st in zip(xs, stats, strict=True)]  # fmt: skip
+            ax.fill_between(
+                xs,
+                [m - s for m, s in zip(means, stds, strict=True)],
+                [m + s for m, s in zip(means, stds, strict=True)],
+                color=COLORS[i % len(COLORS)],
+                alpha=0.15,
+            )
+            table += [
+                {"group": name, "fraction": x, "metric": metric, "mean": st[0], "std": st[1], "n": len(by_f[x])}
+                for x, st in zip(xs, stats, strict=True)
+            ]
         ax.set_xlabel("attacked fraction f (method.fraction)")
         ax.set_ylabel(label(metric))
         ax.set_title(ROBUST.get(metric, ("clean",))[0], fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    caption = (f"One line per {', '.join(others) or 'sweep'}; the band is ± one standard deviation over the "
-               f"seeds of each point (n in the CSV).")  # fmt: skip
+    caption = (
+        f"One line per {', '.join(others) or 'sweep'}; the band is ± one standard deviation over the "
+        f"seeds of each point (n in the CSV)."
+    )
     return [Drawn("fraction_curves", "Accuracy against the attacked fraction", caption, fig, table)]
 
 
@@ -293,10 +356,19 @@ def transfer_by_fraction(data: SweepData) -> list[Drawn]:
     for i, (name, by_f) in enumerate(sorted(lines.items())):
         xs = sorted(by_f)
         stats = [mean_std(by_f[x]) for x in xs]
-        ax.errorbar(xs, [pct(m) for m, _ in stats], yerr=[pct(s) for _, s in stats], fmt="o-", capsize=3,
-                    color=COLORS[i % len(COLORS)], label=name)  # fmt: skip
-        table += [{"source": name, "fraction": x, "mean": m, "std": s, "n": len(by_f[x])}
-                  for x, (m, s) in zip(xs, stats, strict=True)]  # fmt: skip
+        ax.errorbar(
+            xs,
+            [pct(m) for m, _ in stats],
+            yerr=[pct(s) for _, s in stats],
+            fmt="o-",
+            capsize=3,
+            color=COLORS[i % len(COLORS)],
+            label=name,
+        )
+        table += [
+            {"source": name, "fraction": x, "mean": m, "std": s, "n": len(by_f[x])}
+            for x, (m, s) in zip(xs, stats, strict=True)
+        ]
     for j, (kind, values) in enumerate(sorted(references.items())):
         m, s = mean_std(values)
         ax.axhline(pct(m), ls="--", color=COLORS[(len(lines) + j) % len(COLORS)], label=f"source: {kind} (mean)")
@@ -340,18 +412,32 @@ def pareto(data: SweepData) -> list[Drawn]:
         ax.plot([x for x, _ in on], [y for _, y in on], "o-", color=COLORS[1], label="Pareto front")
         for x, y, t in zip(xs, ys, have, strict=True):
             if t.row.trial_id == best or (t.row.trial_id in front and len(front) <= 6):
-                ax.annotate(t.row.trial_id + (" (best)" if t.row.trial_id == best else ""), (x, y), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")  # fmt: skip
-            table.append({"panel": f"{robust} vs {other}", "trial": t.row.trial_id, robust: t.row.metrics[robust],
-                          other: t.row.metrics[other], "pareto": t.row.trial_id in front})  # fmt: skip
+                ax.annotate(
+                    t.row.trial_id + (" (best)" if t.row.trial_id == best else ""),
+                    (x, y),
+                    fontsize=7,
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                )
+            table.append(
+                {
+                    "panel": f"{robust} vs {other}",
+                    "trial": t.row.trial_id,
+                    robust: t.row.metrics[robust],
+                    other: t.row.metrics[other],
+                    "pareto": t.row.trial_id in front,
+                }
+            )
         ax.set_xlabel(label(other))
         ax.set_ylabel(label(robust))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    caption = (f"{robust} against clean accuracy (both higher is better; "
-               f"{'the final slice: ' + OPTIMISTIC if data.optimistic else 'the select slice, which chooses'})"
-               + (" and against the training cost (lower is better)" if len(panels) > 1 else "")
-               + ". The sweep's best trial (the one its summary names) is labelled.")  # fmt: skip
+    caption = (
+        f"{robust} against clean accuracy (both higher is better; "
+        f"{'the final slice: ' + OPTIMISTIC if data.optimistic else 'the select slice, which chooses'})"
+        + (" and against the training cost (lower is better)" if len(panels) > 1 else "")
+        + ". The sweep's best trial (the one its summary names) is labelled."
+    )
     return [Drawn("pareto", "Pareto fronts", caption, fig, table)]
 
 
@@ -368,7 +454,9 @@ def _studies(data: SweepData) -> list:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(data.journal)))
-    return [optuna.load_study(study_name=s.study_name, storage=storage) for s in optuna.get_all_study_summaries(storage)]
+    return [
+        optuna.load_study(study_name=s.study_name, storage=storage) for s in optuna.get_all_study_summaries(storage)
+    ]
 
 
 def _complete(study) -> list:
@@ -392,17 +480,26 @@ def optuna_history(data: SweepData) -> list[Drawn]:
         color = COLORS[i % len(COLORS)]
         name = study.study_name if len(studies) > 1 else "trial"
         ax.plot([t.number for t in done], [pct(v) for v in values], "o", color=color, alpha=0.6, label=name)
-        ax.step([t.number for t in done], [pct(v) for v in best], where="post", color=color, alpha=0.9,
-                label=f"best so far{'' if len(studies) == 1 else f' ({name})'}")  # fmt: skip
-        table += [{"study": study.study_name, "number": t.number, metric: v, "best_so_far": b, **t.params}
-                  for t, v, b in zip(done, values, best, strict=True)]  # fmt: skip
+        ax.step(
+            [t.number for t in done],
+            [pct(v) for v in best],
+            where="post",
+            color=color,
+            alpha=0.9,
+            label=f"best so far{'' if len(studies) == 1 else f' ({name})'}",
+        )
+        table += [
+            {"study": study.study_name, "number": t.number, metric: v, "best_so_far": b, **t.params}
+            for t, v, b in zip(done, values, best, strict=True)
+        ]
     ax.set_xlabel("Optuna trial number (order of proposal)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(label(metric))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(studies) > 3 else 1)
-    caption = "The value Optuna was told for each configuration it proposed (the mean over repeats), one study " \
-              "per grid cell."
+    caption = (
+        "The value Optuna was told for each configuration it proposed (the mean over repeats), one study per grid cell."
+    )
     return [Drawn("optuna_history", "Optimisation history", caption, fig, table)]
 
 
@@ -432,20 +529,37 @@ def optuna_importances(data: SweepData) -> list[Drawn]:
         return []
     names = sorted({r["parameter"] for r in rows})
     studies = sorted({r["study"] for r in rows})
-    fig = new_figure(data, 1, f"parameter importances for {data.spec.search.metrics[0]} (Optuna, fANOVA)",
-                     width=7.0, height=1.2 + 0.5 * len(names))  # fmt: skip
+    fig = new_figure(
+        data,
+        1,
+        f"parameter importances for {data.spec.search.metrics[0]} (Optuna, fANOVA)",
+        width=7.0,
+        height=1.2 + 0.5 * len(names),
+    )
     ax = fig.add_subplot(1, 1, 1)
     height = 0.8 / len(studies)
     for i, s in enumerate(studies):
         values = {r["parameter"]: r["importance"] for r in rows if r["study"] == s}
-        ax.barh([k + i * height for k in range(len(names))], [values.get(n, 0.0) for n in names], height=height,
-                color=COLORS[i % len(COLORS)], label=s if len(studies) > 1 else None)  # fmt: skip
+        ax.barh(
+            [k + i * height for k in range(len(names))],
+            [values.get(n, 0.0) for n in names],
+            height=height,
+            color=COLORS[i % len(COLORS)],
+            label=s if len(studies) > 1 else None,
+        )
     ax.set_yticks([k + 0.4 - height / 2 for k in range(len(names))], names)
     ax.set_xlabel("importance (share of the objective's variance)")
     if len(studies) > 1:
         ax.legend(fontsize=7)
-    return [Drawn("optuna_importances", "Parameter importances",
-                  "How much of the objective's variance each searched parameter explains.", fig, rows)]
+    return [
+        Drawn(
+            "optuna_importances",
+            "Parameter importances",
+            "How much of the objective's variance each searched parameter explains.",
+            fig,
+            rows,
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,8 +581,13 @@ def biamat_gate(data: SweepData) -> list[Drawn]:
         for j, key in enumerate(keys):
             h = data.history(t, key)
             source = key.removeprefix("biamat/hi_ratio").strip("/") or "all"
-            ax.plot([s + 1 for s, _ in h], [100 * v for _, v in h], ["-", "--", ":", "-."][j % 4],
-                    color=COLORS[i % len(COLORS)], label=f"{t.row.trial_id}: {source}")  # fmt: skip
+            ax.plot(
+                [s + 1 for s, _ in h],
+                [100 * v for _, v in h],
+                ["-", "--", ":", "-."][j % 4],
+                color=COLORS[i % len(COLORS)],
+                label=f"{t.row.trial_id}: {source}",
+            )
             table += [{"trial": t.row.trial_id, "metric": key, "epoch": s + 1, "value": v} for s, v in h]
     ax.set_xlabel("epoch")
     ax.set_ylabel("Hi ratio [% of auxiliary images above ω]")
@@ -478,7 +597,9 @@ def biamat_gate(data: SweepData) -> list[Drawn]:
         ax2 = fig.add_subplot(1, 2, 2)
         for i, t in enumerate(trials):
             h = data.history(t, "biamat/omega")
-            ax2.plot([s + 1 for s, _ in h], [v for _, v in h], "o-", color=COLORS[i % len(COLORS)], label=t.row.trial_id)
+            ax2.plot(
+                [s + 1 for s, _ in h], [v for _, v in h], "o-", color=COLORS[i % len(COLORS)], label=t.row.trial_id
+            )
             table += [{"trial": t.row.trial_id, "metric": "biamat/omega", "epoch": s + 1, "value": v} for s, v in h]
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("ω (confidence threshold, π × mean primary confidence)")
@@ -507,11 +628,23 @@ def learning_curves(data: SweepData) -> list[Drawn]:
             for ax in axes:
                 ax.axvline(selected + 1, color=color, ls=":", alpha=0.8)
         last, chosen = t.row.metrics.get("last/pgd_acc"), t.row.metrics.get("eval/pgd_acc")
-        table.append({"trial": t.row.trial_id, "metric": "final slice PGD: selected vs last epoch",
-                      "epoch": None if selected is None else selected + 1, "value": chosen, "last": last})  # fmt: skip
+        table.append(
+            {
+                "trial": t.row.trial_id,
+                "metric": "final slice PGD: selected vs last epoch",
+                "epoch": None if selected is None else selected + 1,
+                "value": chosen,
+                "last": last,
+            }
+        )
         if last is not None and chosen is not None:
-            axes[1].annotate(f"{t.row.trial_id}: final slice PGD {pct(chosen):.1f} % selected, {pct(last):.1f} % last",
-                             (0.02, 0.04 + 0.07 * i), xycoords="axes fraction", fontsize=7, color=color)  # fmt: skip
+            axes[1].annotate(
+                f"{t.row.trial_id}: final slice PGD {pct(chosen):.1f} % selected, {pct(last):.1f} % last",
+                (0.02, 0.04 + 0.07 * i),
+                xycoords="axes fraction",
+                fontsize=7,
+                color=color,
+            )
     for ax, key in zip(axes, ("select/clean_acc", "select/pgd_acc"), strict=True):
         ax.set_xlabel("epoch (dotted: the selected checkpoint)")
         ax.set_ylabel(label(key))
@@ -537,19 +670,38 @@ def paired_comparison(data: SweepData) -> list[Drawn]:
     name = lambda key: configuration_label(comparison.others[key].config, keys) or key  # noqa: E731
     best = configuration_label(comparison.best.config, keys) or comparison.best.key
     seeds = any(v.seeds is not None for v in shown)
-    fig = new_figure(data, 1, f"the best configuration ({best}) against the others: best - other",
-                     width=8.5, height=1.6 + 0.55 * len(shown))  # fmt: skip
+    fig = new_figure(
+        data,
+        1,
+        f"the best configuration ({best}) against the others: best - other",
+        width=8.5,
+        height=1.6 + 0.55 * len(shown),
+    )
     ax = fig.add_subplot(1, 1, 1)
     ys = list(range(len(shown)))[::-1]  # the closest runner-up on top
     for y, v in zip(ys, shown, strict=True):
         color = {"seeds": COLORS[1], "examples": COLORS[4]}.get(v.supported_by or "", "#777")
-        ax.scatter([pct(d) for d in v.differences], [y] * len(v.differences), s=14, color=color, alpha=0.45,
-                   label="one seed (repeat)" if y == ys[0] else None)  # fmt: skip
+        ax.scatter(
+            [pct(d) for d in v.differences],
+            [y] * len(v.differences),
+            s=14,
+            color=color,
+            alpha=0.45,
+            label="one seed (repeat)" if y == ys[0] else None,
+        )
         err = [[pct(v.mean - v.seeds.lo)], [pct(v.seeds.hi - v.mean)]] if v.seeds else None
-        ax.errorbar([pct(v.mean)], [y], xerr=err, fmt="D", color=color, capsize=4,
-                    label="mean, 95 % interval over seeds" if y == ys[0] and seeds else None)  # fmt: skip
-        ax.annotate(_verdict_note(v), (pct(v.mean), y), xytext=(0, 8), textcoords="offset points", fontsize=7,
-                    ha="center")  # fmt: skip
+        ax.errorbar(
+            [pct(v.mean)],
+            [y],
+            xerr=err,
+            fmt="D",
+            color=color,
+            capsize=4,
+            label="mean, 95 % interval over seeds" if y == ys[0] and seeds else None,
+        )
+        ax.annotate(
+            _verdict_note(v), (pct(v.mean), y), xytext=(0, 8), textcoords="offset points", fontsize=7, ha="center"
+        )
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(ys, [name(v.other) for v in shown])
     ax.set_ylim(-0.7, len(shown) - 0.3)
@@ -557,11 +709,13 @@ def paired_comparison(data: SweepData) -> list[Drawn]:
     ax.set_xlabel(f"{' / '.join(metrics)}: best - other [points, % of the final slice]")
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=7, loc="lower right")
-    caption = (f"The best configuration was chosen by {comparison.selection}; the differences are on the final slice, which "
-               "only reports. p (seeds): paired t-test over the seeds (repeat r trains every configuration with "
-               "the same seed); p (examples): exact McNemar test on the shared final-slice examples, pooled over "
-               "the seeds, which speaks to the evaluation sample's noise only. Red: beyond seed noise; orange: on "
-               "these examples only; grey: within noise (neither p below 0.05).")  # fmt: skip
+    caption = (
+        f"The best configuration was chosen by {comparison.selection}; the differences are on the final slice, which "
+        "only reports. p (seeds): paired t-test over the seeds (repeat r trains every configuration with "
+        "the same seed); p (examples): exact McNemar test on the shared final-slice examples, pooled over "
+        "the seeds, which speaks to the evaluation sample's noise only. Red: beyond seed noise; orange: on "
+        "these examples only; grey: within noise (neither p below 0.05)."
+    )
     if comparison.note:
         caption = f"{comparison.note[0].upper()}{comparison.note[1:]}. {caption}"
     if len(comparison.verdicts) > len(shown):

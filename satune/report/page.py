@@ -32,29 +32,38 @@ td:first-child, th:first-child { text-align: left; }
 Table = tuple[list[str], list[list[str]]]
 
 
-def render(data: SweepData, drawn: list[Drawn], trials: Table, configurations: Table | None,
-           cards: list[dict[str, Any]], out: Path) -> str:  # fmt: skip
+def render(
+    data: SweepData,
+    drawn: list[Drawn],
+    trials: Table,
+    configurations: Table | None,
+    cards: list[dict[str, Any]],
+    out: Path,
+) -> str:
     """index.html's text; `drawn` figures are read back from their PNG files in `out`."""
     e = html.escape
     spec, tags, comparison = data.spec, data.tags, data.comparison
     sha = tags.get("git.sha", "unknown") + (" (uncommitted changes)" if tags.get("git.dirty") == "true" else "")
     objective = ", ".join(f"{m} ({mode})" for m, mode in zip(spec.search.metrics, spec.search.modes, strict=True))
     parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>satune report: {e(spec.name)}</title><style>{STYLE}</style></head><body>",
         f"<header><h1>Sweep {e(spec.name)}</h1>",
         f'<p class="meta">run {e(data.parent_name)} · MLflow parent run {e(data.parent_id)} at {e(data.uri)} · '
         f"started {data.started:%Y-%m-%d %H:%M} UTC · git {e(sha)} · {len(data.trials)} trials, "
         f"{len(data.finished)} finished · objective {e(objective)} · method {e(spec.trial.method.kind)}</p>",
         f'<p class="meta">The best was chosen by {e(comparison.selection)}; the final slice reports.</p>'
-        if not data.optimistic else f'<p class="warn">{e(OPTIMISTIC.capitalize())}: this sweep chose on the slice '
+        if not data.optimistic
+        else f'<p class="warn">{e(OPTIMISTIC.capitalize())}: this sweep chose on the slice '
         "its numbers are reported on (search.select_on: final), so they overstate what a new test set would show.</p>",
-        "<nav>" + "".join(f'<a href="#{d.name}">{e(d.title)}</a>' for d in drawn)
+        "<nav>"
+        + "".join(f'<a href="#{d.name}">{e(d.title)}</a>' for d in drawn)
         + '<a href="#verdicts">Verdicts</a>'
         + ('<a href="#cards">Model cards</a>' if cards else "")
         + ('<a href="#configurations">Configurations</a>' if configurations else "")
         + '<a href="#trials">Trials</a></nav></header>',
-    ]  # fmt: skip
+    ]
     for d in drawn:
         png = base64.b64encode((out / f"{d.name}.png").read_bytes()).decode()
         parts += [
@@ -63,21 +72,30 @@ def render(data: SweepData, drawn: list[Drawn], trials: Table, configurations: T
             f'<figcaption>{e(d.caption)} Numbers: <a href="{d.name}.csv">{d.name}.csv</a> · '
             f'image: <a href="{d.name}.png">{d.name}.png</a></figcaption></figure></section>',
         ]
-    parts.append('<section id="verdicts"><h2>Verdicts: the best configuration against the others</h2>'
-                 + (f'<p class="note">{e(comparison.note[0].upper() + comparison.note[1:])}.</p>' if comparison.note else "")
-                 + (_table(*verdict_table(spec, comparison)) if comparison.verdicts else "")
-                 + '<p class="meta">Numbers: <a href="verdicts.json">verdicts.json</a> · tables for a write-up: '
-                 '<a href="tables.md">tables.md</a></p></section>')  # fmt: skip
+    parts.append(
+        '<section id="verdicts"><h2>Verdicts: the best configuration against the others</h2>'
+        + (f'<p class="note">{e(comparison.note[0].upper() + comparison.note[1:])}.</p>' if comparison.note else "")
+        + (_table(*verdict_table(spec, comparison)) if comparison.verdicts else "")
+        + '<p class="meta">Numbers: <a href="verdicts.json">verdicts.json</a> · tables for a write-up: '
+        '<a href="tables.md">tables.md</a></p></section>'
+    )
     if cards:
-        parts.append('<section id="cards"><h2>Model cards (RobustBench-style, final-stage AutoAttack)</h2>'
-                     '<div class="cards">' + "".join(_card(c) for c in cards) + "</div>"
-                     '<p class="meta">Numbers: <a href="cards.csv">cards.csv</a></p></section>')  # fmt: skip
+        parts.append(
+            '<section id="cards"><h2>Model cards (RobustBench-style, final-stage AutoAttack)</h2>'
+            '<div class="cards">' + "".join(_card(c) for c in cards) + "</div>"
+            '<p class="meta">Numbers: <a href="cards.csv">cards.csv</a></p></section>'
+        )
     if configurations is not None:
-        parts.append(f'<section id="configurations"><h2>Configurations (mean ± std over their '
-                     f"{data.spec.search.repeats} repeats)</h2>" + _table(*configurations) + "</section>")  # fmt: skip
+        parts.append(
+            f'<section id="configurations"><h2>Configurations (mean ± std over their '
+            f"{data.spec.search.repeats} repeats)</h2>" + _table(*configurations) + "</section>"
+        )
     header, rows = trials
-    parts.append('<section id="trials"><h2>Trials</h2>' + _table(header, rows)
-                 + '<p class="meta">Numbers: <a href="trials.csv">trials.csv</a></p></section>')  # fmt: skip
+    parts.append(
+        '<section id="trials"><h2>Trials</h2>'
+        + _table(header, rows)
+        + '<p class="meta">Numbers: <a href="trials.csv">trials.csv</a></p></section>'
+    )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -86,18 +104,23 @@ def _card(card: dict[str, Any]) -> str:
     lo, hi = card["autoattack_acc_95"]
     aa = card["autoattack"]
     rows = [
-        ("trial", card["trial"]), ("dataset", f"{card['dataset']}, {card['n_examples']} examples"),
+        ("trial", card["trial"]),
+        ("dataset", f"{card['dataset']}, {card['n_examples']} examples"),
         ("threat model", f"{card['threat_model']}, eps {card['eps']:.4g}"),
-        ("architecture", card["architecture"]), ("training", card["method"]),
+        ("architecture", card["architecture"]),
+        ("training", card["method"]),
         ("extra data", ", ".join(card["extra_data"]) or "none"),
         ("clean accuracy", f"{card['clean_acc']:.2%}"),
         ("AutoAttack accuracy", f"{card['autoattack_acc']:.2%} [{lo:.2%}, {hi:.2%}]"),
         ("AutoAttack", f"{aa['version']} {' '.join(aa['attacks'] or [])}, seed {aa['seed']}, {aa['package']}"),
         ("integrity", card["integrity"] if isinstance(card["integrity"], str) else "; ".join(card["integrity"])),
         ("selection", card.get("selection", "")),
-    ]  # fmt: skip
-    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) \
+    ]
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         + "</table>"
+    )
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

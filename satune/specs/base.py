@@ -74,8 +74,10 @@ Threads = int_in(1, 1024)
 Concurrency = int_in(1, 1024)
 # Names that become directory names, MLflow run names and metric keys: short, plain, never "." or "..".
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-Name = Annotated[str, check("1-64 letters, digits, '-', '_' or '.', starting with a letter or digit",
-                             lambda v: bool(_NAME.fullmatch(v)))]  # fmt: skip
+Name = Annotated[
+    str,
+    check("1-64 letters, digits, '-', '_' or '.', starting with a letter or digit", lambda v: bool(_NAME.fullmatch(v))),
+]
 ExperimentName = Annotated[str, check("1-200 printable characters", lambda v: 0 < len(v) <= 200 and v.isprintable())]
 ClassName = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
 

@@ -10,12 +10,15 @@ from satune.specs.trial import TrialSpec
 
 # dataset -> (folder under root, files in it, what it is)
 LAYOUT: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
-                "CIFAR-10, python version"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        "CIFAR-10, python version",
+    ),
     "cifar100": ("cifar-100-python", ("train", "test", "meta"), "CIFAR-100, python version"),
     "svhn": ("", ("train_32x32.mat", "test_32x32.mat"), "SVHN, cropped digits"),
     "imagefolder": ("", ("train", "val"), "ImageFolder: train/<class>/<image> and val/<class>/<image>"),
-}  # fmt: skip
+}
 
 
 def missing(dataset: str, root: str | None) -> str | None:

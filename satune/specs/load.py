@@ -30,11 +30,14 @@ def parse_trial(data: Any, source: str | None = None) -> TrialSpec:
         raise SpecError(["trial." + line for line in problem_lines(exc, TrialSpec)], source) from None
 
 
-def parse_final_settings(data: dict[str, Any], base: FinalAutoAttackSpec | None = None
-                         ) -> tuple[FinalAutoAttackSpec, EvalSpec]:  # fmt: skip
+def parse_final_settings(
+    data: dict[str, Any], base: FinalAutoAttackSpec | None = None
+) -> tuple[FinalAutoAttackSpec, EvalSpec]:
     """`satune eval`'s options as AutoAttack settings (over `base`) and a threat override."""
-    aa = {**(base.model_dump(exclude_unset=True) if base else {}), **{k: v for k, v in data.items()
-                                                                      if k in FinalAutoAttackSpec.model_fields}}  # fmt: skip
+    aa = {
+        **(base.model_dump(exclude_unset=True) if base else {}),
+        **{k: v for k, v in data.items() if k in FinalAutoAttackSpec.model_fields},
+    }
     if "attacks" in data and "version" not in data:
         aa["version"] = "custom"
     threat = {k: data[k] for k in ("norm", "eps") if k in data}

@@ -281,13 +281,19 @@ class BiamatSpec(MethodSpecBase):
     def trial_problems(self, trial: TrialSpec) -> list[tuple[str, str]]:
         problems = []
         if self.resolved_warmup_epochs >= trial.train.epochs:
-            problems.append(("method.warmup_epochs",
-                             f"must be below train.epochs ({trial.train.epochs}): the gate would never run"))  # fmt: skip
+            problems.append(
+                ("method.warmup_epochs", f"must be below train.epochs ({trial.train.epochs}): the gate would never run")
+            )
         data, names = trial.data, trial.data.class_names()
         for i, a in enumerate(self.aux):
             if a.dataset == data.dataset and _overlap(a.classes, data.classes, names):
-                problems.append((f"method.aux[{i}]", f"shares classes with the primary {a.dataset}: its images would be "
-                                 "trained on twice, or validation images trained on (give it other classes)"))  # fmt: skip
+                problems.append(
+                    (
+                        f"method.aux[{i}]",
+                        f"shares classes with the primary {a.dataset}: its images would be "
+                        "trained on twice, or validation images trained on (give it other classes)",
+                    )
+                )
             if a.dataset not in EMBEDDED_DATASETS | {"noise"} and a.root is None and data.root is None:
                 problems.append(
                     (f"method.aux[{i}].root", f"required for dataset '{a.dataset}' (or set trial.data.root)")

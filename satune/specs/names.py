@@ -69,8 +69,9 @@ PER_EPOCH_METRICS = (
 )
 # train/collapsed: whether it did; last/pgd_gap_p: the exact McNemar p of the selected against the last
 # checkpoint on the final slice; last/overfit: 1 when that gap is positive beyond noise (robust overfitting).
-FINAL_ONLY = frozenset({"time/total_s", "train/selected_epoch", "train/collapsed", "last/pgd_gap", "last/pgd_gap_p",
-                        "last/overfit"})
+FINAL_ONLY = frozenset(
+    {"time/total_s", "train/selected_epoch", "train/collapsed", "last/pgd_gap", "last/pgd_gap_p", "last/overfit"}
+)
 # A trial's final report: its selected checkpoint on the final slice (eval/) and on the select slice
 # (proxy/), its last epoch's checkpoint on the final slice (last/); the final stage of a sweep adds
 # AutoAttack on the winners (final/), logged into their runs.

@@ -117,5 +117,7 @@ def _keys_of_another_kind(method: Any, raw: str) -> str | None:
     foreign = [k for k in method if k != "kind" and k not in spec.model_fields]
     if not foreign:
         return None
-    return (f"the base method's {', '.join(foreign)} belong to {method.get('kind')}, not {new}: "
-            f"set the whole method instead, e.g. --set 'method={{kind: {new}}}'")  # fmt: skip
+    return (
+        f"the base method's {', '.join(foreign)} belong to {method.get('kind')}, not {new}: "
+        f"set the whole method instead, e.g. --set 'method={{kind: {new}}}'"
+    )

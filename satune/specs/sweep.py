@@ -193,7 +193,9 @@ class TaskResourcesSpec(Spec):
         for key, value in self.label_selector.items():
             prefix, _, name = key.rpartition("/")
             if not _LABEL.fullmatch(name) or (prefix and not _LABEL_PREFIX.fullmatch(prefix)):
-                problems.append((f"label_selector.{key}", "is not a Ray label key ([prefix/]name, e.g. ray.io/accelerator-type)"))
+                problems.append(
+                    (f"label_selector.{key}", "is not a Ray label key ([prefix/]name, e.g. ray.io/accelerator-type)")
+                )
             elif not _LABEL_SELECTOR.fullmatch(value):
                 problems.append((f"label_selector.{key}", f"must be value, !value, in(a,b) or !in(a,b), got {value!r}"))
         raise_if(problems)
@@ -248,8 +250,15 @@ class TrackingSpec(Spec):
         url = urllib.parse.urlsplit(self.uri)
         if "@" in url.netloc or url.query or url.fragment:
             # Never echoed: the value may hold a password. MLflow reads credentials from its own variables.
-            raise FieldProblems([("uri", "must not hold credentials or a query (user:password@, ?token=): set "
-                                  "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")])  # fmt: skip
+            raise FieldProblems(
+                [
+                    (
+                        "uri",
+                        "must not hold credentials or a query (user:password@, ?token=): set "
+                        "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN",
+                    )
+                ]
+            )
         return self
 
 
@@ -287,11 +296,21 @@ class SweepSpec(Spec):
         problems = []
         url = STORAGE_URL.match(self.storage)
         if url and url.group(1).lower() in ("file", "local", "memory"):
-            problems.append(("storage", f"{self.storage!r} is not shared by Ray's nodes: write a path every node "
-                                        "mounts (NFS, a shared volume), or an object store's URL (s3://bucket/prefix)"))  # fmt: skip
+            problems.append(
+                (
+                    "storage",
+                    f"{self.storage!r} is not shared by Ray's nodes: write a path every node "
+                    "mounts (NFS, a shared volume), or an object store's URL (s3://bucket/prefix)",
+                )
+            )
         elif url and self.tracking.uri is None:
-            problems.append(("storage", f"{self.storage!r} cannot hold the local MLflow server's SQLite store: set "
-                                        "tracking.uri to an MLflow server (docs/cluster.md)"))  # fmt: skip
+            problems.append(
+                (
+                    "storage",
+                    f"{self.storage!r} cannot hold the local MLflow server's SQLite store: set "
+                    "tracking.uri to an MLflow server (docs/cluster.md)",
+                )
+            )
         base = self.trial.model_dump(exclude_unset=True)
         for key, dom in self.search.space.items():
             problems += [(f"search.space.{key}", msg) for msg in check_search_key(base, key, dom)]
@@ -305,15 +324,25 @@ class SweepSpec(Spec):
         for i, metric in enumerate(self.search.metrics):
             where = "search.metric" if isinstance(self.search.metric, str) else f"search.metric[{i}]"
             if metric in known - final:
-                problems.append((where, f"'{metric}' is reported every epoch; the search is told a trial's final "
-                                 "numbers (proxy/pgd_acc: its selected checkpoint on the select slice)"))  # fmt: skip
+                problems.append(
+                    (
+                        where,
+                        f"'{metric}' is reported every epoch; the search is told a trial's final "
+                        "numbers (proxy/pgd_acc: its selected checkpoint on the select slice)",
+                    )
+                )
             elif metric not in known:
                 problems.append((where, _unknown_metric(metric, final, "final ")))
             elif on_final_slice(metric) and self.search.select_on == "select":
                 instead = on_select_slice(metric)
-                problems.append((where, f"'{metric}' is on the final slice, which reports, never chooses: rank on "
-                                 f"{instead if instead in known else 'proxy/*'} (select slice), or set "
-                                 "search.select_on: final to copy a paper that chose on its test set"))  # fmt: skip
+                problems.append(
+                    (
+                        where,
+                        f"'{metric}' is on the final slice, which reports, never chooses: rank on "
+                        f"{instead if instead in known else 'proxy/*'} (select slice), or set "
+                        "search.select_on: final to copy a paper that chose on its test set",
+                    )
+                )
         if self.final_eval is not None and self.final_eval.top_k == "pareto" and len(self.search.metrics) < 2:
             problems.append(("final_eval.top_k", "pareto needs a search over several metrics"))
         per_epoch = known - final

@@ -10,8 +10,11 @@ def plan_lines(sweep: SweepSpec) -> list[str]:
     s, r, t = sweep.search, sweep.resources, sweep.trial
     objective = ", ".join(f"{m} ({mode})" for m, mode in zip(s.metrics, s.modes, strict=True))
     cells = len(s.cells())
-    shape = " x ".join([f"{cells} grid cells"] * (cells > 1) + [f"{s.configurations // cells} configurations"]
-                       + [f"{s.repeats} repeats"] * (s.repeats > 1))  # fmt: skip
+    shape = " x ".join(
+        [f"{cells} grid cells"] * (cells > 1)
+        + [f"{s.configurations // cells} configurations"]
+        + [f"{s.repeats} repeats"] * (s.repeats > 1)
+    )
     lines = [
         f"sweep {sweep.name}: {s.trial_count} trials ({shape}) of {t.method.kind} on {t.data.dataset}, "
         f"{t.train.epochs} epochs each, "
@@ -34,6 +37,8 @@ def plan_lines(sweep: SweepSpec) -> list[str]:
         lines.append(f"  search {key}: {dom.kind} {dom.value}")
     if sweep.final_eval is not None:
         aa = sweep.final_eval.autoattack
-        lines.append(f"final evaluation: AutoAttack {aa.version} on {aa.n} final-slice examples of the top "
-                     f"{sweep.final_eval.top_k}")  # fmt: skip
+        lines.append(
+            f"final evaluation: AutoAttack {aa.version} on {aa.n} final-slice examples of the top "
+            f"{sweep.final_eval.top_k}"
+        )
     return lines

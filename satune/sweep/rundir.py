@@ -108,8 +108,14 @@ class RunDir:
                     self.storage.write(data, self.sweep.name, self.path.name, name)
                 except Exception as exc:  # noqa: BLE001 - the local copy stands; the next change tries again
                     if not self._failing:  # once, not at every save while the store is away
-                        log.warning("storage: could not copy %s up (%s: %s); %s keeps the run's files, and each "
-                                    "save tries again", name, type(exc).__name__, exc, self.path)  # fmt: skip
+                        log.warning(
+                            "storage: could not copy %s up (%s: %s); %s keeps the run's files, and each "
+                            "save tries again",
+                            name,
+                            type(exc).__name__,
+                            exc,
+                            self.path,
+                        )
                     self._failing = True
                     continue
                 if self._failing:
@@ -163,8 +169,10 @@ def fetch(sweep: SweepSpec, name: str) -> Path | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SweepError(f"storage: cannot recreate the run's folder {path} here ({exc.strerror}): Tune's saved "
-                         "state names the run's Optuna journal by that path") from None  # fmt: skip
+        raise SweepError(
+            f"storage: cannot recreate the run's folder {path} here ({exc.strerror}): Tune's saved "
+            "state names the run's Optuna journal by that path"
+        ) from None
     here, ours = path / STATE_FILE, path / JOURNAL_FILE
     mine = json.loads(here.read_text()).get("revision", 0) if here.exists() else -1
     theirs = state.get("revision", 0)
@@ -200,8 +208,10 @@ def prepare(sweep: SweepSpec, source: Path, resume: bool) -> RunDir:
     old, new = state["spec"], comparable(sweep)
     changed = sorted(k for k in set(old) | set(new) if _differs(old.get(k), new.get(k), _set(sweep).get(k)))
     if changed:
-        raise SweepError(f"--resume: the sweep file changed in {', '.join(changed)} since {path.name}; "
-                         "only resources, max_failures and storage_patience_s may change (run without --resume to start anew)")  # fmt: skip
+        raise SweepError(
+            f"--resume: the sweep file changed in {', '.join(changed)} since {path.name}; "
+            "only resources, max_failures and storage_patience_s may change (run without --resume to start anew)"
+        )
     return RunDir(sweep, path, state)
 
 

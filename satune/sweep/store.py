@@ -87,7 +87,9 @@ class Storage:
             from satune.sweep.patient_s3 import PatientS3FileSystem
 
             PatientS3FileSystem.given_up = False
-            fs = PatientS3FileSystem(*fs.storage_args, **fs.storage_options, patience=patience, skip_instance_cache=True)
+            fs = PatientS3FileSystem(
+                *fs.storage_args, **fs.storage_options, patience=patience, skip_instance_cache=True
+            )
         return self.url(name, run_dir.name), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
     @property
@@ -148,8 +150,10 @@ class Storage:
         try:
             fs, root = self._fs_and_root
         except (ImportError, ValueError) as exc:
-            raise StorageError(f"storage: cannot open {self.where}: {_first_line(exc)} (an s3:// URL works as "
-                             f"installed; other object stores need their fsspec package, e.g. gcsfs)") from None  # fmt: skip
+            raise StorageError(
+                f"storage: cannot open {self.where}: {_first_line(exc)} (an s3:// URL works as "
+                f"installed; other object stores need their fsspec package, e.g. gcsfs)"
+            ) from None
         probe = f"{root}/.satune-probe-{uuid.uuid4().hex}"
         try:
             fs.pipe_file(probe, b"")

@@ -84,8 +84,9 @@ def configurations(rows: list[TrialRow]) -> list[Configuration]:
     return list(groups.values())
 
 
-def best_configuration(sweep: SweepSpec, rows: list[TrialRow], metrics: list[str] | None = None
-                       ) -> tuple[TrialRow | None, list[TrialRow]]:  # fmt: skip
+def best_configuration(
+    sweep: SweepSpec, rows: list[TrialRow], metrics: list[str] | None = None
+) -> tuple[TrialRow | None, list[TrialRow]]:
     """With repeats, configurations compete by their means: the best one's first repeat, and the
     first repeats of the Pareto front. Without, the trials themselves."""
     metrics = metrics or sweep.search.metrics
@@ -129,8 +130,9 @@ def _literal(value: Any) -> str:
     return text.replace("e", ".0e", 1) if isinstance(value, float) and "e" in text and "." not in text else text
 
 
-def ranked(items: Iterable[T], value: Callable[[T], float | None], mode: str,
-           tie: Callable[[T], Any] | None = None) -> list[T]:  # fmt: skip
+def ranked(
+    items: Iterable[T], value: Callable[[T], float | None], mode: str, tie: Callable[[T], Any] | None = None
+) -> list[T]:
     """The one ranking rule: best first by `value` under `mode` (max or min), items without a value last,
     ties by `tie` (a trial id: the same order after a --resume that lists trials in another order),
     else in their given order."""
@@ -182,8 +184,9 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
     if result.best is not None:
         tags[BEST_TRIAL_TAG] = result.best.trial_id
         chose = {k for m in sweep.search.metrics for k in (m, *interval_keys(m))}  # with its n and interval
-        best = {k: v for k, v in result.best.metrics.items() if k in chose
-                or k.startswith("final/") and "/class_" not in k}  # fmt: skip
+        best = {
+            k: v for k, v in result.best.metrics.items() if k in chose or k.startswith("final/") and "/class_" not in k
+        }
         if sweep.search.repeats > 1:  # the best configuration's mean and spread over its repeats
             (group,) = [g for g in configurations(result.rows) if result.best in g.rows]
             tags[BEST_CONFIG_TAG] = group.key
@@ -216,8 +219,14 @@ def configuration_records(sweep: SweepSpec, result: SweepResult) -> list[dict]:
     records = []
     for g in configurations(result.rows):
         stats = {m: s for m in shown_metrics(sweep) if (s := g.stats(m)) is not None}
-        records.append({"config": g.key, **g.config, "trials": [r.trial_id for r in g.rows],
-                        **{m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in stats.items()}})  # fmt: skip
+        records.append(
+            {
+                "config": g.key,
+                **g.config,
+                "trials": [r.trial_id for r in g.rows],
+                **{m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in stats.items()},
+            }
+        )
     return records
 
 
@@ -239,18 +248,27 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
             "pareto " if r.trial_id in front else ""
         )
         status = r.status.lower() if r.finished else "unfinished"
-        rows.append([r.trial_id, marks + status, *(cell(result.labels.get(str(r.config.get(k)), r.config.get(k)))
-                                                   for k in keys), _interval(r.metrics, first),
-                     *(cell(r.metrics.get(m)) for m in metrics), *(_interval(r.metrics, m) for m in final),
-                     flags(r.metrics)])  # fmt: skip
+        rows.append(
+            [
+                r.trial_id,
+                marks + status,
+                *(cell(result.labels.get(str(r.config.get(k)), r.config.get(k))) for k in keys),
+                _interval(r.metrics, first),
+                *(cell(r.metrics.get(m)) for m in metrics),
+                *(_interval(r.metrics, m) for m in final),
+                flags(r.metrics),
+            ]
+        )
     return header, rows
 
 
 def flags(metrics: dict[str, float]) -> str:
     """What went wrong in training, beyond noise: catastrophic overfitting (robust accuracy collapsed
     on the select slice) and robust overfitting (the selected checkpoint beats the last one)."""
-    marks = ["collapsed" if metrics.get("train/collapsed") == 1 else "",
-             "overfit" if metrics.get("last/overfit") == 1 else ""]  # fmt: skip
+    marks = [
+        "collapsed" if metrics.get("train/collapsed") == 1 else "",
+        "overfit" if metrics.get("last/overfit") == 1 else "",
+    ]
     return " ".join(m for m in marks if m) or "-"
 
 
@@ -279,8 +297,10 @@ def transfer_matrix(sweep: SweepSpec, result: SweepResult) -> tuple[str, list[st
         return None
     # One kind of number for every row: AutoAttack of the final stage, else of the trials, else PGD.
     sources = [("final", "aa"), ("eval", "aa"), ("eval", "pgd")]
-    prefix, kind = next(((p, k) for p, k in sources
-                         if all(f"{p}/class_{k}_acc/{names[0]}" in r.metrics for r in finished)), ("eval", "pgd"))  # fmt: skip
+    prefix, kind = next(
+        ((p, k) for p, k in sources if all(f"{p}/class_{k}_acc/{names[0]}" in r.metrics for r in finished)),
+        ("eval", "pgd"),
+    )
     columns = [f"{prefix}/class_{kind}_acc/{c}" for c in names] + [f"eval/{kind}_acc_A", f"eval/{kind}_acc_B"]
     if prefix == "final":
         columns[-2:] = [f"final/{kind}_acc_A", f"final/{kind}_acc_B"]
@@ -312,8 +332,9 @@ def source_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list
     rows = []
     for label, members in sorted(groups.items()):
         g = Configuration(label, {}, members)
-        rows.append([label, *("-" if (s := g.stats(m)) is None else f"{s[0]:.4f} ± {s[1]:.4f} (n={s[2]})"
-                              for m in metrics)])  # fmt: skip
+        rows.append(
+            [label, *("-" if (s := g.stats(m)) is None else f"{s[0]:.4f} ± {s[1]:.4f} (n={s[2]})" for m in metrics)]
+        )
     return ["source", *(f"{m} mean ± std" for m in metrics)], rows
 
 

@@ -91,10 +91,21 @@ class Verdict:
 
     def record(self) -> dict[str, Any]:
         s = self.seeds
-        return {"other": self.other, "metric": self.metric, "pairs": len(self.differences), "mean_diff": self.mean,
-                "diff_lo": s.lo if s else None, "diff_hi": s.hi if s else None, "p_seeds": s.p if s else None,
-                "examples": self.examples, "best_only": self.best_only, "other_only": self.other_only,
-                "p_examples": self.p_examples, "verdict": self.verdict, "differences": self.differences}  # fmt: skip
+        return {
+            "other": self.other,
+            "metric": self.metric,
+            "pairs": len(self.differences),
+            "mean_diff": self.mean,
+            "diff_lo": s.lo if s else None,
+            "diff_hi": s.hi if s else None,
+            "p_seeds": s.p if s else None,
+            "examples": self.examples,
+            "best_only": self.best_only,
+            "other_only": self.other_only,
+            "p_examples": self.p_examples,
+            "verdict": self.verdict,
+            "differences": self.differences,
+        }
 
 
 @dataclass
@@ -111,10 +122,15 @@ class Comparison:
 
     def records(self) -> dict[str, Any]:
         """verdicts.json: what the parent run, the result files and the API hold."""
-        return {"best": self.best.key if self.best else None, "best_config": self.best.config if self.best else None,
-                "chosen_on": self.chosen_on, "selection": self.selection, "optimistic": self.optimistic,
-                "note": self.note, "verdicts": [v.record() | {"other_config": self.others[v.other].config}
-                                                 for v in self.verdicts]}  # fmt: skip
+        return {
+            "best": self.best.key if self.best else None,
+            "best_config": self.best.config if self.best else None,
+            "chosen_on": self.chosen_on,
+            "selection": self.selection,
+            "optimistic": self.optimistic,
+            "note": self.note,
+            "verdicts": [v.record() | {"other_config": self.others[v.other].config} for v in self.verdicts],
+        }
 
 
 def compare(sweep: SweepSpec, rows: list[TrialRow], outcomes: OutcomeReader | None = None) -> Comparison:
@@ -128,14 +144,17 @@ def compare(sweep: SweepSpec, rows: list[TrialRow], outcomes: OutcomeReader | No
     if best is None:
         out.note = "no finished trial reports the search's metric: nothing to compare"
         return out
-    others = ranked([g for g in groups if g is not best], lambda g: g.mean(metric), sweep.search.modes[0],
-                    tie=lambda g: g.key)  # fmt: skip
+    others = ranked(
+        [g for g in groups if g is not best], lambda g: g.mean(metric), sweep.search.modes[0], tie=lambda g: g.key
+    )
     out.others = {g.key: g for g in others}
     if not others:
         out.note = "one configuration: nothing to compare it with"
     elif sweep.search.repeats == 1:
-        out.note = ("one seed per configuration: a difference between configurations cannot be told from seed "
-                    "noise (search.repeats: 3 or more)")  # fmt: skip
+        out.note = (
+            "one seed per configuration: a difference between configurations cannot be told from seed "
+            "noise (search.repeats: 3 or more)"
+        )
     elif sweep.search.seeds == "per_config":
         out.note = "search.seeds: per_config trains each configuration with other seeds: no paired verdict over seeds"
     for g in others:
@@ -151,8 +170,13 @@ def _versus(best: Configuration, other: Configuration, outcomes: OutcomeReader |
     return versus([(mine[r], theirs[r]) for r in shared], outcomes, other.key)
 
 
-def versus(pairs: list[tuple[TrialRow, TrialRow]], outcomes: OutcomeReader | None, other: str = "",
-           metrics: tuple[str, ...] | None = None, subject: str = "best") -> Verdict | None:  # fmt: skip
+def versus(
+    pairs: list[tuple[TrialRow, TrialRow]],
+    outcomes: OutcomeReader | None,
+    other: str = "",
+    metrics: tuple[str, ...] | None = None,
+    subject: str = "best",
+) -> Verdict | None:
     """One verdict over pairs of trials trained with the same seed (first - second), on the most
     trustworthy reported number (or the first of `metrics`) that every trial of the pairs has."""
     for metric, column in REPORTED if metrics is None else [(m, dict(REPORTED).get(m, "")) for m in metrics]:
@@ -172,8 +196,9 @@ def _by_repeat(g: Configuration) -> dict[int, TrialRow]:
     return {int(r.config.get(REPEAT_KEY, 0)): r for r in g.rows}
 
 
-def _pooled(pairs: list[tuple[TrialRow, TrialRow]], metric: str, column: str, outcomes: OutcomeReader | None
-            ) -> tuple[int, int, int] | None:  # fmt: skip
+def _pooled(
+    pairs: list[tuple[TrialRow, TrialRow]], metric: str, column: str, outcomes: OutcomeReader | None
+) -> tuple[int, int, int] | None:
     """Shared examples, and those only the first / only the second got right, summed over the pairs."""
     if outcomes is None:
         return None
@@ -198,9 +223,18 @@ def verdict_table(sweep: SweepSpec, comparison: Comparison) -> tuple[list[str], 
         config = comparison.others[v.other]
         name = v.other + (f" (trial {config.rows[0].trial_id})" if sweep.search.repeats == 1 else "")
         interval = f" [{v.seeds.lo:+.4f}, {v.seeds.hi:+.4f}]" if v.seeds else ""
-        rows.append([name, *(cell(config.config.get(k)) for k in keys), v.metric, f"{v.mean:+.4f}{interval}",
-                     str(len(v.differences)), p_value(v.seeds.p if v.seeds else None),
-                     p_value(v.p_examples) + (f" (n={v.examples})" if v.examples else ""), v.verdict])  # fmt: skip
+        rows.append(
+            [
+                name,
+                *(cell(config.config.get(k)) for k in keys),
+                v.metric,
+                f"{v.mean:+.4f}{interval}",
+                str(len(v.differences)),
+                p_value(v.seeds.p if v.seeds else None),
+                p_value(v.p_examples) + (f" (n={v.examples})" if v.examples else ""),
+                v.verdict,
+            ]
+        )
     header = ["against", *keys, "metric", "best - this [95 %]", "seeds", "p (seeds)", "p (examples)", "verdict"]
     return header, rows
 
@@ -262,15 +296,20 @@ def log(comparison: Comparison, uri: str, parent: str, directory: Path) -> None:
     records = comparison.records()
     (directory / "verdicts.json").write_text(json.dumps(records, indent=2) + "\n")
     tracking.log_dict(uri, parent, records, "verdicts.json")
-    tags: dict[str, object] = {VERDICTS_TAG: comparison.note or f"{len(comparison.verdicts)} configurations "
-                               f"against the best, chosen by {comparison.selection}"}  # fmt: skip
+    tags: dict[str, object] = {
+        VERDICTS_TAG: comparison.note
+        or f"{len(comparison.verdicts)} configurations against the best, chosen by {comparison.selection}"
+    }
     metrics: dict[str, float] = {}
     for v in comparison.verdicts:
         tags[VERDICT_TAG_PREFIX + v.other] = sentence(v)
         metrics[f"verdict/{v.other}/diff"] = v.mean
         if v.seeds is not None:
-            metrics |= {f"verdict/{v.other}/diff_lo": v.seeds.lo, f"verdict/{v.other}/diff_hi": v.seeds.hi,
-                        f"verdict/{v.other}/p_seeds": v.seeds.p}  # fmt: skip
+            metrics |= {
+                f"verdict/{v.other}/diff_lo": v.seeds.lo,
+                f"verdict/{v.other}/diff_hi": v.seeds.hi,
+                f"verdict/{v.other}/p_seeds": v.seeds.p,
+            }
         if v.p_examples is not None:
             metrics[f"verdict/{v.other}/p_examples"] = v.p_examples
     tracking.set_tags(uri, parent, tags)

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from satune.specs import SweepSpec
 
 
-
 class TrackingError(UserError):
     """The tracking server cannot be started or reached; a one-line message for the user."""
 
@@ -106,8 +105,10 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
             theirs = resp.read().decode().strip()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            raise TrackingError(f"tracking.uri: the MLflow server at {uri} refused this client ({exc.code}): set "
-                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None  # fmt: skip
+            raise TrackingError(
+                f"tracking.uri: the MLflow server at {uri} refused this client ({exc.code}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
         raise TrackingError(f"tracking.uri: {uri} answered {exc.code} on /version; is it an MLflow server?") from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise TrackingError(
@@ -118,8 +119,10 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 def check_version_match(uri: str, server: str, client: str) -> None:
     if server.split(".")[:2] != client.split(".")[:2]:
-        raise TrackingError(f"version mismatch: the MLflow server at {uri} runs MLflow {server}, this client MLflow "
-                            f"{client}: install mlflow=={server} here, or run the server with mlflow=={client}")  # fmt: skip
+        raise TrackingError(
+            f"version mismatch: the MLflow server at {uri} runs MLflow {server}, this client MLflow "
+            f"{client}: install mlflow=={server} here, or run the server with mlflow=={client}"
+        )
 
 
 def store_paths(storage: Path) -> tuple[Path, Path]:
@@ -130,11 +133,21 @@ def store_paths(storage: Path) -> tuple[Path, Path]:
 
 def server_command(db: Path, artifacts: Path, host: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{db}",
-        "--artifacts-destination", str(artifacts),
-        "--host", host, "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
 
 
 def server_env() -> dict[str, str]:
@@ -177,8 +190,9 @@ def _die_with_parent() -> None:
 
 
 @contextmanager
-def serving(uri: str | None, storage: str, first: str, host: str = "127.0.0.1", port: int | None = None
-            ) -> Iterator[tuple[str, LocalServer | None]]:  # fmt: skip
+def serving(
+    uri: str | None, storage: str, first: str, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[tuple[str, LocalServer | None]]:
     """A finished sweep's tracking server, for reading it: its own `uri` (checked to answer), or in
     local mode (`uri` None) its store under `storage`, served while the block runs. `first`: the
     command that makes the store, named when there is none."""
@@ -227,9 +241,12 @@ class LocalServer:
             with _stops_held():
                 self.proc = subprocess.Popen(
                     server_command(self.db, self.artifacts, self.host, self.port),
-                    stdout=logf, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=server_env(),
+                    start_new_session=True,
                     preexec_fn=_die_with_parent,
-                )  # fmt: skip
+                )
         finally:
             logf.close()
 
@@ -358,8 +375,13 @@ def end_run(uri: str, run_id: str, status: str) -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
-def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None,
-                tags: Mapping[str, object] | None = None) -> None:  # fmt: skip
+def log_metrics(
+    uri: str,
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int | None = None,
+    tags: Mapping[str, object] | None = None,
+) -> None:
     """`tags` go with the last batch of metrics: one request, which the server stores at once, so a
     tag can say that the metrics are in, even when the process is killed while it logs."""
     from mlflow.entities import Metric, RunTag
@@ -426,9 +448,16 @@ def log_new_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def trial_run(
-    uri: str, *, experiment_id: str, parent_id: str, trial_id: str, name: str, spec: Mapping, run_id: str | None,
+    uri: str,
+    *,
+    experiment_id: str,
+    parent_id: str,
+    trial_id: str,
+    name: str,
+    spec: Mapping,
+    run_id: str | None,
     tags: Mapping[str, str] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """The child run of a trial: the one in its checkpoint, else the one tagged with its id, else new.
 
     Looking up by tag too means a trial retried before its first checkpoint still continues its
@@ -474,8 +503,11 @@ def child_runs(uri: str, experiment_id: str, parent_id: str) -> list:
 def discard_orphan(uri: str, run_id: str) -> None:
     """A child run of a trial Tune never recorded: said why, ended, and deleted (restorable)."""
     c = client(uri)
-    c.set_tag(run_id, ORPHAN_TAG, "its driver died before Ray Tune recorded the trial; --resume ran the "
-                                       "configuration again as another trial")  # fmt: skip
+    c.set_tag(
+        run_id,
+        ORPHAN_TAG,
+        "its driver died before Ray Tune recorded the trial; --resume ran the configuration again as another trial",
+    )
     if c.get_run(run_id).info.status == "RUNNING":
         c.set_terminated(run_id, "KILLED")
     c.delete_run(run_id)
@@ -485,8 +517,12 @@ def sweep_parents(uri: str, sweep_name: str) -> list:
     """The parent runs of sweep `sweep_name` in any experiment of this store, newest first."""
     c = client(uri)
     experiments = [e.experiment_id for e in c.search_experiments()]
-    return c.search_runs(experiments, filter_string=f"tags.`{SWEEP_NAME_TAG}` = '{sweep_name}'",
-                         order_by=["attributes.start_time DESC"], max_results=100)  # fmt: skip
+    return c.search_runs(
+        experiments,
+        filter_string=f"tags.`{SWEEP_NAME_TAG}` = '{sweep_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -533,8 +569,10 @@ def sweep_description(sweep: SweepSpec, source: Path, run_dir: Path | str, repor
 
     s, trial = sweep.search, sweep.trial
     goals = [f"{'maximise' if mode == 'max' else 'minimise'} `{m}`" for m, mode in zip(s.metrics, s.modes, strict=True)]
-    grid = {key: f"the finished trials of sweep `{axis.runs_of}`" if isinstance(axis, RunsOf) else json.dumps(axis)
-            for key, axis in s.grid.items()}  # fmt: skip
+    grid = {
+        key: f"the finished trials of sweep `{axis.runs_of}`" if isinstance(axis, RunsOf) else json.dumps(axis)
+        for key, axis in s.grid.items()
+    }
     lines = [
         f"Sweep **{sweep.name}**: a {s.algorithm} search of {s.trial_count} trials of "
         f"`{trial.method.kind}` on `{trial.data.dataset}` (`{trial.model.arch}`).",
@@ -575,9 +613,10 @@ def runs_view(sweep: SweepSpec, parent_id: str, metrics: list[str]) -> dict[str,
         "searchFilter": f"tags.`{PARENT_TAG}` = '{parent_id}'",
         "orderByKey": f"metrics.`{sweep.search.metrics[0]}`",
         "orderByAsc": sweep.search.modes[0] == "min",
-        "selectedColumns": [f"params.`{k}`" for k in params] + [f"metrics.`{k}`" for k in metrics]
+        "selectedColumns": [f"params.`{k}`" for k in params]
+        + [f"metrics.`{k}`" for k in metrics]
         + [f"tags.`{k}`" for k in tags],
-    }  # fmt: skip
+    }
 
 
 def save_view(uri: str, experiment_id: str, view_id: str, name: str, state: Mapping[str, Any]) -> None:

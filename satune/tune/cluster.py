@@ -64,8 +64,14 @@ def start(address: str | None = None, num_cpus: int | None = None) -> str | None
 
             ensure_private_token()
             _token_auth_like_ray_start()  # said explicitly: Ray would print a warning that it chose it
-            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                           dashboard_port=free_port(), **common)  # fmt: skip
+            ctx = ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                dashboard_port=free_port(),
+                **common,
+            )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ClusterError(f"cannot start or join {where}: {str(exc).splitlines()[0]}") from None
@@ -90,11 +96,14 @@ def preflight(address: str, timeout: float = 5.0) -> None:
     metadata = [("authorization", f"Bearer {token}")] if token else None
     with grpc.insecure_channel(address) as channel:
         try:
-            stubs.NodeInfoGcsServiceStub(channel).GetClusterId(pb.GetClusterIdRequest(), timeout=timeout,
-                                                               metadata=metadata)  # fmt: skip
+            stubs.NodeInfoGcsServiceStub(channel).GetClusterId(
+                pb.GetClusterIdRequest(), timeout=timeout, metadata=metadata
+            )
             reply = stubs.InternalKVGcsServiceStub(channel).InternalKVGet(
-                pb.InternalKVGetRequest(namespace=b"cluster", key=b"CLUSTER_METADATA"), timeout=timeout,
-                metadata=metadata)  # fmt: skip
+                pb.InternalKVGetRequest(namespace=b"cluster", key=b"CLUSTER_METADATA"),
+                timeout=timeout,
+                metadata=metadata,
+            )
         except grpc.RpcError as exc:
             raise ClusterError(_rpc_failure(address, exc, token)) from None
     if reply.value:
@@ -117,18 +126,26 @@ def _rpc_failure(address: str, exc: Any, token: str | None) -> str:
 
     code = exc.code()
     if code == grpc.StatusCode.UNAUTHENTICATED and not _token_auth():
-        return (f"the Ray cluster at {address} uses token authentication, and RAY_AUTH_MODE="
-                f"{os.environ['RAY_AUTH_MODE']} turns it off here: set RAY_AUTH_MODE=token")  # fmt: skip
+        return (
+            f"the Ray cluster at {address} uses token authentication, and RAY_AUTH_MODE="
+            f"{os.environ['RAY_AUTH_MODE']} turns it off here: set RAY_AUTH_MODE=token"
+        )
     if code == grpc.StatusCode.UNAUTHENTICATED and token is None:
-        return (f"the Ray cluster at {address} uses token authentication and this shell has no token: run "
-                f"`ray get-auth-token` on the head node and put the token in RAY_AUTH_TOKEN or {token_path()}")  # fmt: skip
+        return (
+            f"the Ray cluster at {address} uses token authentication and this shell has no token: run "
+            f"`ray get-auth-token` on the head node and put the token in RAY_AUTH_TOKEN or {token_path()}"
+        )
     if code == grpc.StatusCode.UNAUTHENTICATED:
         where = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(token_path())
-        return (f"the Ray cluster at {address} refused the token in {where}: use the token that "
-                "`ray get-auth-token` prints on the head node")  # fmt: skip
+        return (
+            f"the Ray cluster at {address} refused the token in {where}: use the token that "
+            "`ray get-auth-token` prints on the head node"
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return (f"no Ray cluster answers at {address} (is `ray start --head --port {address.rpartition(':')[2]}` "
-                "running there, and the port reachable from here?)")  # fmt: skip
+        return (
+            f"no Ray cluster answers at {address} (is `ray start --head --port {address.rpartition(':')[2]}` "
+            "running there, and the port reachable from here?)"
+        )
     return f"the Ray cluster at {address} answered {code.name}: {exc.details()}"
 
 
@@ -142,9 +159,11 @@ def check_versions(address: str, cluster: dict[str, Any]) -> None:
     ours = (ray.__version__, platform.python_version())
     level = 2 if os.environ.get("RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL") == "minor" else 3  # as Ray compares
     if theirs[0] != ours[0] or theirs[1].split(".")[:level] != ours[1].split(".")[:level]:
-        raise ClusterError(f"version mismatch: the Ray cluster at {address} runs Ray {theirs[0]} on Python {theirs[1]}, "
-                           f"this process Ray {ours[0]} on Python {ours[1]}: run satune where the versions match "
-                           "(e.g. in the cluster's image: docs/cluster.md)")  # fmt: skip
+        raise ClusterError(
+            f"version mismatch: the Ray cluster at {address} runs Ray {theirs[0]} on Python {theirs[1]}, "
+            f"this process Ray {ours[0]} on Python {ours[1]}: run satune where the versions match "
+            "(e.g. in the cluster's image: docs/cluster.md)"
+        )
 
 
 def _token_auth_like_ray_start() -> None:
@@ -162,8 +181,10 @@ def dashboard_hint(url: str | None) -> str:
         return "Ray dashboard: not running (install ray[default])"
     if not _token_auth():
         return f"Ray dashboard: {url} (token authentication disabled by RAY_AUTH_MODE)"
-    return (f"Ray dashboard: {url}  (token auth on: sign in with the token that "
-            f"`ray get-auth-token` prints, stored in {token_path()})")  # fmt: skip
+    return (
+        f"Ray dashboard: {url}  (token auth on: sign in with the token that "
+        f"`ray get-auth-token` prints, stored in {token_path()})"
+    )
 
 
 def check_one_machine_for_local_tracking(address: str) -> None:
@@ -173,8 +194,10 @@ def check_one_machine_for_local_tracking(address: str) -> None:
 
     machines = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
     if len(machines) > 1:
-        raise ClusterError(f"tracking.uri: the cluster at {address} has {len(machines)} machines, and trials on the "
-                           "others cannot reach a local MLflow server: set tracking.uri to a shared http(s):// server")  # fmt: skip
+        raise ClusterError(
+            f"tracking.uri: the cluster at {address} has {len(machines)} machines, and trials on the "
+            "others cannot reach a local MLflow server: set tracking.uri to a shared http(s):// server"
+        )
 
 
 def check_feasible(cpu: float, gpu: float, label_selector: dict[str, str] | None = None) -> None:
@@ -185,9 +208,14 @@ def check_feasible(cpu: float, gpu: float, label_selector: dict[str, str] | None
     fits = [n for n in nodes if n["Resources"].get("CPU", 0) >= cpu and n["Resources"].get("GPU", 0) >= gpu]
     if any(selects(n.get("Labels", {}), label_selector or {}) for n in fits):
         return
-    have = "; ".join(f"CPU {n['Resources'].get('CPU', 0):g}, GPU {n['Resources'].get('GPU', 0):g}"
-                     + "".join(f", {k}={v}" for k, v in sorted(n.get("Labels", {}).items()) if k != "ray.io/node-id")
-                     for n in nodes) or "no nodes"  # fmt: skip
+    have = (
+        "; ".join(
+            f"CPU {n['Resources'].get('CPU', 0):g}, GPU {n['Resources'].get('GPU', 0):g}"
+            + "".join(f", {k}={v}" for k, v in sorted(n.get("Labels", {}).items()) if k != "ray.io/node-id")
+            for n in nodes
+        )
+        or "no nodes"
+    )
     labels = "".join(f", {k}: {v}" for k, v in (label_selector or {}).items())
     raise ClusterError(f"resources: a trial needs cpu {cpu:g}, gpu {gpu:g}{labels} but no node has that ({have})")
 

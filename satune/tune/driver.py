@@ -105,8 +105,10 @@ def run_sweep(
             run_dir = run.claim()
             shared = None if run.storage.remote else writable_by_others(run_dir)
             if shared is not None:
-                echo(f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
-                     "it: anyone who can write there can run code as you (docs/trust.md)")  # fmt: skip
+                echo(
+                    f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
+                    "it: anyone who can write there can run code as you (docs/trust.md)"
+                )
             if server is not None and address:
                 server.launch()
             if server is not None:
@@ -122,9 +124,13 @@ def run_sweep(
                 stack.enter_context(_store_watched(sweep, run, store_lost, echo))
             experiment_id = tracking.ensure_experiment(uri, experiment)
             if parent is None:
-                parent = tracking.start_parent(uri, experiment_id=experiment_id, name=f"{sweep.name}-{run_dir.name}",
-                                               params=_parent_params(sweep),
-                                               tags={tracking.SWEEP_NAME_TAG: sweep.name} | tracking.provenance())  # fmt: skip
+                parent = tracking.start_parent(
+                    uri,
+                    experiment_id=experiment_id,
+                    name=f"{sweep.name}-{run_dir.name}",
+                    params=_parent_params(sweep),
+                    tags={tracking.SWEEP_NAME_TAG: sweep.name} | tracking.provenance(),
+                )
                 link = tracking.artifact_link(experiment_id, parent, "report/index.html")
                 tracking.describe_sweep(uri, parent, tracking.sweep_description(sweep, source, run.location, link))
             else:
@@ -139,8 +145,16 @@ def run_sweep(
             echo(cluster.dashboard_hint(dashboard))
             sweep = _find_sources(sweep, run, uri, echo)
             _prepare(sweep, echo)
-            result = _fit(sweep, run, uri=uri, experiment_id=experiment_id, parent=parent, resume=resume, echo=echo,
-                          store_lost=store_lost)  # fmt: skip
+            result = _fit(
+                sweep,
+                run,
+                uri=uri,
+                experiment_id=experiment_id,
+                parent=parent,
+                resume=resume,
+                echo=echo,
+                store_lost=store_lost,
+            )
             if lost.is_set():  # nothing more can reach MLflow: end as interrupted, without the summary
                 raise KeyboardInterrupt
 
@@ -152,8 +166,10 @@ def run_sweep(
             _injected_interrupt("summary")
             log_summary(sweep, result, uri, parent)
             if not result.interrupted:
-                runs = {r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
-                        for r in tracking.child_runs(uri, experiment_id, parent)}  # fmt: skip
+                runs = {
+                    r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
+                    for r in tracking.child_runs(uri, experiment_id, parent)
+                }
                 result.comparison = verdicts.compare(sweep, result.rows, verdicts.mlflow_outcomes(uri, runs))
                 verdicts.log(result.comparison, uri, parent, run_dir)
 
@@ -162,8 +178,10 @@ def run_sweep(
                 try:
                     report(uri)
                 except Exception as exc:  # noqa: BLE001 - the sweep's results are safe; say how to retry
-                    echo(f"warning: the report failed ({type(exc).__name__}: {exc}); `satune report {source}` "
-                         "draws it again")  # fmt: skip
+                    echo(
+                        f"warning: the report failed ({type(exc).__name__}: {exc}); `satune report {source}` "
+                        "draws it again"
+                    )
         except KeyboardInterrupt:
             _end_interrupted(run, echo, tracked=not lost.is_set())
             raise SweepInterrupted(run.path) from None
@@ -194,8 +212,10 @@ def _find_sources(sweep: SweepSpec, run: RunDir, uri: str, echo) -> SweepSpec:
         for key, axis in axes.items():
             found = tracking.finished_trials(uri, axis.runs_of)
             if not found:
-                raise SweepError(f"search.grid.{key}: no finished trial of sweep '{axis.runs_of}' at {uri}; "
-                                 f"run `satune sweep` on it first, with this storage or tracking server")  # fmt: skip
+                raise SweepError(
+                    f"search.grid.{key}: no finished trial of sweep '{axis.runs_of}' at {uri}; "
+                    f"run `satune sweep` on it first, with this storage or tracking server"
+                )
             sources[key] = [f"mlflow:{r.info.run_id}" for r in found]
             labels |= {f"mlflow:{r.info.run_id}": source_label(r.data.params) for r in found}
         run.save(sources=sources, source_labels=labels)
@@ -220,8 +240,13 @@ def _store_watched(sweep: SweepSpec, run: RunDir, lost: threading.Event, echo: C
 
     def on_lost(why: str) -> None:
         run.storage.give_up()
-        _lost(lost, echo, "storage", f"{sweep.storage} has not answered for {patience:.0f}s ({why})",
-              f" (here: {run.path} holds the run's newest files)")  # fmt: skip
+        _lost(
+            lost,
+            echo,
+            "storage",
+            f"{sweep.storage} has not answered for {patience:.0f}s ({why})",
+            f" (here: {run.path} holds the run's newest files)",
+        )
 
     return watchdog.watched(run.storage.unreachable, patience, on_lost, name="storage-watch")
 
@@ -354,12 +379,19 @@ def _prepare_on_worker(trial: dict, threads: int) -> None:
 def _parent_params(sweep: SweepSpec) -> dict:
     s = sweep.search
     return {
-        "search.algorithm": s.algorithm, "search.metric": ",".join(s.metrics), "search.mode": ",".join(s.modes),
-        "search.num_samples": s.samples, "search.space": {k: {d.kind: d.value} for k, d in s.space.items()},
-        "search.grid": s.grid, "search.repeats": s.repeats,
-        "scheduler.kind": sweep.scheduler.kind, "seed": sweep.seed, "resources.cpu": sweep.resources.cpu,
-        "resources.gpu": sweep.resources.gpu, "resources.max_concurrent": sweep.resources.max_concurrent,
-    }  # fmt: skip
+        "search.algorithm": s.algorithm,
+        "search.metric": ",".join(s.metrics),
+        "search.mode": ",".join(s.modes),
+        "search.num_samples": s.samples,
+        "search.space": {k: {d.kind: d.value} for k, d in s.space.items()},
+        "search.grid": s.grid,
+        "search.repeats": s.repeats,
+        "scheduler.kind": sweep.scheduler.kind,
+        "seed": sweep.seed,
+        "resources.cpu": sweep.resources.cpu,
+        "resources.gpu": sweep.resources.gpu,
+        "resources.max_concurrent": sweep.resources.max_concurrent,
+    }
 
 
 def _fit(
@@ -384,9 +416,14 @@ def _fit(
     fail_at = os.environ.get("SATUNE_FAIL_AT_EPOCH")
     ctx = TrialContext(
         base=sweep.trial.model_dump(mode="json", exclude_unset=True, by_alias=True),
-        sweep_seed=sweep.seed, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-        threads=threads, seeds=sweep.search.seeds, fail_at_epoch=int(fail_at) if fail_at else None,
-    )  # fmt: skip
+        sweep_seed=sweep.seed,
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        threads=threads,
+        seeds=sweep.search.seeds,
+        fail_at_epoch=int(fail_at) if fail_at else None,
+    )
     trainable = trial_trainable(ctx, sweep, cluster.trial_resources(sweep.resources))
     run_dir = run.path
     assert run_dir is not None
@@ -414,8 +451,9 @@ def _fit(
         sync = tune.SyncConfig(sync_period=int(float(os.environ["TUNE_GLOBAL_CHECKPOINT_S"])), sync_timeout=30)
     if resume and tune.Tuner.can_restore(tune_dir, storage_filesystem=fs):
         echo(f"resuming {run_dir}" if fs is None else f"resuming {run_dir} (Tune's state: {tune_dir})")
-        tuner = tune.Tuner.restore(tune_dir, trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=fs)  # fmt: skip
+        tuner = tune.Tuner.restore(
+            tune_dir, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -479,15 +517,24 @@ def _tune_config(sweep: SweepSpec, run_dir: Path) -> tune.TuneConfig:
         def study(i: int) -> OptunaSearch:  # one Optuna study per grid cell, in one journal
             name = sweep.name if len(cells) == 1 else f"{sweep.name}/{cell_label(cells[i])}"
             seed = sweep.seed if i == 0 else derive_seed(sweep.seed, "cell", i) % 2**32
-            search = FinalResultOptunaSearch(space=optuna_space(s), metric=metric, mode=mode,
-                                              sampler=sampler(s, seed), study_name=name, storage=storage)  # fmt: skip
+            search = FinalResultOptunaSearch(
+                space=optuna_space(s),
+                metric=metric,
+                mode=mode,
+                sampler=sampler(s, seed),
+                study_name=name,
+                storage=storage,
+            )
             # optuna-dashboard then names the objectives after the metrics, not "Objective 0"
             with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
                 optuna.load_study(study_name=name, storage=storage).set_metric_names(s.metrics)
             return search
 
-        search_alg = study(0) if len(cells) == 1 else Cells(cells, [study(i) for i in range(len(cells))],
-                                                              s.samples, metric, mode)  # fmt: skip
+        search_alg = (
+            study(0)
+            if len(cells) == 1
+            else Cells(cells, [study(i) for i in range(len(cells))], s.samples, metric, mode)
+        )
         if s.repeats > 1:
             search_alg = Replicates(search_alg, s.repeats, s.metrics)
     else:
@@ -496,9 +543,15 @@ def _tune_config(sweep: SweepSpec, run_dir: Path) -> tune.TuneConfig:
     if sweep.scheduler.kind == "asha":
         sch = sweep.scheduler
         # stop_last_trials=False: a trial that reaches the last epoch still reports its final evaluation.
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=sch.metric, mode=sch.mode,
-                                  max_t=_max_epochs(sweep), grace_period=sch.grace_period,
-                                  reduction_factor=sch.reduction_factor, stop_last_trials=False)  # fmt: skip
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=sch.metric,
+            mode=sch.mode,
+            max_t=_max_epochs(sweep),
+            grace_period=sch.grace_period,
+            reduction_factor=sch.reduction_factor,
+            stop_last_trials=False,
+        )
     return tune.TuneConfig(
         search_alg=search_alg,
         scheduler=scheduler,

@@ -37,8 +37,9 @@ def winners(sweep: SweepSpec, rows: list[TrialRow], top_k: int | str) -> list[Tr
     return [t for r in chosen for t in groups[r.trial_id].rows] if sweep.search.repeats > 1 else chosen
 
 
-def run(sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str, parent: str,
-        echo: Callable[[str], None]) -> None:  # fmt: skip
+def run(
+    sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str, parent: str, echo: Callable[[str], None]
+) -> None:
     """Evaluate the winners that have not been evaluated with these settings yet; add their final/*
     numbers to their rows."""
     final = sweep.final_eval
@@ -49,8 +50,10 @@ def run(sweep: SweepSpec, rows: list[TrialRow], *, uri: str, experiment_id: str,
     runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.child_runs(uri, experiment_id, parent)}
     todo = [r for r in chosen if runs[r.trial_id].data.tags.get(tracking.FINAL_TAG) != key]
     aa = final.autoattack
-    echo(f"final evaluation: AutoAttack {aa.version} on {aa.n} final-slice examples for {len(chosen)} trials "
-         f"({', '.join(r.trial_id for r in chosen)}); {len(chosen) - len(todo)} done before")  # fmt: skip
+    echo(
+        f"final evaluation: AutoAttack {aa.version} on {aa.n} final-slice examples for {len(chosen)} trials "
+        f"({', '.join(r.trial_id for r in chosen)}); {len(chosen) - len(todo)} done before"
+    )
     task = ray.remote(**cluster.ray_options(final.resources))(_evaluate)
     threads = max(1, int(final.resources.cpu))
     pending = {task.remote(uri, runs[r.trial_id].info.run_id, aa.model_dump(), threads): r for r in todo}
@@ -82,8 +85,9 @@ def _injected_kill() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def evaluate_sweep(sweep: SweepSpec, settings: Settings, *, top_k: int | str, echo: Callable[[str], None]
-                   ) -> list[tuple[str, dict[str, float]]]:  # fmt: skip
+def evaluate_sweep(
+    sweep: SweepSpec, settings: Settings, *, top_k: int | str, echo: Callable[[str], None]
+) -> list[tuple[str, dict[str, float]]]:
     """`satune eval SWEEP`: the winners of the sweep's newest run, evaluated in this process one
     after the other (no Ray), each logged into its own run."""
     from satune.final import evaluate_run
@@ -100,8 +104,16 @@ def evaluate_sweep(sweep: SweepSpec, settings: Settings, *, top_k: int | str, ec
         run_ids = {
             r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in children if tracking.TRIAL_TAG in r.data.tags
         }
-        rows = [TrialRow(r.data.tags[tracking.TRIAL_TAG], "TERMINATED" if r.info.status == "FINISHED" else r.info.status,
-                         {}, dict(r.data.metrics)) for r in children if tracking.TRIAL_TAG in r.data.tags]  # fmt: skip
+        rows = [
+            TrialRow(
+                r.data.tags[tracking.TRIAL_TAG],
+                "TERMINATED" if r.info.status == "FINISHED" else r.info.status,
+                {},
+                dict(r.data.metrics),
+            )
+            for r in children
+            if tracking.TRIAL_TAG in r.data.tags
+        ]
         chosen = winners(sweep, rows, top_k)
         if not chosen:
             raise SweepError(f"{run_dir} has no finished trial with {sweep.search.metrics[0]} to evaluate")

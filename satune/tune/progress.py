@@ -36,8 +36,15 @@ from satune.sweep.summary import REPEAT_KEY, ranked
 from satune.tracking.tags import STOPPED_EARLY_TAG
 
 # Each state's style in the live table.
-STATES = {"pending": "dim", "paused": "dim", "running": "cyan", "evaluating": "cyan", "done": "green",
-          "stopped early": "yellow", "failed": "bold red"}  # fmt: skip
+STATES = {
+    "pending": "dim",
+    "paused": "dim",
+    "running": "cyan",
+    "evaluating": "cyan",
+    "done": "green",
+    "stopped early": "yellow",
+    "failed": "bold red",
+}
 FINISHED = ("done", "stopped early", "failed")
 CHROME = 14  # lines kept for the live table's bar and header, and for the sweep's header lines above it
 
@@ -70,8 +77,10 @@ class Progress(tune.Callback):
         selected = f"{proxy}={_fmt(result[proxy])} " if proxy in result else ""  # (not every epoch: select_every)
         if result.get("select/collapsed") == 1:
             selected += "(robust accuracy collapsed) "
-        self._line(f"{self._status(trials)} trial {trial.trial_id} epoch {result.get('epoch', 0) + 1}/"
-                   f"{_epochs(self.sweep, trial)}: {selected}train/loss={_fmt(result.get('train/loss'))}")  # fmt: skip
+        self._line(
+            f"{self._status(trials)} trial {trial.trial_id} epoch {result.get('epoch', 0) + 1}/"
+            f"{_epochs(self.sweep, trial)}: {selected}train/loss={_fmt(result.get('train/loss'))}"
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         metric = self.sweep.search.metrics[0]
@@ -80,8 +89,10 @@ class Progress(tune.Callback):
         if (trial.last_result or {}).get("train/collapsed") == 1:
             what += " (its robust accuracy collapsed in training)"
         best = best_trial(self.sweep, trials)
-        self._line(f"{self._status(trials, trial)} trial {trial.trial_id} {what}"
-                   + (f" (best so far: {best.trial_id})" if best is not None else ""))  # fmt: skip
+        self._line(
+            f"{self._status(trials, trial)} trial {trial.trial_id} {what}"
+            + (f" (best so far: {best.trial_id})" if best is not None else "")
+        )
         self._close_run(trial.trial_id, "FINISHED", stopped=value is None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -167,8 +178,13 @@ def snapshot(sweep: SweepSpec, trials: Sequence[Trial], started: Mapping[str, fl
     keys = (*sweep.search.grid, *sweep.search.space) + ((REPEAT_KEY,) if sweep.search.repeats > 1 else ())
     rows = tuple(_row(sweep, t, keys, started.get(t.trial_id)) for t in trials)
     best = best_trial(sweep, trials)
-    return Frame(rows, keys, (sweep.trial.eval.select_metric, sweep.search.metrics[0]), sweep.search.trial_count,
-                 next((r for r in rows if best is not None and r.trial_id == best.trial_id), None))  # fmt: skip
+    return Frame(
+        rows,
+        keys,
+        (sweep.trial.eval.select_metric, sweep.search.metrics[0]),
+        sweep.search.trial_count,
+        next((r for r in rows if best is not None and r.trial_id == best.trial_id), None),
+    )
 
 
 def _row(sweep: SweepSpec, trial: Trial, keys: tuple[str, ...], started: float | None) -> Row:
@@ -224,9 +240,11 @@ class LiveView:
         rate = (frame.progress - (self._start or 0.0)) / elapsed if elapsed > 0 else 0.0
         eta = _clock((frame.total - frame.progress) / rate) if rate > 0 else "–"
         bar = Table.grid(padding=(0, 1))
-        bar.add_row(ProgressBar(total=frame.total, completed=frame.progress, width=30),
-                    Text(f"{frame.done}/{frame.total} trials done", style="bold"),
-                    Text(f"{_clock(elapsed)} elapsed, ETA {eta}", style="dim"))  # fmt: skip
+        bar.add_row(
+            ProgressBar(total=frame.total, completed=frame.progress, width=30),
+            Text(f"{frame.done}/{frame.total} trials done", style="bold"),
+            Text(f"{_clock(elapsed)} elapsed, ETA {eta}", style="dim"),
+        )
         parts: list = [bar, _table(frame, now, room=max(3, height - CHROME))]
         if (b := frame.best) is not None:
             values = ", ".join(f"{_label(k, frame.keys)}={v}" for k, v in zip(frame.keys, b.params, strict=True))
@@ -241,8 +259,15 @@ class LiveView:
 
 def _table(frame: Frame, now: float, room: int) -> Table:
     rows, hidden = _visible(frame, room)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
-                  caption_justify="left", caption=f"… {hidden} more trials" if hidden else None)  # fmt: skip
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+        header_style="bold",
+        caption_justify="left",
+        caption=f"… {hidden} more trials" if hidden else None,
+    )
     names = ("trial", "state", *(_label(k, frame.keys) for k in frame.keys), "epoch", *frame.metrics, "time")
     whole = {0, 1, len(names) - 4, len(names) - 1}  # trial, state, epoch, time: a narrow terminal cuts the others
     for i, name in enumerate(names):
@@ -300,8 +325,14 @@ def live_view() -> Iterator[None]:
         return
     view = LiveView()
     # Lines written to sys.stderr or sys.stdout (echo, Ray's warnings) print above the table.
-    live = Live(view, console=console, refresh_per_second=2, transient=True, redirect_stderr=True,
-                redirect_stdout=sys.stdout.isatty())  # fmt: skip
+    live = Live(
+        view,
+        console=console,
+        refresh_per_second=2,
+        transient=True,
+        redirect_stderr=True,
+        redirect_stdout=sys.stdout.isatty(),
+    )
     _view = view
     try:
         with _logs_through(console), live:

@@ -96,7 +96,9 @@ class Replicates(_State):
         primary = self.group_of[trial_id]
         group = self.groups[primary]
         done = result is not None and all(result.get(m) is not None for m in self.metrics)
-        group["results"][trial_id] = {m: result[m] for m in self.metrics} if done and result else ("error" if error else None)  # fmt: skip
+        group["results"][trial_id] = (
+            {m: result[m] for m in self.metrics} if done and result else ("error" if error else None)
+        )
         if len(group["results"]) < self.repeats:
             return
         finished = [r for r in group["results"].values() if isinstance(r, dict)]

@@ -117,18 +117,26 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         uri = ctx.tracking_uri
         done = _finished_result(uri, meta.get("run_id"), Path(tmp)) if meta else None
         if done is not None:  # it ended after Tune last saved its state (the driver died, or the store went away)
-            print(f"{describe(ctx.sweep, trial_id, config)} had already finished: its result is reported again",
-                  flush=True)  # fmt: skip
+            print(
+                f"{describe(ctx.sweep, trial_id, config)} had already finished: its result is reported again",
+                flush=True,
+            )
             tune.report({**done, "epoch": spec.train.epochs - 1})
             return
-        run_id = tracking.trial_run(uri, experiment_id=ctx.experiment_id, parent_id=ctx.parent_run_id,
-                                    trial_id=trial_id, name=f"trial-{trial_id}", spec=spec.model_dump(mode="json"),
-                                    run_id=meta.get("run_id"), tags=_grouping(config))  # fmt: skip
+        run_id = tracking.trial_run(
+            uri,
+            experiment_id=ctx.experiment_id,
+            parent_id=ctx.parent_run_id,
+            trial_id=trial_id,
+            name=f"trial-{trial_id}",
+            spec=spec.model_dump(mode="json"),
+            run_id=meta.get("run_id"),
+            tags=_grouping(config),
+        )
         # Where this attempt runs (a retried trial may land elsewhere): which node, by Ray's id and
         # address, and which actor (the dashboard's Actors page lists it by this id).
         here = ray.get_runtime_context()
-        where = {NODE_TAG: f"{here.get_node_id()} ({ray.util.get_node_ip_address()})",
-                 ACTOR_TAG: here.get_actor_id()}  # fmt: skip
+        where = {NODE_TAG: f"{here.get_node_id()} ({ray.util.get_node_ip_address()})", ACTOR_TAG: here.get_actor_id()}
         if restored is not None:
             where[RESUMED_TAG] = meta["epoch"]
         tracking.set_tags(uri, run_id, where)
@@ -162,8 +170,14 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             tracking.log_new_params(uri, run_id, effective)
 
         try:
-            result = run_trial(spec, on_epoch=on_epoch, on_start=on_start, checkpoint=restored,
-                               workdir=Path(tmp) / "work", sources=partial(load_source, uri))  # fmt: skip
+            result = run_trial(
+                spec,
+                on_epoch=on_epoch,
+                on_start=on_start,
+                checkpoint=restored,
+                workdir=Path(tmp) / "work",
+                sources=partial(load_source, uri),
+            )
         except Exception:
             tracking.end_run(uri, run_id, "FAILED")
             raise
@@ -179,9 +193,11 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         if result.collapsed_at is not None:  # (1-based, as the epochs are printed)
             flagged[COLLAPSED_TAG] = f"robust accuracy collapsed at epoch {result.collapsed_at + 1}"
         if result.metrics.get("last/overfit") == 1:
-            flagged[OVERFITTING_TAG] = (f"the selected checkpoint beats the last by "
-                                                    f"{result.metrics['last/pgd_gap']:+.3f} PGD accuracy "
-                                                    f"(p {result.metrics['last/pgd_gap_p']:.2g})")  # fmt: skip
+            flagged[OVERFITTING_TAG] = (
+                f"the selected checkpoint beats the last by "
+                f"{result.metrics['last/pgd_gap']:+.3f} PGD accuracy "
+                f"(p {result.metrics['last/pgd_gap_p']:.2g})"
+            )
         # The integrity tag last, in the same request: it marks the trial's end as logged.
         tracking.set_tags(uri, run_id, flagged | {tracking.INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
         weights = Path(tmp) / "model.pt"

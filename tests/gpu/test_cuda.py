@@ -22,14 +22,16 @@ pytestmark = [
 
 
 def trial(**runtime):
-    return parse_trial({
-        "data": {"dataset": "digits"},
-        "threat": {"norm": "linf", "eps": 0.1, "steps": 3},
-        "method": {"kind": "sat", "fraction": 0.5, "ranking": "random"},
-        "train": {"epochs": 2, "batch_size": 64},
-        "eval": {"pgd_steps": 5, "autoattack": {"n": 50, "version": "custom", "attacks": ["apgd-ce"]}},
-        "runtime": {"device": "cuda", **runtime},
-    })  # fmt: skip
+    return parse_trial(
+        {
+            "data": {"dataset": "digits"},
+            "threat": {"norm": "linf", "eps": 0.1, "steps": 3},
+            "method": {"kind": "sat", "fraction": 0.5, "ranking": "random"},
+            "train": {"epochs": 2, "batch_size": 64},
+            "eval": {"pgd_steps": 5, "autoattack": {"n": 50, "version": "custom", "attacks": ["apgd-ce"]}},
+            "runtime": {"device": "cuda", **runtime},
+        }
+    )
 
 
 def test_trial_runs_on_cuda():
@@ -91,17 +93,33 @@ def test_transfer_from_a_cuda_trained_source_keeps_its_backbone_on_cuda(tmp_path
     """The source's weights are saved from CUDA and loaded on the CPU first; the transfer trial
     must move the frozen backbone to the GPU with its head, and leave it untouched."""
     source = tmp_path / "source"
-    done = CliRunner().invoke(app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=1",
-                                    "--set", "runtime.device=cuda", "--out", str(source)])  # fmt: skip
+    done = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(ROOT / "sweeps" / "smoke.yaml"),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "runtime.device=cuda",
+            "--out",
+            str(source),
+        ],
+    )
     assert done.exit_code == 0, done.output
     before = load_folder(str(source)).state
-    result = run_trial(parse_trial({
-        "data": {"dataset": "digits"},
-        "threat": {"norm": "linf", "eps": 0.1, "steps": 3},
-        "method": {"kind": "transfer", "source": str(source), "hidden": 32},
-        "train": {"epochs": 2, "batch_size": 64}, "eval": {"pgd_steps": 3, "autoattack": {"n": 0}},
-        "runtime": {"device": "cuda"},
-    }))  # fmt: skip
+    result = run_trial(
+        parse_trial(
+            {
+                "data": {"dataset": "digits"},
+                "threat": {"norm": "linf", "eps": 0.1, "steps": 3},
+                "method": {"kind": "transfer", "source": str(source), "hidden": 32},
+                "train": {"epochs": 2, "batch_size": 64},
+                "eval": {"pgd_steps": 3, "autoattack": {"n": 0}},
+                "runtime": {"device": "cuda"},
+            }
+        )
+    )
     state = result.model.state_dict()
     assert all(v.is_cuda for v in state.values())
     assert all(torch.equal(state[f"source.{k}"].cpu(), v) for k, v in before.items())

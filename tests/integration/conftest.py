@@ -27,8 +27,15 @@ RAY = Path(sys.executable).with_name("ray")
 RECIPES = pytest.StashKey[list[tuple[str, int | None, float]]]()  # test_recipes.py: (file, exit code, seconds)
 ARTIFACTS = Path(os.environ.get("SATUNE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # Chromium as root in a sandbox-less container, and no calls home (this network refuses them).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -106,14 +113,33 @@ def ray_head(basetemp: Path, num_cpus: int = 2, env: dict[str, str] | None = Non
     """Its workers inherit `env` (default: this process's environment)."""
     env = {**(env or os.environ), "RAY_USAGE_STATS_ENABLED": "0", "SATUNE_CACHE": str(basetemp / "satune-cache")}
     port = free_port()
-    head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--port", str(port), "--num-cpus", str(num_cpus),
-                             "--include-dashboard", "false", "--disable-usage-stats"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    head = subprocess.Popen(
+        [
+            str(RAY),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--num-cpus",
+            str(num_cpus),
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     address = f"127.0.0.1:{port}"
     try:
         status = [str(RAY), "status", "--address", address]
-        wait_until("the Ray head", lambda: subprocess.run(status, env={**env, "RAY_AUTH_MODE": "token"},
-                                                          capture_output=True).returncode == 0, timeout=60)  # fmt: skip
+        wait_until(
+            "the Ray head",
+            lambda: subprocess.run(status, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True).returncode == 0,
+            timeout=60,
+        )
         yield address
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # the head, its raylet and GCS: one process group
@@ -137,15 +163,27 @@ def smoke_file(tmp_path: Path, name: str, uri: str | None, **over) -> Path:
 
 
 def satune(*args, env=None, timeout=600, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "satune.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, **kw)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "satune.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
 
 
 def start_satune(*args, env=None, **kw) -> subprocess.Popen:
     """In its own session (as a terminal's foreground job), so the test can signal its whole group."""
     kw = {"stdout": subprocess.PIPE, **kw}  # (a file, for output that may outgrow a pipe's buffer)
-    return subprocess.Popen([sys.executable, "-m", "satune.cli", *map(str, args)], stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "satune.cli", *map(str, args)],
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        **kw,
+    )
 
 
 def kill_session(proc: subprocess.Popen) -> None:
@@ -163,7 +201,9 @@ def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen | No
         if ready():
             return
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"satune exited ({proc.returncode}) before {what}:\n{proc.stdout.read() if proc.stdout else ''}")
+            pytest.fail(
+                f"satune exited ({proc.returncode}) before {what}:\n{proc.stdout.read() if proc.stdout else ''}"
+            )
         time.sleep(0.3)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 

@@ -91,18 +91,42 @@ class Postgres:
                 os.chown(self.dir, owner.pw_uid, owner.pw_gid)
             # Peer auth on the socket (the cluster's owner only: the socket dir is theirs, mode 0700),
             # SCRAM passwords over TCP.
-            self._run("initdb", "-D", str(self.data), "--auth-local=peer", "--auth-host=scram-sha-256",
-                      "--encoding=UTF8", "--locale=C", "--no-instructions")  # fmt: skip
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+            )
             with open(self.data / "postgresql.conf", "a") as conf:
-                conf.write(f"\nlisten_addresses = '{self.host}'\nport = {self.port}\n"
-                           f"unix_socket_directories = '{self.dir}'\nunix_socket_permissions = 0700\n")  # fmt: skip
+                conf.write(
+                    f"\nlisten_addresses = '{self.host}'\nport = {self.port}\n"
+                    f"unix_socket_directories = '{self.dir}'\nunix_socket_permissions = 0700\n"
+                )
             self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60", "start")
             self.running = True
             # The password goes on stdin, never on a command line (`ps` shows those to everyone).
-            sql = (f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}';\n"
-                   f"CREATE DATABASE {self.database} OWNER {self.user};\n")  # fmt: skip
-            self._run("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.dir), "-p", str(self.port),
-                      "-d", "postgres", stdin=sql)  # fmt: skip
+            sql = (
+                f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}';\n"
+                f"CREATE DATABASE {self.database} OWNER {self.user};\n"
+            )
+            self._run(
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.dir),
+                "-p",
+                str(self.port),
+                "-d",
+                "postgres",
+                stdin=sql,
+            )
             fd = os.open(self.pgpass, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(f"{self.host}:{self.port}:{self.database}:{self.user}:{self.password}\n")
@@ -115,8 +139,14 @@ class Postgres:
         """A psycopg2 connection as the role, over TCP with its password: what MLflow's server does."""
         import psycopg2
 
-        return psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                                dbname=self.database, connect_timeout=10)  # fmt: skip
+        return psycopg2.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=self.database,
+            connect_timeout=10,
+        )
 
     def stop(self) -> None:
         if self.dir is None:
@@ -146,16 +176,32 @@ class PostgresServer(LocalServer):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", self.postgres.uri,
-            "--artifacts-destination", str(self.artifacts),
-            "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.postgres.uri,
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
 
     def launch(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         env = {**server_env(), "PGPASSFILE": str(self.postgres.pgpass)}
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )

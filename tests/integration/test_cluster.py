@@ -49,8 +49,14 @@ cluster.shutdown()
 class LocalCluster:
     def __init__(self):
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         self.address = self._answer()["address"]
         self.nodes: dict[str, str] = {}  # name -> Ray node id
 
@@ -110,8 +116,12 @@ def test_trials_spread_over_the_nodes_and_a_gpu_trial_lands_where_the_gpu_is(tmp
     assert len(trials) == 4 and all(t.info.status == "FINISHED" for t in trials)
     assert {node_of(t) for t in trials} == {cluster.nodes["a"], cluster.nodes["b"]}  # both; never the head
 
-    gpu = smoke_file(tmp_path, "gpu", mlflow_server, **{"search.num_samples": 2, "trial.train.epochs": 1,
-                                                        "resources": {"cpu": 1, "gpu": 1, "max_concurrent": 2}})  # fmt: skip
+    gpu = smoke_file(
+        tmp_path,
+        "gpu",
+        mlflow_server,
+        **{"search.num_samples": 2, "trial.train.epochs": 1, "resources": {"cpu": 1, "gpu": 1, "max_concurrent": 2}},
+    )
     done = satune("sweep", gpu, "--address", cluster.address, "--no-report", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     trials = trials_of(mlflow_server, "gpu")
@@ -119,8 +129,16 @@ def test_trials_spread_over_the_nodes_and_a_gpu_trial_lands_where_the_gpu_is(tmp
 
 
 def test_trials_run_only_on_nodes_their_label_selector_admits(tmp_path, mlflow_server, cluster):
-    pinned = smoke_file(tmp_path, "pinned", mlflow_server, **{"search.num_samples": 3, "trial.train.epochs": 1,
-                        "resources.label_selector": {"satune.test/name": "in(b,c)"}})  # fmt: skip
+    pinned = smoke_file(
+        tmp_path,
+        "pinned",
+        mlflow_server,
+        **{
+            "search.num_samples": 3,
+            "trial.train.epochs": 1,
+            "resources.label_selector": {"satune.test/name": "in(b,c)"},
+        },
+    )
     done = satune("sweep", pinned, "--address", cluster.address, "--no-report", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     trials = trials_of(mlflow_server, "pinned")
@@ -142,19 +160,24 @@ def storage(request, tmp_path) -> str:
     return str(tmp_path / "runs") if request.param == "folder" else request.getfixturevalue("s3") + "/sweeps"
 
 
-def test_a_node_lost_mid_trial_continues_the_trial_from_its_checkpoint_elsewhere(tmp_path, mlflow_server, storage,
-                                                                                 cluster):  # fmt: skip
+def test_a_node_lost_mid_trial_continues_the_trial_from_its_checkpoint_elsewhere(
+    tmp_path, mlflow_server, storage, cluster
+):
     """Node `a` is killed while its trial trains; a new node `c` joins. The trial continues from its
     last checkpoint on another node, in the same MLflow run, and every epoch is logged once."""
     epochs = 30
     name = "nodeloss-s3" if storage.startswith("s3://") else "nodeloss"  # (one MLflow server for the session)
-    sweep = smoke_file(tmp_path, name, mlflow_server, storage=storage,
-                       **{"trial.train.epochs": epochs, "max_failures": 2})  # fmt: skip
+    sweep = smoke_file(
+        tmp_path, name, mlflow_server, storage=storage, **{"trial.train.epochs": epochs, "max_failures": 2}
+    )
     proc = start_satune("sweep", sweep, "--address", cluster.address, "--no-report")
 
     def a_trial_on_a_has_trained() -> bool:
-        on_a = [t for t in trials_of(mlflow_server, name) if t.data.tags.get("satune.node", "").startswith(
-            cluster.nodes["a"])]  # fmt: skip
+        on_a = [
+            t
+            for t in trials_of(mlflow_server, name)
+            if t.data.tags.get("satune.node", "").startswith(cluster.nodes["a"])
+        ]
         return bool(on_a) and on_a[0].data.metrics.get("epoch", 0) >= 2
 
     wait_until("a trial on node a past epoch 2", a_trial_on_a_has_trained, proc)
@@ -175,8 +198,7 @@ def test_a_node_lost_mid_trial_continues_the_trial_from_its_checkpoint_elsewhere
     assert after["satune.node"].split()[0] != cluster.nodes["a"]
     run_dir = latest_run_dir(load_sweep(sweep))  # (from the bucket: its state and journal)
     assert run_dir is not None
-    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(
-        str(run_dir / JOURNAL_FILE))))  # fmt: skip
+    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(run_dir / JOURNAL_FILE))))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert json.loads((run_dir / "sweep.json").read_text())["status"] == "finished"
 

@@ -65,17 +65,43 @@ def head(tmp_path_factory, ray_token):
     """`ray start --head` with the dashboard (the state API and the Actors page need it) and the
     metrics agent on known ports; metrics flush every second (Ray's floor) instead of every 10 s."""
     port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-           "SATUNE_CACHE": str(tmp_path_factory.getbasetemp() / "satune-cache")}  # fmt: skip
-    proc = subprocess.Popen([str(RAY), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-                             "--metrics-export-port", str(metrics_port), "--disable-usage-stats",
-                             "--system-config", json.dumps({"metrics_report_interval_ms": 1000})],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "SATUNE_CACHE": str(tmp_path_factory.getbasetemp() / "satune-cache"),
+    }
+    proc = subprocess.Popen(
+        [
+            str(RAY),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--metrics-export-port",
+            str(metrics_port),
+            "--disable-usage-stats",
+            "--system-config",
+            json.dumps({"metrics_report_interval_ms": 1000}),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     head = Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", f"http://127.0.0.1:{metrics_port}/metrics")
     try:
-        wait_until("the dashboard and the metrics agent", lambda: _answers(head.dashboard) and _answers(head.metrics),
-                   timeout=90)  # fmt: skip
+        wait_until(
+            "the dashboard and the metrics agent",
+            lambda: _answers(head.dashboard) and _answers(head.metrics),
+            timeout=90,
+        )
         yield head
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -191,15 +217,27 @@ def prometheus(tmp_path_factory, head):
     tmp = tmp_path_factory.mktemp("prometheus")
     config, log = tmp / "prometheus.yml", tmp / "prometheus.log"
     target = urllib.parse.urlsplit(head.metrics).netloc
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [target]}]}],
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [target]}]}],
+            }
+        )
+    )
     port = free_port()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     prom = Prometheus(f"http://127.0.0.1:{port}")
 
     def scraping() -> bool:
@@ -234,8 +272,11 @@ def board() -> dict:
 
 
 def targets() -> list[Target]:
-    return [Target(p["title"], t["expr"], t.get("legendFormat", "")) for p in board()["panels"]
-            for t in p.get("targets", [])]  # fmt: skip
+    return [
+        Target(p["title"], t["expr"], t.get("legendFormat", ""))
+        for p in board()["panels"]
+        for t in p.get("targets", [])
+    ]
 
 
 def sweep_variable() -> dict:
@@ -366,14 +407,20 @@ def test_trial_actors_name_their_trial_and_export_its_progress(watched, head, ml
         assert last[epoch, trial][1] == EPOCHS - 1
         assert last[proxy, trial][1] == pytest.approx(logged("select/pgd_acc")[EPOCHS - 1], rel=1e-6)
         assert last[metrics.exported(metrics.TRAIN_LOSS), trial][1] == pytest.approx(
-            logged("train/loss")[EPOCHS - 1], rel=1e-6)  # fmt: skip
+            logged("train/loss")[EPOCHS - 1], rel=1e-6
+        )
         proxies = [pytest.approx(v, rel=1e-6) for v in logged("select/pgd_acc").values()]
         assert all(v in proxies for v in seen[proxy, trial])
 
     # The state API (what the Actors page shows): one SatuneTrial per trial, its repr naming the
     # sweep, the trial and the sampled value MLflow recorded; no anonymous ImplicitFunc.
-    listed = subprocess.run([sys.executable, "-c", LIST_ACTORS, head.address], capture_output=True, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "token"}, timeout=60)  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, "-c", LIST_ACTORS, head.address],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
     actors = json.loads(listed.stdout)
     assert not [a for a in actors["all"] if "ImplicitFunc" in a["class_name"]]

@@ -15,10 +15,23 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTS = {"cuda_tests", "at_epoch", "where", "biamat", "autoattack", "sweep"}
 # Rows that must hold a finite positive number in a dry run.
 MEASURED = [
-    "at_epoch.fp32_nchw", "at_epoch.fp32_nhwc", "at_epoch.bf16_nchw", "at_epoch.bf16_nhwc", "at_epoch.clean",
-    "at_epoch.goal", "at_epoch.fit_check", "where.pipeline", "where.autotuned", "biamat.at", "biamat.biamat",
-    "biamat.ratio", "autoattack.seconds", "autoattack.images_per_s", "sweep.k1.images_per_s", "sweep.k2.images_per_s",
-]  # fmt: skip
+    "at_epoch.fp32_nchw",
+    "at_epoch.fp32_nhwc",
+    "at_epoch.bf16_nchw",
+    "at_epoch.bf16_nhwc",
+    "at_epoch.clean",
+    "at_epoch.goal",
+    "at_epoch.fit_check",
+    "where.pipeline",
+    "where.autotuned",
+    "biamat.at",
+    "biamat.biamat",
+    "biamat.ratio",
+    "autoattack.seconds",
+    "autoattack.images_per_s",
+    "sweep.k1.images_per_s",
+    "sweep.k2.images_per_s",
+]
 CPU_ONLY_NA = ["where.syncs", "sweep.k1.peak_mib", "sweep.k2.peak_mib"]  # CUDA-only measurements
 
 pytestmark = pytest.mark.integration
@@ -30,8 +43,13 @@ def positive(value) -> bool:
 
 def test_gpu_check_dry_run_measures_every_part(tmp_path):
     out = tmp_path / "out.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--json", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["ok"] and report["failures"] == []

@@ -40,10 +40,16 @@ def test_concurrent_trials_log_to_a_postgresql_backed_mlflow_server(tmp_path, po
     from ray import tune  # (only to read Tune's saved experiment state)
 
     name = "pg"
-    sweep = smoke_file(tmp_path, name, postgres_mlflow, **{
-        "search.num_samples": TRIALS, "trial.train.epochs": EPOCHS,
-        "resources": {"cpu": CPU, "gpu": 0, "max_concurrent": TRIALS},
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        name,
+        postgres_mlflow,
+        **{
+            "search.num_samples": TRIALS,
+            "trial.train.epochs": EPOCHS,
+            "resources": {"cpu": CPU, "gpu": 0, "max_concurrent": TRIALS},
+        },
+    )
     done = satune("sweep", sweep, "--address", ray_address, "--no-report", cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -74,7 +80,9 @@ def test_concurrent_trials_log_to_a_postgresql_backed_mlflow_server(tmp_path, po
         cur.execute("SELECT run_uuid, status FROM runs WHERE experiment_id = %s", (int(experiment_id),))
         rows = dict(cur.fetchall())
         assert rows == {r.info.run_id: "FINISHED" for r in [*parents, *children]}
-        cur.execute("SELECT run_uuid, count(*) FROM metrics WHERE key = 'train/loss' AND run_uuid = ANY(%s) "
-                    "GROUP BY run_uuid", ([c.info.run_id for c in children],))  # fmt: skip
+        cur.execute(
+            "SELECT run_uuid, count(*) FROM metrics WHERE key = 'train/loss' AND run_uuid = ANY(%s) GROUP BY run_uuid",
+            ([c.info.run_id for c in children],),
+        )
         assert dict(cur.fetchall()) == {c.info.run_id: EPOCHS for c in children}
     conn.close()

@@ -29,9 +29,11 @@ def refused(tmp_path, mlflow_server, address: str, env: dict | None = None, name
 
 def test_a_token_auth_cluster_and_no_token_here_says_where_the_token_goes(tmp_path, mlflow_server, ray_address):
     line = refused(tmp_path, mlflow_server, ray_address, env={"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
-    assert line == (f"error: the Ray cluster at {ray_address} uses token authentication and this shell has no "
-                    f"token: run `ray get-auth-token` on the head node and put the token in RAY_AUTH_TOKEN or "
-                    f"{tmp_path / 'none'}")  # fmt: skip
+    assert line == (
+        f"error: the Ray cluster at {ray_address} uses token authentication and this shell has no "
+        f"token: run `ray get-auth-token` on the head node and put the token in RAY_AUTH_TOKEN or "
+        f"{tmp_path / 'none'}"
+    )
 
 
 def test_a_wrong_token_is_named(tmp_path, mlflow_server, ray_address):
@@ -69,13 +71,16 @@ def test_a_cluster_of_another_ray_version_is_refused_in_one_line(tmp_path_factor
             record = json.loads(kv.InternalKVGet(pb.InternalKVGetRequest(**key), metadata=token).value)
             assert record["ray_version"] == ray.__version__  # what the head wrote at start
             record["ray_version"] = "2.9.3"
-            kv.InternalKVPut(pb.InternalKVPutRequest(**key, value=json.dumps(record).encode(), overwrite=True),
-                             metadata=token)  # fmt: skip
+            kv.InternalKVPut(
+                pb.InternalKVPutRequest(**key, value=json.dumps(record).encode(), overwrite=True), metadata=token
+            )
         line = refused(tmp_path, mlflow_server, address)
-    assert line == (f"error: version mismatch: the Ray cluster at {address} runs Ray 2.9.3 on Python "
-                    f"{record['python_version']}, this process Ray {ray.__version__} on Python "
-                    f"{platform.python_version()}: run satune where the versions match (e.g. in the cluster's "
-                    "image: docs/cluster.md)")  # fmt: skip
+    assert line == (
+        f"error: version mismatch: the Ray cluster at {address} runs Ray 2.9.3 on Python "
+        f"{record['python_version']}, this process Ray {ray.__version__} on Python "
+        f"{platform.python_version()}: run satune where the versions match (e.g. in the cluster's "
+        "image: docs/cluster.md)"
+    )
 
 
 def test_the_mlflow_server_version_is_read_from_the_server(mlflow_server):

@@ -108,8 +108,9 @@ def kept_recipe(recipe: dict, shrunk: dict) -> None:
     a, b = recipe["trial"], shrunk["trial"]
     for part in ("model", "threat", "runtime"):
         assert a.get(part) == b.get(part), part
-    assert {k: v for k, v in a["method"].items() if k not in SIZE_KEYS} == \
-        {k: v for k, v in b["method"].items() if k not in SIZE_KEYS}  # fmt: skip
+    assert {k: v for k, v in a["method"].items() if k not in SIZE_KEYS} == {
+        k: v for k, v in b["method"].items() if k not in SIZE_KEYS
+    }
     for key in ("dataset", "root", "classes", "augment", "resize"):
         assert a["data"].get(key) == b["data"].get(key), key
 
@@ -142,8 +143,11 @@ def recipes(tmp_path_factory, request) -> Iterator[dict[str, Ran]]:
     """Every sweep file that `-k` selected (and the sweeps it reads) run shrunk, LANES at a time, sources before the sweeps that read them, on a
     Ray head and an MLflow server of their own (the recipes' names would meet other tests' runs)."""
     base = tmp_path_factory.mktemp("recipes")
-    selected = {item.callspec.params["path"] for item in request.session.items
-                if item.module is request.module and hasattr(item, "callspec")}  # fmt: skip
+    selected = {
+        item.callspec.params["path"]
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec")
+    }
     with LocalServer(base / "mlflow") as server:
         yield run_all(base, server.uri, request.config, selected)
 
@@ -182,9 +186,13 @@ def run_all(base: Path, tracking_uri: str, config: pytest.Config, selected: set[
                 waiting.remove(ran)
                 ran.log = base / f"{ran.name}.log"
                 with open(ran.log, "w") as log:
-                    proc = subprocess.Popen([sys.executable, "-m", "satune.cli", "sweep", ran.file.name,
-                                             "--address", address, "--plain"], cwd=base, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "satune.cli", "sweep", ran.file.name, "--address", address, "--plain"],
+                        cwd=base,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
                 running[ran.name] = (proc, time.monotonic())
             time.sleep(0.5)  # polling child processes; each ends on its own
     for ran in runs.values():

@@ -22,9 +22,17 @@ def test_a_sweep_kept_in_s3_is_killed_and_resumed_on_another_machine(tmp_path, s
     # The cluster's nodes reach the bucket with their own credentials (here: the environment they
     # start in, as an instance role or a mounted secret would give them).
     with ray_head(tmp_path) as address:
-        sweep = smoke_file(tmp_path, "s3sweep", mlflow_server, storage=f"{s3}/sweeps", **{
-            "search.num_samples": 3, "resources.max_concurrent": 1, "trial.train.epochs": 3,
-        })  # fmt: skip
+        sweep = smoke_file(
+            tmp_path,
+            "s3sweep",
+            mlflow_server,
+            storage=f"{s3}/sweeps",
+            **{
+                "search.num_samples": 3,
+                "resources.max_concurrent": 1,
+                "trial.train.epochs": 3,
+            },
+        )
         machine_a = tmp_path / "machine-a"
         proc = start_satune("sweep", sweep, "--address", address, env={"SATUNE_MIRROR": str(machine_a)})
 
@@ -79,7 +87,9 @@ def test_a_sweep_kept_in_s3_is_killed_and_resumed_on_another_machine(tmp_path, s
     report = satune("report", sweep, "--out", tmp_path / "report", env=machine_c)
     assert report.returncode == 0, report.stdout + report.stderr
     assert (tmp_path / "report" / "optuna_history.png").exists()
-    later = satune("eval", sweep, "--version", "custom", "--attack", "apgd-ce", "--n", "30", "--top-k", "1", env=machine_c)
+    later = satune(
+        "eval", sweep, "--version", "custom", "--attack", "apgd-ce", "--n", "30", "--top-k", "1", env=machine_c
+    )
     assert later.returncode == 0, later.stdout + later.stderr
     best = max(children, key=lambda c: c.data.metrics["proxy/pgd_acc"])  # the winner, on the select slice
     assert client.get_run(best.info.run_id).data.metrics["final/aa_n"] == 30
@@ -89,9 +99,18 @@ def test_a_sweep_waits_out_a_short_outage_of_its_object_store_and_stops_resumabl
     tmp_path, s3_endpoint, mlflow_server
 ):
     bucket, endpoint = s3_endpoint
-    sweep = smoke_file(tmp_path, "outage", mlflow_server, storage=f"{bucket}/sweeps", **{
-        "search.num_samples": 3, "resources.max_concurrent": 1, "trial.train.epochs": 3, "storage_patience_s": 15,
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        "outage",
+        mlflow_server,
+        storage=f"{bucket}/sweeps",
+        **{
+            "search.num_samples": 3,
+            "resources.max_concurrent": 1,
+            "trial.train.epochs": 3,
+            "storage_patience_s": 15,
+        },
+    )
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
         proc = start_satune("sweep", sweep, stdout=out)  # (Tune's tracebacks of the outage outgrow a pipe)
@@ -114,8 +133,12 @@ def test_a_sweep_waits_out_a_short_outage_of_its_object_store_and_stops_resumabl
         assert proc.wait(timeout=300) == 130
     stopped = log.read_text()
     (run_dir,) = (tmp_path / "mirror").glob("s3/*/sweeps/outage/*")
-    assert re.search(rf"^storage: {bucket}/sweeps has not answered for 15s \(.*\); stopping the sweep: once it answers "
-                     rf"again, --resume continues \(here: {run_dir} holds the run's newest files\)$", stopped, re.M), stopped[-3000:]  # fmt: skip
+    assert re.search(
+        rf"^storage: {bucket}/sweeps has not answered for 15s \(.*\); stopping the sweep: once it answers "
+        rf"again, --resume continues \(here: {run_dir} holds the run's newest files\)$",
+        stopped,
+        re.M,
+    ), stopped[-3000:]
     assert "failed for good" not in stopped
     assert "Traceback" not in stopped and "Tuner.restore" not in stopped, stopped[-3000:]  # the one line says it
     assert stopped.count("could not copy") <= 2, stopped[-3000:]  # once per outage, not at every save
@@ -132,7 +155,9 @@ def test_a_sweep_waits_out_a_short_outage_of_its_object_store_and_stops_resumabl
     # state may not know they finished: it went up every 2 s, until the store went away).
     early = satune("sweep", sweep, "--resume")
     assert early.returncode == 2, early.stderr
-    assert re.fullmatch(rf"error: storage: cannot read {bucket}/sweeps: EndpointConnectionError: .*\n", early.stderr), early.stderr
+    assert re.fullmatch(rf"error: storage: cannot read {bucket}/sweeps: EndpointConnectionError: .*\n", early.stderr), (
+        early.stderr
+    )
     endpoint.start()
     resumed = satune("sweep", sweep, "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

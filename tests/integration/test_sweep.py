@@ -75,10 +75,16 @@ def timeless(result: dict) -> dict:
 def test_smoke_sweep_end_to_end(tmp_path, mlflow_server, ray_address):
     """On a cluster joined with --address: the SAT ranking warm-up and AutoAttack run under Ray,
     and the printed line reproduces the printed best trial's whole result."""
-    sweep = smoke_file(tmp_path, "e2e", mlflow_server, **{
-        "trial.method.ranking": "entropy_hardest", "trial.method.ranking_epochs": 1,
-        "trial.eval.autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": 30},
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        "e2e",
+        mlflow_server,
+        **{
+            "trial.method.ranking": "entropy_hardest",
+            "trial.method.ranking_epochs": 1,
+            "trial.eval.autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": 30},
+        },
+    )
     done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SAT ranking: one clean fit" in done.stderr
@@ -144,10 +150,15 @@ def test_mlflow_params_show_the_values_a_trial_ran_with(tmp_path, mlflow_server,
     a BiaMAT trial's pi and alpha, the PGD step sizes."""
     sat = {"kind": "sat", "fraction": 0.3, "ranking": "random", "weighting": "balanced"}
     biamat = {"kind": "biamat", "aux": "noise", "warmup_epochs": 0}
-    sweep = smoke_file(tmp_path, "effective", mlflow_server, **{
-        "search": {"algorithm": "grid", "num_samples": 1, "space": {"method": {"grid": [sat, biamat]}}},
-        "trial.train.epochs": 1,
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        "effective",
+        mlflow_server,
+        **{
+            "search": {"algorithm": "grid", "num_samples": 1, "space": {"method": {"grid": [sat, biamat]}}},
+            "trial.train.epochs": 1,
+        },
+    )
     done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     _, _, children = runs_of(mlflow_server, "effective")
@@ -192,12 +203,22 @@ def test_asha_in_a_multi_objective_search(tmp_path, mlflow_server, ray_address):
     """QMC over the learning rate, ASHA on a per-epoch metric that depends on it alone (so that
     which trials stop is decided by the sampler's seed, not by noise): stopped trials are PRUNED in
     Optuna, and the Pareto front of the finished ones is printed and logged."""
-    sweep = smoke_file(tmp_path, "asha", mlflow_server, **{
-        "search": {"algorithm": "qmc", "metric": ["proxy/clean_acc", "proxy/pgd_acc"], "mode": ["max", "max"],
-                   "num_samples": 4, "space": {"train.lr": {"loguniform": [0.01, 0.1]}}},
-        "scheduler": {"kind": "asha", "metric": "train/lr", "mode": "max", "grace_period": 1},
-        "resources": {"cpu": 1, "max_concurrent": 1},
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        "asha",
+        mlflow_server,
+        **{
+            "search": {
+                "algorithm": "qmc",
+                "metric": ["proxy/clean_acc", "proxy/pgd_acc"],
+                "mode": ["max", "max"],
+                "num_samples": 4,
+                "space": {"train.lr": {"loguniform": [0.01, 0.1]}},
+            },
+            "scheduler": {"kind": "asha", "metric": "train/lr", "mode": "max", "grace_period": 1},
+            "resources": {"cpu": 1, "max_concurrent": 1},
+        },
+    )
     done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     client, parents, children = runs_of(mlflow_server, "asha")
@@ -206,8 +227,9 @@ def test_asha_in_a_multi_objective_search(tmp_path, mlflow_server, ray_address):
     assert len(children) == 4 and stopped and len(finished) >= 2
     assert all(c.info.status == "FINISHED" for c in children)
     states = [t.state for t in study_of(run_dir_of(tmp_path, "asha"), "asha").trials]
-    assert sorted(states, key=str) == sorted([TrialState.PRUNED] * len(stopped) + [TrialState.COMPLETE] * len(finished),
-                                             key=str)  # fmt: skip
+    assert sorted(states, key=str) == sorted(
+        [TrialState.PRUNED] * len(stopped) + [TrialState.COMPLETE] * len(finished), key=str
+    )
     front = parents[0].data.tags["satune.pareto_trials"].split(",")
     assert front and set(front) <= finished
     assert f"Pareto front (proxy/clean_acc, proxy/pgd_acc): {', '.join(front)}" in done.stdout
@@ -216,15 +238,25 @@ def test_asha_in_a_multi_objective_search(tmp_path, mlflow_server, ray_address):
 
 
 def test_grid_sweep_in_local_mode_then_satune_ui(tmp_path, ray_address):
-    sweep = smoke_file(tmp_path, "grid", None, **{
-        "search": {"algorithm": "grid", "num_samples": 1, "space": {"method.w_A": {"grid": [1.0, 2.0]}}},
-        "trial.train.epochs": 1,
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        "grid",
+        None,
+        **{
+            "search": {"algorithm": "grid", "num_samples": 1, "space": {"method.w_A": {"grid": [1.0, 2.0]}}},
+            "trial.train.epochs": 1,
+        },
+    )
     done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "satune.cli", "ui", str(sweep), "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "satune.cli", "ui", str(sweep), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert ui.stdout.readline().strip() == f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it)"
         uri = f"http://127.0.0.1:{port}"
@@ -251,11 +283,20 @@ def test_final_stage_evaluates_the_winners_and_resumes_after_a_kill(tmp_path, ml
     with n and an interval; the driver is killed (SIGKILL) once the first evaluation is in, and
     --resume finishes the stage without repeating it. Then `satune eval` evaluates the third."""
     name = "final"
-    sweep = smoke_file(tmp_path, name, mlflow_server, **{
-        "search.num_samples": 3, "trial.train.epochs": 1,
-        "final_eval": {"top_k": 2, "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": "all"},
-                       "resources": {"cpu": 1}},
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        name,
+        mlflow_server,
+        **{
+            "search.num_samples": 3,
+            "trial.train.epochs": 1,
+            "final_eval": {
+                "top_k": 2,
+                "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": "all"},
+                "resources": {"cpu": 1},
+            },
+        },
+    )
     killed = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path, env={"SATUNE_KILL_IN_FINAL_STAGE": "1"})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     client, _, children = runs_of(mlflow_server, name)
@@ -305,11 +346,22 @@ def test_grid_cells_with_optuna_and_seed_replicates(tmp_path, mlflow_server, ray
     """Two grid cells, Optuna in each, every configuration twice: repeats share their values, not
     their seeds; Optuna is told their mean; MLflow groups them; the parent holds mean, std and n."""
     name = "replicates"
-    sweep = smoke_file(tmp_path, name, mlflow_server, **{
-        "search": {"algorithm": "random", "num_samples": 1, "repeats": 2, "metric": "proxy/pgd_acc",
-                   "grid": {"method.fraction": [0.3, 0.6]}, "space": {"method.w_A": {"loguniform": [0.5, 4]}}},
-        "trial.train.epochs": 1,
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        name,
+        mlflow_server,
+        **{
+            "search": {
+                "algorithm": "random",
+                "num_samples": 1,
+                "repeats": 2,
+                "metric": "proxy/pgd_acc",
+                "grid": {"method.fraction": [0.3, 0.6]},
+                "space": {"method.w_A": {"loguniform": [0.5, 4]}},
+            },
+            "trial.train.epochs": 1,
+        },
+    )
     done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 trials (2 grid cells x 1 configurations x 2 repeats)" in done.stdout
@@ -347,11 +399,16 @@ def test_a_transfer_sweep_takes_its_sources_from_a_finished_sweep(tmp_path, mlfl
     source = smoke_file(tmp_path, "sources", mlflow_server, **{"trial.train.epochs": 1})
     assert satune("sweep", source, "--address", ray_address, cwd=tmp_path).returncode == 0
     _, _, sources = runs_of(mlflow_server, "sources")
-    target = smoke_file(tmp_path, "transfer", mlflow_server, **{
-        "trial.data": {"dataset": "digits", "classes": [0, 1, 2, 3, 4]},
-        "trial.method": {"kind": "transfer", "source": "(from the grid)", "hidden": 16},
-        "search": {"metric": "proxy/pgd_acc", "grid": {"method.source": {"runs_of": "sources"}}},
-    })  # fmt: skip
+    target = smoke_file(
+        tmp_path,
+        "transfer",
+        mlflow_server,
+        **{
+            "trial.data": {"dataset": "digits", "classes": [0, 1, 2, 3, 4]},
+            "trial.method": {"kind": "transfer", "source": "(from the grid)", "hidden": 16},
+            "search": {"metric": "proxy/pgd_acc", "grid": {"method.source": {"runs_of": "sources"}}},
+        },
+    )
     done = satune("sweep", target, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sources: 2 trials of sources" in done.stderr and "transferred, by source" in done.stdout
@@ -370,10 +427,17 @@ def test_a_transfer_sweep_takes_its_sources_from_a_finished_sweep(tmp_path, mlfl
 def test_killed_driver_resumes_with_every_trial_done_once(tmp_path, reuse):
     """Local mode: satune starts its own Ray and MLflow server; the kill takes them down with it.
     With reused actors the next trial starts at once, often before Tune has saved it: an orphan."""
-    sweep = smoke_file(tmp_path, "killed", None, **{
-        "search.num_samples": 3, "resources.max_concurrent": 1, "trial.train.epochs": 3,
-        "resources.reuse_actors": reuse,
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        "killed",
+        None,
+        **{
+            "search.num_samples": 3,
+            "resources.max_concurrent": 1,
+            "trial.train.epochs": 3,
+            "resources.reuse_actors": reuse,
+        },
+    )
     proc = start_satune("sweep", sweep)
 
     def one_finished_and_the_next_running() -> bool:
@@ -453,8 +517,11 @@ def test_a_shared_mlflow_server_that_stays_down_stops_the_sweep_resumably(tmp_pa
     sweep = smoke_file(tmp_path, "down", uri, **{"trial.train.epochs": 6, "tracking.patience_s": 5})
     proc = start_satune("sweep", sweep, "--address", ray_address, "--no-report")
     try:
-        wait_until("a trial's first epoch in MLflow", lambda: any(
-            "train/loss" in c.data.metrics for c in runs_of(uri, "down")[2]), proc)  # fmt: skip
+        wait_until(
+            "a trial's first epoch in MLflow",
+            lambda: any("train/loss" in c.data.metrics for c in runs_of(uri, "down")[2]),
+            proc,
+        )
         server.stop()  # as a crash: nobody restarts it within the patience
         output, _ = proc.communicate(timeout=300)
     finally:
@@ -556,8 +623,14 @@ def test_sigterm_ends_a_sweep_started_with_sigint_ignored(tmp_path, mlflow_serve
         assert state_of(tmp_path, name)["status"] == "interrupted", phase
         assert [p.info.status for p in runs_of(mlflow_server, name)[1]] == ["KILLED"], phase
 
-    done = satune("sweep", sweep, "--address", ray_address, env={"SATUNE_INTERRUPT_AT": "startup:SIGTERM"},
-                  preexec_fn=_sigint_ignored)  # fmt: skip
+    done = satune(
+        "sweep",
+        sweep,
+        "--address",
+        ray_address,
+        env={"SATUNE_INTERRUPT_AT": "startup:SIGTERM"},
+        preexec_fn=_sigint_ignored,
+    )
     interrupted(done.returncode, done.stdout + done.stderr, "start-up")
 
     proc = start_satune("sweep", sweep, "--resume", "--address", ray_address, preexec_fn=_sigint_ignored)
@@ -571,8 +644,15 @@ def test_sigterm_ends_a_sweep_started_with_sigint_ignored(tmp_path, mlflow_serve
     out, _ = proc.communicate(timeout=180)
     interrupted(proc.returncode, out, "trials running")
 
-    done = satune("sweep", sweep, "--resume", "--address", ray_address, env={"SATUNE_INTERRUPT_AT": "summary:SIGTERM"},
-                  preexec_fn=_sigint_ignored)  # fmt: skip
+    done = satune(
+        "sweep",
+        sweep,
+        "--resume",
+        "--address",
+        ray_address,
+        env={"SATUNE_INTERRUPT_AT": "summary:SIGTERM"},
+        preexec_fn=_sigint_ignored,
+    )
     interrupted(done.returncode, done.stdout + done.stderr, "summary")
 
     done = satune("sweep", sweep, "--resume", "--address", ray_address, preexec_fn=_sigint_ignored)
@@ -627,8 +707,10 @@ def test_ctrl_c_while_the_local_mlflow_server_starts(tmp_path, ray_address):
 
 def test_bad_sweep_file_starts_nothing(tmp_path, mlflow_server):
     sweep = smoke_file(tmp_path, "bad", mlflow_server, **{"trial.method.fraction": 1.5})
-    code = ("import sys; from satune.cli import main; sys.argv = ['satune', 'sweep', sys.argv[1]]\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'ray' in sys.modules, 'mlflow' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys; from satune.cli import main; sys.argv = ['satune', 'sweep', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'ray' in sys.modules, 'mlflow' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == "exit 2 False False"
     assert proc.stderr.strip() == f"error: {sweep}: trial.method.fraction: must be in (0, 1], got 1.5"

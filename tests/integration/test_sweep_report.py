@@ -16,9 +16,14 @@ from satune.tracking import TRIAL_TAG
 pytestmark = pytest.mark.integration
 
 EXPECTED = {  # what a grid over the fraction × Optuna over w_A, with a final stage, must show
-    "objective_vs_method_w_A", "objective_vs_method_fraction", "fraction_curves", "pareto", "optuna_history",
-    "learning_curves", "paired_comparison",
-}  # fmt: skip
+    "objective_vs_method_w_A",
+    "objective_vs_method_fraction",
+    "fraction_curves",
+    "pareto",
+    "optuna_history",
+    "learning_curves",
+    "paired_comparison",
+}
 
 
 def read_csv(path) -> list[dict[str, str]]:
@@ -31,12 +36,25 @@ def swept(tmp_path_factory, mlflow_server, ray_address):
     `satune sweep` draws the report at its end."""
     tmp_path = tmp_path_factory.mktemp("report")
     name = "report"
-    sweep = smoke_file(tmp_path, name, mlflow_server, **{
-        "search": {"algorithm": "tpe", "num_samples": 2, "metric": "proxy/pgd_acc",
-                   "grid": {"method.fraction": [0.3, 0.7]}, "space": {"method.w_A": {"loguniform": [0.5, 4]}}},
-        "final_eval": {"top_k": 2, "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": 60},
-                       "resources": {"cpu": 1}},
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        name,
+        mlflow_server,
+        **{
+            "search": {
+                "algorithm": "tpe",
+                "num_samples": 2,
+                "metric": "proxy/pgd_acc",
+                "grid": {"method.fraction": [0.3, 0.7]},
+                "space": {"method.w_A": {"loguniform": [0.5, 4]}},
+            },
+            "final_eval": {
+                "top_k": 2,
+                "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": 60},
+                "resources": {"cpu": 1},
+            },
+        },
+    )
     done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     client, (parent,), runs = runs_of(mlflow_server, name)
@@ -72,14 +90,19 @@ def test_figures_hold_what_mlflow_holds(swept):
         assert float(row["value"]) == run.data.metrics[row["metric"]]
         assert float(row["lo95"]) == run.data.metrics[row["metric"] + "_lo"]
     assert {(r["trial"], r["metric"]) for r in points} == {
-        (t, m) for t, r in children.items() for m in ("eval/clean_acc", "eval/pgd_acc", "final/aa_acc")
+        (t, m)
+        for t, r in children.items()
+        for m in ("eval/clean_acc", "eval/pgd_acc", "final/aa_acc")
         if m in r.data.metrics
-    }  # fmt: skip
+    }
 
     # The fraction curves: mean and std over the trials of each fraction, of the strongest attack all have.
     for row in read_csv(out / "fraction_curves.csv"):
-        values = [r.data.metrics[row["metric"]] for r in children.values()
-                  if float(r.data.params["method.fraction"]) == float(row["fraction"])]  # fmt: skip
+        values = [
+            r.data.metrics[row["metric"]]
+            for r in children.values()
+            if float(r.data.params["method.fraction"]) == float(row["fraction"])
+        ]
         assert row["metric"] in ("eval/clean_acc", "eval/pgd_acc") and int(row["n"]) == len(values) == 2
         assert float(row["mean"]) == pytest.approx(statistics.fmean(values))
         assert float(row["std"]) == pytest.approx(statistics.stdev(values))
@@ -90,9 +113,11 @@ def test_figures_hold_what_mlflow_holds(swept):
         sign = -1 if other == "train/grad_evals" else 1
         me = children[row["trial"]].data.metrics
         dominated = any(
-            m[robust] >= me[robust] and sign * m[other] >= sign * me[other] and (m[robust], m[other]) != (me[robust], me[other])
+            m[robust] >= me[robust]
+            and sign * m[other] >= sign * me[other]
+            and (m[robust], m[other]) != (me[robust], me[other])
             for m in (r.data.metrics for r in children.values())
-        )  # fmt: skip
+        )
         assert row["pareto"] == str(not dominated), row
 
     # Learning curves: the per-epoch history MLflow has, of the best trials by the objective.
@@ -121,14 +146,20 @@ def test_figures_hold_what_mlflow_holds(swept):
     for row in rows:
         best, other = children[winner], children[by_config[row["other"]]]
         final = row["metric"] == "final/aa_acc"
-        assert final == ("final/aa_acc" in other.data.metrics) and row["verdict"] in ("within noise",
-                                                                                      "best ahead on these examples only",
-                                                                                      "best behind on these examples only")  # fmt: skip
+        assert final == ("final/aa_acc" in other.data.metrics) and row["verdict"] in (
+            "within noise",
+            "best ahead on these examples only",
+            "best behind on these examples only",
+        )
         a, b = ((final_outcomes if final else trial_outcomes)(client, r.info.run_id, tmp_path) for r in (best, other))
         column = "aa" if final else "pgd"
         pairs = [(x[column], y[column]) for x, y in zip(a, b, strict=True) if x[column] and y[column]]
         best_only, other_only = pairs.count(("1", "0")), pairs.count(("0", "1"))
-        assert (int(row["best_only"]), int(row["other_only"]), int(row["examples"])) == (best_only, other_only, len(pairs))
+        assert (int(row["best_only"]), int(row["other_only"]), int(row["examples"])) == (
+            best_only,
+            other_only,
+            len(pairs),
+        )
         assert len(pairs) == (60 if final else int(best.data.metrics["eval/pgd_n"]))  # AutoAttack: the first 60
         n = best_only + other_only
         p = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(best_only, other_only) + 1)) / 2**n) if n else 1.0
@@ -139,7 +170,9 @@ def test_figures_hold_what_mlflow_holds(swept):
 
     # One card per finally evaluated trial, with its AutoAttack number; one trials row per run.
     cards = read_csv(out / "cards.csv")
-    assert sorted(c["trial"] for c in cards) == sorted(t for t, r in children.items() if "final/aa_acc" in r.data.metrics)
+    assert sorted(c["trial"] for c in cards) == sorted(
+        t for t, r in children.items() if "final/aa_acc" in r.data.metrics
+    )
     for c in cards:
         assert float(c["autoattack_acc"]) == children[c["trial"]].data.metrics["final/aa_acc"]
     assert sorted(r["trial"] for r in read_csv(out / "trials.csv")) == sorted(children)

@@ -26,12 +26,20 @@ def swept(tmp_path_factory, mlflow_server, ray_address):
     """Three attacked fractions × three seeds; AutoAttack on the two best configurations."""
     tmp_path = tmp_path_factory.mktemp("verdicts")
     name = "verdicts"
-    sweep = smoke_file(tmp_path, name, mlflow_server, **{
-        "trial.data": {"dataset": "digits", "val_fraction": 0.3, "select_fraction": 0.3},
-        "search": {"grid": {"method.fraction": FRACTIONS}, "repeats": 3},
-        "final_eval": {"top_k": 2, "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": 60},
-                       "resources": {"cpu": 1}},
-    })  # fmt: skip
+    sweep = smoke_file(
+        tmp_path,
+        name,
+        mlflow_server,
+        **{
+            "trial.data": {"dataset": "digits", "val_fraction": 0.3, "select_fraction": 0.3},
+            "search": {"grid": {"method.fraction": FRACTIONS}, "repeats": 3},
+            "final_eval": {
+                "top_k": 2,
+                "autoattack": {"version": "custom", "attacks": ["apgd-ce"], "n": 60},
+                "resources": {"cpu": 1},
+            },
+        },
+    )
     done = satune("sweep", sweep, "--address", ray_address, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     client, (parent,), children = runs_of(mlflow_server, name)
@@ -48,13 +56,17 @@ def mean(runs, metric: str) -> float:
 def test_the_select_slice_chooses_the_best_configuration_and_the_final_stages_winners(swept):
     _, _, done, _, parent, by_config = swept
     means = {k: mean(runs, "proxy/pgd_acc") for k, runs in by_config.items()}
-    (best,) = [k for k, runs in by_config.items() if runs[0].data.tags[TRIAL_TAG] == parent.data.tags["satune.best_trial"]]
+    (best,) = [
+        k for k, runs in by_config.items() if runs[0].data.tags[TRIAL_TAG] == parent.data.tags["satune.best_trial"]
+    ]
     assert means[best] == max(means.values())  # (a tie on the select slice may go either way)
     evaluated = {k for k, runs in by_config.items() if all("final/aa_acc" in r.data.metrics for r in runs)}
     (rest,) = set(by_config) - evaluated  # top_k 2 by the select slice, every repeat of each
     assert len(evaluated) == 2 and min(means[k] for k in evaluated) >= means[rest]
     assert not any("final/aa_acc" in r.data.metrics for r in by_config[rest])
-    assert parent.data.tags["satune.selection"] == "proxy/pgd_acc on the select slice, 162 examples (mean over 3 repeats)"
+    assert (
+        parent.data.tags["satune.selection"] == "proxy/pgd_acc on the select slice, 162 examples (mean over 3 repeats)"
+    )
     assert f"best configuration {best}" in done.stdout and "chosen by proxy/pgd_acc on the select slice" in done.stdout
 
 
@@ -66,8 +78,10 @@ def test_every_place_holds_the_same_verdicts_recounted_from_the_trials(swept):
     logged = json.loads(open(client.download_artifacts(parent.info.run_id, "verdicts.json", str(tmp_path))).read())
     assert logged == written
     api = sat.load(sweep).verdicts()
-    report = {r["other"]: r for r in csv.DictReader(open(run_dir_of(tmp_path, "verdicts") / "report" /
-                                                         "paired_comparison.csv"))}  # fmt: skip
+    report = {
+        r["other"]: r
+        for r in csv.DictReader(open(run_dir_of(tmp_path, "verdicts") / "report" / "paired_comparison.csv"))
+    }
     for v, row in zip(written["verdicts"], api.to_dict("records"), strict=True):
         other, metric = v["other"], v["metric"]
         # The paired t-test over the three seeds, recomputed from the runs' own numbers.
@@ -77,7 +91,8 @@ def test_every_place_holds_the_same_verdicts_recounted_from_the_trials(swept):
         assert metric == ("final/aa_acc" if "final/aa_acc" in by_config[other][0].data.metrics else "eval/pgd_acc")
         assert v["mean_diff"] == pytest.approx(sum(mine) / 3 - sum(theirs) / 3)
         assert v["p_seeds"] == pytest.approx(ref.pvalue) and [v["diff_lo"], v["diff_hi"]] == pytest.approx(
-            list(ref.confidence_interval(0.95)))  # fmt: skip
+            list(ref.confidence_interval(0.95))
+        )
         # The per-example test, pooled over the seeds' pairs, recounted from the outcome files.
         n = b = c = 0
         for x, y in zip(by_config[best], by_config[other], strict=True):
@@ -91,7 +106,8 @@ def test_every_place_holds_the_same_verdicts_recounted_from_the_trials(swept):
         assert (v["verdict"] == "within noise") == (not supported)
         # The same numbers everywhere: the API, the report, the parent run, the end table.
         assert {k: row[k] for k in ("other", "metric", "mean_diff", "p_seeds", "p_examples", "verdict")} == {
-            k: v[k] for k in ("other", "metric", "mean_diff", "p_seeds", "p_examples", "verdict")}  # fmt: skip
+            k: v[k] for k in ("other", "metric", "mean_diff", "p_seeds", "p_examples", "verdict")
+        }
         assert float(report[other]["mean_diff"]) == pytest.approx(v["mean_diff"])
         assert report[other]["verdict"] == v["verdict"]
         assert parent.data.metrics[f"verdict/{other}/diff"] == pytest.approx(v["mean_diff"])
@@ -119,10 +135,12 @@ def test_the_api_lists_the_trials_as_mlflow_holds_them(swept):
     fraction = {c.config["method.fraction"] for c in [loaded.comparison.best]}.pop()
     again = loaded.compare({"method.fraction": fraction}, {"method.fraction": verdict["other.method.fraction"]})
     assert {k: again[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples")} == {
-        k: verdict[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples")}  # fmt: skip
+        k: verdict[k] for k in ("metric", "mean_diff", "p_seeds", "p_examples")
+    }
     assert again["verdict"] == verdict["verdict"].replace("best", "first", 1)  # (any two: "first ahead", ...)
-    pgd = loaded.compare({"method.fraction": fraction}, {"method.fraction": verdict["other.method.fraction"]},
-                         metric="eval/pgd_acc")  # outcome files the verdicts did not need, read now
+    pgd = loaded.compare(
+        {"method.fraction": fraction}, {"method.fraction": verdict["other.method.fraction"]}, metric="eval/pgd_acc"
+    )  # outcome files the verdicts did not need, read now
     assert pgd["metric"] == "eval/pgd_acc" and pgd["examples"] == 3 * 377 and pgd["p_examples"] is not None
     by_name = sat.load("verdicts", tracking_uri=loaded.tracking_uri)  # by name, and by the parent run's id
     by_id = sat.load(parent.info.run_id, tracking_uri=loaded.tracking_uri)

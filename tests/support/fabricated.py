@@ -48,8 +48,10 @@ def cifar10(root: Path, n_train: int = 100, n_test: int = 40, seed: int = 0) -> 
     for i, (bx, by) in enumerate(zip(np.array_split(tx, 5), np.array_split(ty, 5), strict=True), start=1):
         _pickle(folder / f"data_batch_{i}", _cifar_batch(f"training batch {i} of 5", bx, by, "labels"))
     _pickle(folder / "test_batch", _cifar_batch("testing batch 1 of 1", vx, vy, "labels"))
-    _pickle(folder / "batches.meta", {"num_cases_per_batch": len(tx) // 5, "label_names": list(CIFAR10_CLASSES),
-                                      "num_vis": 3072})  # fmt: skip
+    _pickle(
+        folder / "batches.meta",
+        {"num_cases_per_batch": len(tx) // 5, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072},
+    )
     return {"train_x": tx, "train_y": ty, "test_x": vx, "test_y": vy}
 
 
@@ -62,15 +64,21 @@ def cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 10) 
         batch = _cifar_batch(name, x, y, "fine_labels")
         batch["coarse_labels"] = [int(c) // 5 for c in y]
         _pickle(folder / name, batch)
-    _pickle(folder / "meta", {"fine_label_names": list(CIFAR100_CLASSES),
-                              "coarse_label_names": [f"superclass_{i}" for i in range(20)]})  # fmt: skip
+    _pickle(
+        folder / "meta",
+        {"fine_label_names": list(CIFAR100_CLASSES), "coarse_label_names": [f"superclass_{i}" for i in range(20)]},
+    )
     return {"train_x": tx, "train_y": ty, "test_x": vx, "test_y": vy}
 
 
 def _cifar_batch(label: str, x: np.ndarray, y: np.ndarray, key: str) -> dict:
     # Rows of 3072 bytes: the red plane, then green, then blue, each row-major (the published layout).
-    return {"batch_label": label, key: [int(c) for c in y], "data": x.reshape(len(x), -1),
-            "filenames": [f"fabricated_{i}.png" for i in range(len(x))]}  # fmt: skip
+    return {
+        "batch_label": label,
+        key: [int(c) for c in y],
+        "data": x.reshape(len(x), -1),
+        "filenames": [f"fabricated_{i}.png" for i in range(len(x))],
+    }
 
 
 def svhn(root: Path, n_train: int = 100, n_test: int = 40, seed: int = 20) -> dict[str, np.ndarray]:
@@ -87,8 +95,9 @@ def svhn(root: Path, n_train: int = 100, n_test: int = 40, seed: int = 20) -> di
     return out
 
 
-def image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 4,
-                 size: int = 40, seed: int = 30) -> Path:  # fmt: skip
+def image_folder(
+    root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 4, size: int = 40, seed: int = 30
+) -> Path:
     """`root/train/<class>/*.png` and `root/val/<class>/*.png` (torchvision's ImageFolder layout)."""
     from PIL import Image
 

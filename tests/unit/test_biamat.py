@@ -47,9 +47,14 @@ def test_naive_gate_equals_the_naive_formula():
 def test_aux_loss_is_averaged_over_all_aux_images_whatever_the_split():
     lp, la, y, ya = heads()
     hi = torch.tensor([True, False, False, True])
-    expected = torch.stack([
-        F.cross_entropy(la[3:4], ya[0:1]), uniform_ce(lp[4:5])[0], uniform_ce(lp[5:6])[0], F.cross_entropy(la[6:7], ya[3:4])
-    ]).mean()  # fmt: skip
+    expected = torch.stack(
+        [
+            F.cross_entropy(la[3:4], ya[0:1]),
+            uniform_ce(lp[4:5])[0],
+            uniform_ce(lp[5:6])[0],
+            F.cross_entropy(la[6:7], ya[3:4]),
+        ]
+    ).mean()
     assert aux_losses(lp[3:], la[3:], ya, hi).mean().item() == pytest.approx(expected.item())
     for split in (torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)):  # all-low, all-high
         assert torch.isfinite(at_loss([lp, la], y, ya, split, 1.0))
@@ -109,8 +114,14 @@ def test_alpha_zero_leaves_the_aux_head_without_gradient(aux, variant):
 def test_warmup_trains_the_primary_only_and_then_freezes_omega(aux):
     torch.manual_seed(0)
     model = create_model(ModelSpec(), (1, 8, 8), [10, 20], [0.3], [0.3])
-    method = Biamat(BiamatSpec(aux=["digits", "noise"], warmup_epochs=1), Attack("linf", 0.1, 0.05, 1), aux,
-                    aux_batch_size=8, hi_loss="trades", seed=0)  # fmt: skip
+    method = Biamat(
+        BiamatSpec(aux=["digits", "noise"], warmup_epochs=1),
+        Attack("linf", 0.1, 0.05, 1),
+        aux,
+        aux_batch_size=8,
+        hi_loss="trades",
+        seed=0,
+    )
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     method.start_epoch(0)
     method.step(model, x, y, torch.arange(8), None)["loss"].backward()
@@ -134,15 +145,17 @@ def test_trades_baseline_step():
 
 
 def biamat_trial():
-    return parse_trial({
-        "seed": 3,
-        "data": {"dataset": "digits", "classes": [0, 1, 2, 3, 4], "train_size": 300},
-        "threat": {"norm": "linf", "eps": 0.1, "steps": 2},
-        "method": {"kind": "biamat", "aux": ["digits[5-9]", {"dataset": "noise", "size": 300}], "warmup_epochs": 1},
-        "train": {"epochs": 3, "batch_size": 64},
-        "eval": {"pgd_steps": 3, "autoattack": {"n": 0}},
-        "runtime": {"threads": 1},
-    })  # fmt: skip
+    return parse_trial(
+        {
+            "seed": 3,
+            "data": {"dataset": "digits", "classes": [0, 1, 2, 3, 4], "train_size": 300},
+            "threat": {"norm": "linf", "eps": 0.1, "steps": 2},
+            "method": {"kind": "biamat", "aux": ["digits[5-9]", {"dataset": "noise", "size": 300}], "warmup_epochs": 1},
+            "train": {"epochs": 3, "batch_size": 64},
+            "eval": {"pgd_steps": 3, "autoattack": {"n": 0}},
+            "runtime": {"threads": 1},
+        }
+    )
 
 
 def test_omega_survives_a_resume(tmp_path):

@@ -113,9 +113,11 @@ def test_missing_dataset_files_exit_2(tmp_path):
 
 def test_validate_and_dry_run_import_neither_torch_nor_ray():
     """Checking a file or printing a plan costs what parsing YAML costs: no torch, no Ray, no MLflow."""
-    code = ("import sys; from satune.cli import main; sys.argv = ['satune'] + sys.argv[1:]\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
-            "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys; from satune.cli import main; sys.argv = ['satune'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules))"
+    )
     sweeps = sorted(str(p) for p in (ROOT / "sweeps").glob("*.yaml"))
     for args in (["validate", *sweeps], ["sweep", str(ROOT / "sweeps" / "wA.yaml"), "--dry-run"]):
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
@@ -123,8 +125,9 @@ def test_validate_and_dry_run_import_neither_torch_nor_ray():
 
 
 def test_switching_the_method_kind_says_how(tmp_path):
-    result = runner.invoke(app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "method.kind=at",
-                                 "--out", str(tmp_path)])  # fmt: skip
+    result = runner.invoke(
+        app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "method.kind=at", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         "error: --set method.kind=at: the base method's split, ranking, fraction, w_A belong to sat, not at: "

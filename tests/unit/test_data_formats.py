@@ -86,8 +86,14 @@ def test_image_folder_without_val_is_refused(tmp_path):
 def test_cifar100_as_auxiliary_data_for_cifar10(tmp_path, checksums_bypassed):
     """BiaMAT's recipe: CIFAR-100's training split (never its test split) beside CIFAR-10, from data.root."""
     made = fabricated.cifar100(tmp_path)
-    aux = load_aux([AuxSpec(dataset="cifar100")], (3, 32, 32), "crop_flip", tmp_path, torch.device("cpu"),
-                   default_root=str(tmp_path))  # fmt: skip
+    aux = load_aux(
+        [AuxSpec(dataset="cifar100")],
+        (3, 32, 32),
+        "crop_flip",
+        tmp_path,
+        torch.device("cpu"),
+        default_root=str(tmp_path),
+    )
     assert aux.n_classes == 100 and aux.labels == ("cifar100",)
     assert len(aux.source) == len(made["train_y"])
     assert np.array_equal(aux.source.x.numpy(), made["train_x"])

@@ -14,8 +14,12 @@ def test_the_layout_is_what_the_loaders_read(tmp_path):
     fabricated.cifar100(tmp_path)
     fabricated.svhn(tmp_path / "svhn")
     fabricated.image_folder(tmp_path / "pets")
-    for dataset, root in (("cifar10", tmp_path), ("cifar100", tmp_path), ("svhn", tmp_path / "svhn"),
-                          ("imagefolder", tmp_path / "pets")):  # fmt: skip
+    for dataset, root in (
+        ("cifar10", tmp_path),
+        ("cifar100", tmp_path),
+        ("svhn", tmp_path / "svhn"),
+        ("imagefolder", tmp_path / "pets"),
+    ):
         assert missing(dataset, str(root)) is None, dataset
     assert missing("digits", None) is None  # embedded: nothing to look for
 
@@ -28,11 +32,13 @@ def test_a_missing_file_is_named(tmp_path):
 
 
 def biamat_trial(primary, **aux):
-    return parse_trial({
-        "data": {"dataset": "cifar10", "root": str(primary)},
-        "threat": {"norm": "linf", "eps": 0.03, "steps": 2},
-        "method": {"kind": "biamat", "aux": [{"dataset": "cifar100", **aux}, "noise"]},
-    })  # fmt: skip
+    return parse_trial(
+        {
+            "data": {"dataset": "cifar10", "root": str(primary)},
+            "threat": {"norm": "linf", "eps": 0.03, "steps": 2},
+            "method": {"kind": "biamat", "aux": [{"dataset": "cifar100", **aux}, "noise"]},
+        }
+    )
 
 
 def test_auxiliary_sets_are_checked_under_their_root_or_the_primary_one(tmp_path):

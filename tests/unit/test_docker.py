@@ -94,10 +94,16 @@ def run_entrypoint(
     home.mkdir(exist_ok=True)
     for name, value in (secrets or {}).items():
         (sdir / name).write_text(value + "\n")
-    base = {"PATH": os.environ["PATH"], "HOME": str(home), "SATUNE_SECRETS_DIR": str(sdir),
-            "SATUNE_ENTRYPOINT_DRY_RUN": "1", "SATUNE_DOCKER_DIR": str(DOCKER)}  # fmt: skip
-    return subprocess.run(["bash", str(ENTRYPOINT), *args], env={**base, **(env or {})}, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    base = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "SATUNE_SECRETS_DIR": str(sdir),
+        "SATUNE_ENTRYPOINT_DRY_RUN": "1",
+        "SATUNE_DOCKER_DIR": str(DOCKER),
+    }
+    return subprocess.run(
+        ["bash", str(ENTRYPOINT), *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=60
+    )
 
 
 RAY_ENV = {"RAY_AUTH_MODE": "token"}
@@ -189,8 +195,11 @@ def test_compose_references_are_defined(name):
             path = ef["path"] if isinstance(ef, dict) else ef
             if not (DOCKER / path).exists():
                 problems.append(f"{sname}: env_file {path} is not in docker/")
-    used_volumes = {(v["source"] if isinstance(v, dict) else v.split(":")[0]) for s in services.values()
-                    for v in s.get("volumes") or []}  # fmt: skip
+    used_volumes = {
+        (v["source"] if isinstance(v, dict) else v.split(":")[0])
+        for s in services.values()
+        for v in s.get("volumes") or []
+    }
     used_secrets = {
         (x["source"] if isinstance(x, dict) else x) for s in services.values() for x in s.get("secrets") or []
     }
@@ -237,8 +246,11 @@ def test_long_running_services_have_healthchecks_and_restart_policies():
 
 def test_everything_waits_for_the_preflight_check():
     services = project()["services"]
-    waits = {n for n, s in services.items() if (s.get("depends_on") or {}).get("preflight", {}).get("condition")
-             == "service_completed_successfully"}  # fmt: skip
+    waits = {
+        n
+        for n, s in services.items()
+        if (s.get("depends_on") or {}).get("preflight", {}).get("condition") == "service_completed_successfully"
+    }
     # the rest waits for one of those (ray-worker and grafana wait for the head)
     for sname, svc in services.items():
         if sname == "preflight" or sname in waits:
@@ -254,8 +266,14 @@ def test_everything_waits_for_the_preflight_check():
 
 
 def test_no_secret_values_in_compose_k8s_or_image_files():
-    files = [DOCKER / "compose.yaml", *(DOCKER / o for o in OVERLAYS), DOCKER / "Dockerfile", *K8S,
-             *(DOCKER / "mlflow").iterdir(), DOCKER / "prometheus" / "prometheus.yml"]  # fmt: skip
+    files = [
+        DOCKER / "compose.yaml",
+        *(DOCKER / o for o in OVERLAYS),
+        DOCKER / "Dockerfile",
+        *K8S,
+        *(DOCKER / "mlflow").iterdir(),
+        DOCKER / "prometheus" / "prometheus.yml",
+    ]
     secret_vars = {spec["environment"] for doc in PROJECTS.values() for spec in (doc.get("secrets") or {}).values()}
     for path in files:
         text = re.sub(r"(^|\s)#.*", "", path.read_text())  # comments may say "replace change-me"
@@ -340,15 +358,24 @@ def test_grafana_starts_from_rays_provisioning_with_satunes_dashboard_added(tmp_
     run_sh = tmp_path / "run.sh"
     run_sh.write_text('#!/bin/sh\necho "grafana with $GF_PATHS_PROVISIONING"\n')
     run_sh.chmod(0o755)
-    argv = [arg.replace("$$", "$").replace("/ray-metrics", str(tmp_path / "ray-metrics"))
-            .replace(mount, str(GRAFANA)).replace("/run.sh", str(run_sh)) for arg in grafana["entrypoint"]]  # fmt: skip
+    argv = [
+        arg.replace("$$", "$")
+        .replace("/ray-metrics", str(tmp_path / "ray-metrics"))
+        .replace(mount, str(GRAFANA))
+        .replace("/run.sh", str(run_sh))
+        for arg in grafana["entrypoint"]
+    ]
     target = tmp_path / "provisioning"
     (target / "stale").mkdir(parents=True)  # a restart starts afresh
-    out = subprocess.run(argv, env={"PATH": os.environ["PATH"], "GF_PATHS_PROVISIONING": str(target)},
-                         capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        argv, env={"PATH": os.environ["PATH"], "GF_PATHS_PROVISIONING": str(target)}, capture_output=True, text=True
+    )
     assert out.returncode == 0 and out.stdout.strip() == f"grafana with {target}", out.stderr
     assert sorted(str(p.relative_to(target)) for p in target.rglob("*.yml")) == [
-        "dashboards/default.yml", "dashboards/satune.yml", "datasources/default.yml"]  # fmt: skip
+        "dashboards/default.yml",
+        "dashboards/satune.yml",
+        "datasources/default.yml",
+    ]
     assert grafana["environment"]["GF_PATHS_PROVISIONING"].startswith("/tmp/")  # writable in the container
     (provider,) = load_yaml(target / "dashboards" / "satune.yml")["providers"]
     assert provider["options"]["path"] == f"{mount}/dashboards"
@@ -395,14 +422,23 @@ def test_ray_commands_export_metrics_where_prometheus_scrapes(tmp_path):
 
 # --- the entrypoint's guards --------------------------------------------------------------------------
 
-GROUPS = {"postgres_password": "postgres", "ray_auth_token": "ray", "grafana_admin_password": "grafana",
-          "mlflow_admin_password": "mlflow-auth", "mlflow_flask_secret_key": "mlflow-auth",
-          "mlflow_tracking_password": "mlflow-client"}  # fmt: skip
+GROUPS = {
+    "postgres_password": "postgres",
+    "ray_auth_token": "ray",
+    "grafana_admin_password": "grafana",
+    "mlflow_admin_password": "mlflow-auth",
+    "mlflow_flask_secret_key": "mlflow-auth",
+    "mlflow_tracking_password": "mlflow-client",
+}
 
 
-CHECKED_BY = {"postgres": {"postgres_password"}, "ray": {"ray_auth_token"}, "grafana": {"grafana_admin_password"},
-              "mlflow-auth": {"mlflow_admin_password", "mlflow_flask_secret_key", "mlflow_tracking_password"},
-              "mlflow-client": {"mlflow_tracking_password"}}  # fmt: skip
+CHECKED_BY = {
+    "postgres": {"postgres_password"},
+    "ray": {"ray_auth_token"},
+    "grafana": {"grafana_admin_password"},
+    "mlflow-auth": {"mlflow_admin_password", "mlflow_flask_secret_key", "mlflow_tracking_password"},
+    "mlflow-client": {"mlflow_tracking_password"},
+}
 
 
 def all_good() -> dict[str, str]:
@@ -425,9 +461,16 @@ def test_entrypoint_refuses_the_example_placeholders(tmp_path, secret):
     assert placeholder not in lines[0].split(secret.upper())[1].replace("docker/example.env", ""), "echoes the value"
 
 
-@pytest.mark.parametrize(("value", "why"), [("", "empty"), ("short-but-set", "too short"),
-                                            ("two words here and more", "spaces"), ("password-0123456789", "placeholder"),
-                                            ("CHANGE-ME-0123456789abcdef", "placeholder")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "empty"),
+        ("short-but-set", "too short"),
+        ("two words here and more", "spaces"),
+        ("password-0123456789", "placeholder"),
+        ("CHANGE-ME-0123456789abcdef", "placeholder"),
+    ],
+)
 def test_entrypoint_refuses_empty_short_or_guessable_secrets(tmp_path, value, why):
     out = run_entrypoint(tmp_path, "check", "postgres", secrets={"postgres_password": value})
     assert out.returncode == 78 and why in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -438,14 +481,18 @@ def test_entrypoint_refuses_empty_short_or_guessable_secrets(tmp_path, value, wh
 def test_entrypoint_refuses_a_missing_secret_and_accepts_good_ones(tmp_path):
     out = run_entrypoint(tmp_path, "check", "postgres", "ray", "grafana", env=ray_env(tmp_path))
     assert out.returncode == 78 and "POSTGRES_PASSWORD" in out.stderr and "missing" in out.stderr
-    out = run_entrypoint(tmp_path, "check", *sorted(set(GROUPS.values())), env=ray_env(tmp_path),
-                         secrets=all_good())  # fmt: skip
+    out = run_entrypoint(tmp_path, "check", *sorted(set(GROUPS.values())), env=ray_env(tmp_path), secrets=all_good())
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
-@pytest.mark.parametrize(("env", "why"), [({"RAY_AUTH_MODE": "disabled"}, "token authentication only"),
-                                          ({"RAY_AUTH_TOKEN": GOOD}, "docker inspect"),
-                                          ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": ""}, "not set")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [
+        ({"RAY_AUTH_MODE": "disabled"}, "token authentication only"),
+        ({"RAY_AUTH_TOKEN": GOOD}, "docker inspect"),
+        ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": ""}, "not set"),
+    ],
+)
 def test_ray_roles_refuse_to_start_without_token_auth_from_a_file(tmp_path, env, why):
     for role in ("ray-head", "ray-worker"):
         out = run_entrypoint(tmp_path, role, env={**ray_env(tmp_path), **env}, secrets={"ray_auth_token": GOOD})
@@ -470,8 +517,12 @@ def test_mlflow_command_line_carries_no_password(tmp_path):
 
 
 def test_mlflow_basic_auth_takes_its_secrets_from_files(tmp_path):
-    secrets = {"postgres_password": GOOD, "mlflow_admin_password": "a" * 8 + GOOD,
-               "mlflow_flask_secret_key": "b" * 8 + GOOD, "mlflow_tracking_password": "c" * 8 + GOOD}  # fmt: skip
+    secrets = {
+        "postgres_password": GOOD,
+        "mlflow_admin_password": "a" * 8 + GOOD,
+        "mlflow_flask_secret_key": "b" * 8 + GOOD,
+        "mlflow_tracking_password": "c" * 8 + GOOD,
+    }
     out = run_entrypoint(tmp_path, "mlflow", env={"SATUNE_MLFLOW_AUTH": "1"}, secrets=secrets)
     assert out.returncode == 0, out.stderr
     assert "--app-name=basic-auth" in out.stdout.splitlines()
@@ -495,8 +546,11 @@ def test_mlflow_answers_to_its_in_cluster_name(tmp_path):
 
 
 def test_ray_nodes_get_mlflow_credentials_as_an_owner_only_file(tmp_path):
-    env = {**ray_env(tmp_path), "MLFLOW_TRACKING_USERNAME": "satune",
-           "MLFLOW_TRACKING_PASSWORD_FILE": str(tmp_path / "secrets" / "mlflow_tracking_password")}  # fmt: skip
+    env = {
+        **ray_env(tmp_path),
+        "MLFLOW_TRACKING_USERNAME": "satune",
+        "MLFLOW_TRACKING_PASSWORD_FILE": str(tmp_path / "secrets" / "mlflow_tracking_password"),
+    }
     out = run_entrypoint(
         tmp_path, "ray-worker", env=env, secrets={"ray_auth_token": GOOD, "mlflow_tracking_password": "p%" + GOOD}
     )
@@ -538,8 +592,11 @@ def test_dockerfile_copies_existing_files_and_its_entrypoint_is_executable():
 
 
 def test_build_context_lets_in_only_what_the_dockerfile_copies():
-    patterns = [line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]  # fmt: skip
+    patterns = [
+        line.strip()
+        for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "**", "start from nothing, then allow what the image needs"
 
     def included(path: str) -> bool:  # Docker's rule: the last matching pattern wins; parents count
@@ -652,8 +709,12 @@ def test_kuberay_pods_run_unprivileged_and_share_the_storage():
 def test_git_ignores_the_env_file_and_keeps_the_example():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    ignored = subprocess.run(["git", "check-ignore", "docker/.env", "docker/prod.env", "docker/example.env"],
-                             cwd=ROOT, capture_output=True, text=True).stdout.split()  # fmt: skip
+    ignored = subprocess.run(
+        ["git", "check-ignore", "docker/.env", "docker/prod.env", "docker/example.env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert ignored == ["docker/.env", "docker/prod.env"], ignored
 
 

@@ -45,8 +45,9 @@ def test_robust_accuracy_never_exceeds_clean(trained):
 def test_autoattack_standard_runs_with_fewer_than_ten_classes(trained):
     model, x, y = trained
     spec = EvalSpec(autoattack={"version": "standard", "n": 6})
-    ok = autoattack_correct(model, x[:6], y[:6], ThreatSpec(norm="l2", eps=0.05), spec.autoattack, batch_size=64,
-                            n_classes=3)  # fmt: skip
+    ok = autoattack_correct(
+        model, x[:6], y[:6], ThreatSpec(norm="l2", eps=0.05), spec.autoattack, batch_size=64, n_classes=3
+    )
     assert ok.shape == (6,)
 
 

@@ -28,8 +28,12 @@ def test_eval_of_a_run_folder(tmp_path):
     trial = json.loads((out / "result.json").read_text())["metrics"]
     assert metrics["final/pgd_gap"] == trial["eval/pgd_acc"] - metrics["final/aa_acc"]
     card = json.loads((folder / "card.json").read_text())
-    assert card["autoattack"] == {"version": "custom", "attacks": ["apgd-ce"], "seed": 3,
-                                  "package": "pyautoattack==0.2.0"}  # fmt: skip
+    assert card["autoattack"] == {
+        "version": "custom",
+        "attacks": ["apgd-ce"],
+        "seed": 3,
+        "package": "pyautoattack==0.2.0",
+    }
     assert (card["threat_model"], card["eps"], card["n_examples"]) == ("Linf", 0.1, 40)
     assert card["integrity"] == "all checks passed" and card["extra_data"] == []
     assert len((folder / "outcomes.csv").read_text().splitlines()) == 41

@@ -7,8 +7,29 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "satune"
-ORDER = ["errors", "seeds", "stats", "watchdog", "specs", "runtime", "data", "models", "attacks", "methods", "evaluate", "train", "ranking", "trial",
-         "tracking", "final", "sweep", "tune", "report", "api", "cli"]  # fmt: skip
+ORDER = [
+    "errors",
+    "seeds",
+    "stats",
+    "watchdog",
+    "specs",
+    "runtime",
+    "data",
+    "models",
+    "attacks",
+    "methods",
+    "evaluate",
+    "train",
+    "ranking",
+    "trial",
+    "tracking",
+    "final",
+    "sweep",
+    "tune",
+    "report",
+    "api",
+    "cli",
+]
 HOMES = {"mlflow": {"tracking"}, "ray": {"tune"}, "pyautoattack": {"evaluate"}, "autoattack": {"evaluate"}}
 
 
@@ -58,8 +79,24 @@ def test_tune_holds_only_what_needs_ray(path):
 
 @pytest.mark.parametrize("path", sorted((PKG / "specs").glob("*.py")), ids=lambda p: p.name)
 def test_specs_import_stdlib_pydantic_and_yaml_only(path):
-    allowed = {"__future__", "collections", "copy", "dataclasses", "difflib", "itertools", "math", "re", "reprlib", "types", "typing",
-               "urllib", "pathlib", "yaml", "pydantic", "satune"}  # fmt: skip
+    allowed = {
+        "__future__",
+        "collections",
+        "copy",
+        "dataclasses",
+        "difflib",
+        "itertools",
+        "math",
+        "re",
+        "reprlib",
+        "types",
+        "typing",
+        "urllib",
+        "pathlib",
+        "yaml",
+        "pydantic",
+        "satune",
+    }
     assert {n.split(".")[0] for n in imports(path)} <= allowed
 
 

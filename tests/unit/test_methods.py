@@ -81,8 +81,13 @@ def test_weightings():
 def test_baselines_are_the_two_limits_of_sat(setup):
     model, x, y, idx, _ = setup
     for kind, attacked in (("clean", 0), ("at", 32)):
-        spec = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.3, "steps": 2},
-                            "method": {"kind": kind}})  # fmt: skip
+        spec = parse_trial(
+            {
+                "data": {"dataset": "digits"},
+                "threat": {"norm": "linf", "eps": 0.3, "steps": 2},
+                "method": {"kind": kind},
+            }
+        )
         built = KINDS[kind].build(build_context(spec))
         assert built.method.step(model, x, y, idx, None)["stats"]["attacked"] == attacked
 

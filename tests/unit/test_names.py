@@ -80,11 +80,11 @@ TINY = {
     "biamat-at": tiny(
         {"kind": "biamat", "aux": ["noise", {"dataset": "noise", "name": "noise2"}], "warmup_epochs": 1},
         data={"dataset": "digits", "classes": [0, 1, 2, 3, 4]},
-    ),  # fmt: skip
+    ),
     "biamat-trades": tiny(
         {"kind": "biamat", "aux": "mnist5k[5-9]", "variant": "trades", "warmup_epochs": 1, "gate": "naive"},
         data={"dataset": "digits", "classes": [0, 1, 2, 3, 4]},
-    ),  # fmt: skip
+    ),
     "transfer": tiny({"kind": "transfer", "source": "(the source fixture)"}),
 }
 
@@ -93,8 +93,9 @@ TINY = {
 def source(tmp_path_factory):
     """A trained trial for the transfer kind to start from: a `satune run` folder."""
     folder = tmp_path_factory.mktemp("source")
-    done = CliRunner().invoke(app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=1",
-                                    "--out", str(folder)])  # fmt: skip
+    done = CliRunner().invoke(
+        app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=1", "--out", str(folder)]
+    )
     assert done.exit_code == 0, done.output
     return str(folder)
 

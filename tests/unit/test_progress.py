@@ -30,12 +30,19 @@ class Terminal(io.StringIO):
 
 @pytest.fixture
 def sweep(tmp_path):
-    return parse_sweep({
-        "name": "t", "storage": str(tmp_path / "runs"),
-        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1},
-                  "method": {"kind": "sat", "fraction": 0.5}, "train": {"epochs": 2}},
-        "search": {"num_samples": 6, "space": {"method.w_A": {"loguniform": [0.5, 4]}}},
-    })  # fmt: skip
+    return parse_sweep(
+        {
+            "name": "t",
+            "storage": str(tmp_path / "runs"),
+            "trial": {
+                "data": {"dataset": "digits"},
+                "threat": {"norm": "linf", "eps": 0.1},
+                "method": {"kind": "sat", "fraction": 0.5},
+                "train": {"epochs": 2},
+            },
+            "search": {"num_samples": 6, "space": {"method.w_A": {"loguniform": [0.5, 4]}}},
+        }
+    )
 
 
 @pytest.fixture

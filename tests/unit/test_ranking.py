@@ -51,11 +51,14 @@ def test_entropy_scores_are_computed_once_and_cached():
 
 def test_two_image_folders_get_two_rankings(tmp_path):
     def folder(root, amp=False):
-        return parse_trial({
-            "data": {"dataset": "imagefolder", "root": str(tmp_path / root)},
-            "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "sat", "fraction": 0.5},
-            "runtime": {"amp": amp},
-        })  # fmt: skip
+        return parse_trial(
+            {
+                "data": {"dataset": "imagefolder", "root": str(tmp_path / root)},
+                "threat": {"norm": "linf", "eps": 0.1},
+                "method": {"kind": "sat", "fraction": 0.5},
+                "runtime": {"amp": amp},
+            }
+        )
 
     assert ranking_key(folder("a")) != ranking_key(folder("b"))  # same settings, other images
     assert ranking_key(folder("a")) == ranking_key(folder("a"))

@@ -10,12 +10,18 @@ from satune.tune.driver import _tune_config
 
 
 def searcher(tmp_path, **search):
-    spec = parse_sweep({
-        "name": "s", "storage": str(tmp_path / "runs"),
-        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1},
-                  "method": {"kind": "sat", "fraction": 0.5}},
-        "search": {"space": {"method.w_A": {"loguniform": [0.5, 4]}}, "algorithm": "random", **search},
-    })  # fmt: skip
+    spec = parse_sweep(
+        {
+            "name": "s",
+            "storage": str(tmp_path / "runs"),
+            "trial": {
+                "data": {"dataset": "digits"},
+                "threat": {"norm": "linf", "eps": 0.1},
+                "method": {"kind": "sat", "fraction": 0.5},
+            },
+            "search": {"space": {"method.w_A": {"loguniform": [0.5, 4]}}, "algorithm": "random", **search},
+        }
+    )
     (tmp_path / "run").mkdir(exist_ok=True)
     config = _tune_config(spec, tmp_path / "run")
     return config.search_alg, config.num_samples, spec
@@ -39,8 +45,9 @@ def test_every_grid_cell_gets_its_own_study_and_exactly_its_budget(tmp_path):
         alg.on_trial_complete(f"t{len(configs) - 1}", {"proxy/pgd_acc": config["method.fraction"], "done": True})
     assert len(configs) == 12
     found = studies(alg)
-    assert sorted(found) == sorted(f"s/method.fraction={f},method.ranking={r}" for f in (0.3, 0.5)
-                                   for r in ("random", "entropy_hardest"))  # fmt: skip
+    assert sorted(found) == sorted(
+        f"s/method.fraction={f},method.ranking={r}" for f in (0.3, 0.5) for r in ("random", "entropy_hardest")
+    )
     for name, study in found.items():
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
         cell = [
@@ -52,8 +59,9 @@ def test_every_grid_cell_gets_its_own_study_and_exactly_its_budget(tmp_path):
 
 
 def test_replicates_tell_optuna_the_mean_of_their_repeats(tmp_path):
-    alg, total, spec = searcher(tmp_path, repeats=3, num_samples=2, metric=["proxy/pgd_acc", "proxy/clean_acc"],
-                                mode=["max", "max"])  # fmt: skip
+    alg, total, spec = searcher(
+        tmp_path, repeats=3, num_samples=2, metric=["proxy/pgd_acc", "proxy/clean_acc"], mode=["max", "max"]
+    )
     assert total == 6
     configs = [alg.suggest(f"t{i}") for i in range(3)]
     assert [c[REPEAT_KEY] for c in configs] == [0, 1, 2]

@@ -77,8 +77,16 @@ def test_home_in_paths_is_expanded(tmp_path, monkeypatch):
     trial = base_trial()
     trial["data"] = {"dataset": "cifar10", "root": "~/data"}
     trial["runtime"] = {"cache_dir": "~/cache"}
-    sweep.write_text(yaml.safe_dump({"name": "h", "storage": "~/runs", "trial": trial,
-                                     "search": {"space": {"data.root": {"choice": ["~/a", "b"]}}}}))  # fmt: skip
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "name": "h",
+                "storage": "~/runs",
+                "trial": trial,
+                "search": {"space": {"data.root": {"choice": ["~/a", "b"]}}},
+            }
+        )
+    )
     spec = load_sweep(sweep, base_dir=tmp_path / "elsewhere")
     assert spec.storage == str(tmp_path / "runs")
     assert spec.trial.data.root == str(tmp_path / "data")
@@ -189,8 +197,14 @@ def test_relative_paths_become_absolute(tmp_path):
 
 
 def test_the_evaluation_threat_may_differ_from_training():
-    trial = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.031, "step_size": 0.007},
-                         "method": {"kind": "trades"}, "eval": {"eps": "8/255"}})  # fmt: skip
+    trial = parse_trial(
+        {
+            "data": {"dataset": "digits"},
+            "threat": {"norm": "linf", "eps": 0.031, "step_size": 0.007},
+            "method": {"kind": "trades"},
+            "eval": {"eps": "8/255"},
+        }
+    )
     assert trial.threat.eps == 0.031 and trial.eval_threat.eps == 8 / 255 and trial.eval_threat.norm == "linf"
     assert trial.eval_threat.alpha == 8 / 255 / 4  # its own step, not training's 0.007
     plain = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "l2", "eps": 0.5}, "method": {"kind": "at"}})
@@ -202,8 +216,12 @@ def test_rules_about_ignored_fields_hold_for_specs_written_out_whole():
         parse_trial(base_trial(kind="sat", split="class", classes=[3], ranking="random"))
     with pytest.raises(SpecError, match="fgsm_rs takes exactly one step"):
         parse_trial({**base_trial(), "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs", "steps": 3}})
-    whole = parse_trial({**base_trial(kind="sat", split="class", classes=[3]),
-                         "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs"}})  # fmt: skip
+    whole = parse_trial(
+        {
+            **base_trial(kind="sat", split="class", classes=[3]),
+            "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs"},
+        }
+    )
     assert parse_trial(whole.model_dump(mode="json")) == whole  # defaults written out are not "set" mistakes
 
 
@@ -213,6 +231,7 @@ def test_the_search_chooses_on_the_select_slice_unless_a_paper_is_reproduced_on_
         parse_sweep({"name": "x", "trial": base_trial(), "search": {"metric": "eval/clean_acc"}})
     split = base_trial(kind="sat", split="class", classes=[3])
     assert parse_sweep({"name": "x", "trial": split, "search": {"metric": "proxy/pgd_acc_B"}})  # CSAT's B, on select
-    optimistic = parse_sweep({"name": "x", "trial": base_trial(), "search": {"metric": "eval/pgd_acc",
-                                                                             "select_on": "final"}})  # fmt: skip
+    optimistic = parse_sweep(
+        {"name": "x", "trial": base_trial(), "search": {"metric": "eval/pgd_acc", "select_on": "final"}}
+    )
     assert optimistic.search.select_on == "final"

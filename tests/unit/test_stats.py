@@ -12,8 +12,9 @@ def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_pairs(b, c):
     assert mcnemar_p(b, c) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("a, b", [([0.30, 0.25, 0.28], [0.20, 0.22, 0.21]),
-                                  ([0.5, 0.4, 0.45, 0.52, 0.48], [0.49, 0.43, 0.44, 0.50, 0.47])])  # fmt: skip
+@pytest.mark.parametrize(
+    "a, b", [([0.30, 0.25, 0.28], [0.20, 0.22, 0.21]), ([0.5, 0.4, 0.45, 0.52, 0.48], [0.49, 0.43, 0.44, 0.50, 0.47])]
+)
 def test_paired_t_is_scipys_paired_test_with_its_interval(a, b):
     got = paired_t([x - y for x, y in zip(a, b, strict=True)])
     ref = ttest_rel(a, b)

@@ -12,11 +12,15 @@ from satune.sweep.store import Storage, StorageError
 
 
 def sweep(storage: str):
-    return parse_sweep({
-        "name": "t", "storage": storage, "tracking": {"uri": "http://127.0.0.1:5000"},
-        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "at"}},
-        "search": {"space": {"train.lr": {"loguniform": [0.01, 0.1]}}},
-    })  # fmt: skip
+    return parse_sweep(
+        {
+            "name": "t",
+            "storage": storage,
+            "tracking": {"uri": "http://127.0.0.1:5000"},
+            "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "at"}},
+            "search": {"space": {"train.lr": {"loguniform": [0.01, 0.1]}}},
+        }
+    )
 
 
 def stored(url: str, *parts: str) -> bytes | None:
@@ -82,7 +86,9 @@ def test_two_machines_starting_in_the_same_second_get_two_runs(s3, tmp_path, mon
     import time
 
     real = time.strftime  # (S3's request signing formats times too)
-    monkeypatch.setattr(time, "strftime", lambda fmt, *t: "20261124-101010" if fmt == "%Y%m%d-%H%M%S" else real(fmt, *t))
+    monkeypatch.setattr(
+        time, "strftime", lambda fmt, *t: "20261124-101010" if fmt == "%Y%m%d-%H%M%S" else real(fmt, *t)
+    )
     source = tmp_path / "s.yaml"
     source.write_text("name: t\n")
     names = []
@@ -95,7 +101,9 @@ def test_two_machines_starting_in_the_same_second_get_two_runs(s3, tmp_path, mon
 def test_storage_that_cannot_be_written_is_one_line(s3, monkeypatch):
     Storage(f"{s3}/sweeps").check()  # writable: no error, and no probe left behind
     assert Storage(s3).fs.find(s3.removeprefix("s3://")) == []
-    with pytest.raises(StorageError, match=r"^storage: cannot write to s3://satune-no-such-bucket/x: FileNotFoundError"):
+    with pytest.raises(
+        StorageError, match=r"^storage: cannot write to s3://satune-no-such-bucket/x: FileNotFoundError"
+    ):
         Storage("s3://satune-no-such-bucket/x").check()
     with pytest.raises(StorageError, match=r"^storage: cannot open nosuchfs://x: .*fsspec package"):
         Storage("nosuchfs://x").check()

@@ -22,13 +22,19 @@ NOISE = [0.0, 0.01, -0.012]  # per repeat (seed), shared by every configuration:
 
 
 def sweep(tmp_path, repeats: int = 3):
-    return parse_sweep({
-        "name": "v", "storage": str(tmp_path),
-        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "l2", "eps": 0.75},
-                  "method": {"kind": "sat", "fraction": 0.1}},
-        "search": {"grid": {"method.weighting": WEIGHTINGS}, "repeats": repeats},
-        "final_eval": {"top_k": 2, "autoattack": {"version": "custom", "attacks": ["apgd-ce"]}},
-    })  # fmt: skip
+    return parse_sweep(
+        {
+            "name": "v",
+            "storage": str(tmp_path),
+            "trial": {
+                "data": {"dataset": "digits"},
+                "threat": {"norm": "l2", "eps": 0.75},
+                "method": {"kind": "sat", "fraction": 0.1},
+            },
+            "search": {"grid": {"method.weighting": WEIGHTINGS}, "repeats": repeats},
+            "final_eval": {"top_k": 2, "autoattack": {"version": "custom", "attacks": ["apgd-ce"]}},
+        }
+    )
 
 
 def rows(repeats: int = 3):
@@ -38,9 +44,14 @@ def rows(repeats: int = 3):
     for r in range(repeats):
         for i, w in enumerate(WEIGHTINGS):
             noise = NOISE[r] + 0.002 * i * r  # the differences vary from seed to seed
-            metrics = {"proxy/pgd_acc": PROXY[w] + noise, "proxy/pgd_n": 162.0, "proxy/pgd_acc_lo": 0.3,
-                       "proxy/pgd_acc_hi": 0.5, "eval/pgd_acc": FINAL[w] + noise + 0.1,
-                       "final/aa_acc": FINAL[w] + noise}  # fmt: skip
+            metrics = {
+                "proxy/pgd_acc": PROXY[w] + noise,
+                "proxy/pgd_n": 162.0,
+                "proxy/pgd_acc_lo": 0.3,
+                "proxy/pgd_acc_hi": 0.5,
+                "eval/pgd_acc": FINAL[w] + noise + 0.1,
+                "final/aa_acc": FINAL[w] + noise,
+            }
             config = {"method.weighting": w} | ({REPEAT_KEY: r} if repeats > 1 else {})
             out.append(TrialRow(f"{w[:3]}{r}", "TERMINATED", config, metrics, seed=r))
     return out
@@ -66,7 +77,9 @@ def test_the_verdicts_are_the_paired_t_test_over_seeds_and_the_pooled_mcnemar_te
     comparison = compare(spec, trials, lambda row, metric: outcomes(row.trial_id))
     assert comparison.best.config == {"method.weighting": "vanilla"}
     assert [comparison.others[v.other].config["method.weighting"] for v in comparison.verdicts] == [
-        "balanced", "overemphasized"]  # fmt: skip  (closest on the select slice first)
+        "balanced",
+        "overemphasized",
+    ]  # (closest on the select slice first)
     by = {comparison.others[v.other].config["method.weighting"]: v for v in comparison.verdicts}
     v = by["overemphasized"]
     best = [r.metrics["final/aa_acc"] for r in trials if r.trial_id.startswith("van")]
@@ -74,12 +87,14 @@ def test_the_verdicts_are_the_paired_t_test_over_seeds_and_the_pooled_mcnemar_te
     ref = ttest_rel(best, other)
     assert v.metric == "final/aa_acc" and v.mean == pytest.approx(sum(best) / 3 - sum(other) / 3)
     assert v.seeds.p == pytest.approx(ref.pvalue) and (v.seeds.lo, v.seeds.hi) == pytest.approx(
-        ref.confidence_interval(0.95))  # fmt: skip
+        ref.confidence_interval(0.95)
+    )
     assert (v.examples, v.best_only, v.other_only) == (120, 0, 24)  # 8 examples per seed, pooled over 3 seeds
     assert v.p_examples == pytest.approx(binomtest(0, 24, 0.5).pvalue)
     assert v.verdict == "best behind, beyond seed noise"  # the select slice's choice loses on the final slice
     assert comparison.note is None and comparison.selection == (
-        "proxy/pgd_acc on the select slice, 162 examples (mean over 3 repeats)")  # fmt: skip
+        "proxy/pgd_acc on the select slice, 162 examples (mean over 3 repeats)"
+    )
 
 
 def test_a_lead_no_test_supports_is_within_noise(tmp_path):
@@ -105,7 +120,8 @@ def test_the_reports_winner_and_its_comparison_follow_the_select_slice(tmp_path)
     for t in found:  # what MLflow would hand the report: each trial's final-stage outcomes
         data._cache[t.run_id, "final/"] = ["0-custom-nall"]
         data._cache[t.run_id, "final/0-custom-nall/outcomes.csv"] = "index,label,clean,aa\n" + "".join(
-            f"{k},0,1,{o}\n" for k, o in enumerate(outcomes(t.row.trial_id)))  # fmt: skip
+            f"{k},0,1,{o}\n" for k, o in enumerate(outcomes(t.row.trial_id))
+        )
     assert best_trial(data) == "van0"
     (drawn,) = paired_comparison(data)
     vanilla = config_id({"method.weighting": "vanilla"})
@@ -118,13 +134,23 @@ def test_the_reports_winner_and_its_comparison_follow_the_select_slice(tmp_path)
 def test_a_paper_reproduced_on_its_test_set_says_so_wherever_the_choice_is_reported(tmp_path):
     from satune.sweep.summary import SweepResult, table
 
-    spec = parse_sweep({
-        "name": "v", "storage": str(tmp_path),
-        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "l2", "eps": 0.75},
-                  "method": {"kind": "sat", "fraction": 0.1}},
-        "search": {"grid": {"method.weighting": WEIGHTINGS}, "repeats": 3, "metric": "eval/pgd_acc",
-                   "select_on": "final"},
-    })  # fmt: skip
+    spec = parse_sweep(
+        {
+            "name": "v",
+            "storage": str(tmp_path),
+            "trial": {
+                "data": {"dataset": "digits"},
+                "threat": {"norm": "l2", "eps": 0.75},
+                "method": {"kind": "sat", "fraction": 0.1},
+            },
+            "search": {
+                "grid": {"method.weighting": WEIGHTINGS},
+                "repeats": 3,
+                "metric": "eval/pgd_acc",
+                "select_on": "final",
+            },
+        }
+    )
     trials = rows()
     comparison = compare(spec, trials, None)
     assert comparison.optimistic and comparison.selection == "eval/pgd_acc, selected on the test slice (optimistic)"
@@ -147,8 +173,10 @@ def test_a_tie_on_the_select_slice_is_broken_the_same_way_whatever_the_order_of_
     from satune.sweep.summary import TrialRow
 
     spec = sweep(tmp_path, repeats=1)
-    tied = [TrialRow(t, "TERMINATED", {"method.weighting": w}, {"proxy/pgd_acc": p})
-            for t, w, p in (("c", "vanilla", 0.4), ("a", "balanced", 0.4), ("b", "overemphasized", 0.3))]  # fmt: skip
+    tied = [
+        TrialRow(t, "TERMINATED", {"method.weighting": w}, {"proxy/pgd_acc": p})
+        for t, w, p in (("c", "vanilla", 0.4), ("a", "balanced", 0.4), ("b", "overemphasized", 0.3))
+    ]
     for order in (tied, tied[::-1]):
         assert best_configuration(spec, order)[0].trial_id == "a"
         assert [r.trial_id for r in winners(spec, order, 2)] == ["a", "c"]

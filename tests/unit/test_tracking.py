@@ -60,9 +60,13 @@ def test_every_tag_name_comes_from_the_tag_table():
 
     literal = re.compile(r"""["'](satune|mlflow)\.[A-Za-z_]""")
     package = Path(tags.__file__).parents[1]
-    found = [f"{p.relative_to(package)}:{i}: {line.strip()}" for p in sorted(package.rglob("*.py")) if p.name != "tags.py"
-             for i, line in enumerate(p.read_text().splitlines(), 1)
-             if literal.search(line) and '"mlflow.db"' not in line]  # fmt: skip  (the store's file, not a tag)
+    found = [
+        f"{p.relative_to(package)}:{i}: {line.strip()}"
+        for p in sorted(package.rglob("*.py"))
+        if p.name != "tags.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if literal.search(line) and '"mlflow.db"' not in line
+    ]  # (the store's file, not a tag)
     assert not found
     names = {k: v for k, v in vars(tags).items() if k.isupper() and k != "ML_EXPERIMENT"}
     assert len(set(names.values())) == len(names), "two tag names share a key"

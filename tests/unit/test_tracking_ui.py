@@ -17,12 +17,18 @@ from satune.tune.driver import _tune_config
 
 
 def sweep(tmp_path, **search):
-    return parse_sweep({
-        "name": "wa", "storage": str(tmp_path / "runs"),
-        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1},
-                  "method": {"kind": "sat", "fraction": 0.5}},
-        "search": {"space": {"method.w_A": {"loguniform": [0.5, 4]}}, "num_samples": 3, **search},
-    })  # fmt: skip
+    return parse_sweep(
+        {
+            "name": "wa",
+            "storage": str(tmp_path / "runs"),
+            "trial": {
+                "data": {"dataset": "digits"},
+                "threat": {"norm": "linf", "eps": 0.1},
+                "method": {"kind": "sat", "fraction": 0.5},
+            },
+            "search": {"space": {"method.w_A": {"loguniform": [0.5, 4]}}, "num_samples": 3, **search},
+        }
+    )
 
 
 def test_the_view_lists_one_runs_trials_flat_best_first_with_the_searched_columns(tmp_path):
@@ -39,8 +45,13 @@ def test_the_view_sorts_a_minimised_metric_up_and_shows_grid_axes_and_repeats(tm
     spec = sweep(tmp_path, metric="proxy/clean_acc", mode="min", repeats=2, grid={"method.fraction": [0.3, 0.5]})
     view = tracking.runs_view(spec, "p1", ["proxy/clean_acc"])
     assert view["orderByKey"] == "metrics.`proxy/clean_acc`" and view["orderByAsc"] is True
-    assert view["selectedColumns"] == ["params.`method.w_A`", "params.`method.fraction`", "metrics.`proxy/clean_acc`",
-                                       "tags.`satune.config`", "tags.`satune.repeat`"]  # fmt: skip
+    assert view["selectedColumns"] == [
+        "params.`method.w_A`",
+        "params.`method.fraction`",
+        "metrics.`proxy/clean_acc`",
+        "tags.`satune.config`",
+        "tags.`satune.repeat`",
+    ]
 
 
 def test_the_link_opens_the_saved_view_in_the_model_training_view():
@@ -76,11 +87,19 @@ def ui_bundle() -> str:
 @pytest.mark.parametrize(
     "name",
     [
-        tracking.NOTE_TAG, tracking.VIEW_TAG_PREFIX, tracking.EXPERIMENT_KIND_TAG, tracking.ML_EXPERIMENT,
-        "viewStateShareKey", '.get("workflowType")', '"machine_learning"', '"selectedColumns"', '"searchFilter"',
-        '"orderByKey"', '"orderByAsc"',
+        tracking.NOTE_TAG,
+        tracking.VIEW_TAG_PREFIX,
+        tracking.EXPERIMENT_KIND_TAG,
+        tracking.ML_EXPERIMENT,
+        "viewStateShareKey",
+        '.get("workflowType")',
+        '"machine_learning"',
+        '"selectedColumns"',
+        '"searchFilter"',
+        '"orderByKey"',
+        '"orderByAsc"',
     ],
-)  # fmt: skip
+)
 def test_the_installed_mlflow_ui_reads_these_names(ui_bundle, name):
     """What the view relies on, as the pinned MLflow's compiled UI spells it: an upgrade that renames
     one fails here, not in a user's browser."""

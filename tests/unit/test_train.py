@@ -69,13 +69,22 @@ def test_checkpoint_selection_keeps_the_best_select_epoch():
 
 
 def test_checks_land_after_each_lr_drop_and_never_inside_a_warmup():
-    spec = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "at"},
-                        "train": {"epochs": 201, "milestones": [0.4975, 0.7462]}, "eval": {"select_every": 5}})  # fmt: skip
+    spec = parse_trial(
+        {
+            "data": {"dataset": "digits"},
+            "threat": {"norm": "linf", "eps": 0.1},
+            "method": {"kind": "at"},
+            "train": {"epochs": 201, "milestones": [0.4975, 0.7462]},
+            "eval": {"select_every": 5},
+        }
+    )
     checks = spec.selection_epochs()
     assert {99, 100, 150, 200} <= set(checks) and 101 not in checks  # SAT's drops: epochs 100 and 150 (0-based)
     assert len(checks) == 40 + 2 + 1  # every 5th (4, 9, ..., 199), the two drops, the last (200)
-    biamat = tiny(method={"kind": "biamat", "aux": ["noise"], "warmup_epochs": 2},
-                  train={"epochs": 4, "batch_size": 64, "lr": 0.05})  # fmt: skip
+    biamat = tiny(
+        method={"kind": "biamat", "aux": ["noise"], "warmup_epochs": 2},
+        train={"epochs": 4, "batch_size": 64, "lr": 0.05},
+    )
     assert biamat.selection_epochs() == [2, 3]
     result = run_trial(biamat)
     assert [h["epoch"] for h in result.history if "select/pgd_acc" in h] == [2, 3]

@@ -17,20 +17,24 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     folder = tmp_path_factory.mktemp("source")
-    done = CliRunner().invoke(app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=1",
-                                    "--out", str(folder)])  # fmt: skip
+    done = CliRunner().invoke(
+        app, ["run", str(ROOT / "sweeps" / "smoke.yaml"), "--set", "train.epochs=1", "--out", str(folder)]
+    )
     assert done.exit_code == 0, done.output
     return folder
 
 
 def transfer(source, **data):
-    return parse_trial({
-        "data": {"dataset": "digits", "classes": [0, 1, 2, 3, 4], **data},
-        "threat": {"norm": "linf", "eps": 0.1, "steps": 3},
-        "method": {"kind": "transfer", "source": str(source), "hidden": 32},
-        "train": {"epochs": 2, "batch_size": 64}, "eval": {"pgd_steps": 3, "autoattack": {"n": 0}},
-        "runtime": {"threads": 1},
-    })  # fmt: skip
+    return parse_trial(
+        {
+            "data": {"dataset": "digits", "classes": [0, 1, 2, 3, 4], **data},
+            "threat": {"norm": "linf", "eps": 0.1, "steps": 3},
+            "method": {"kind": "transfer", "source": str(source), "hidden": 32},
+            "train": {"epochs": 2, "batch_size": 64},
+            "eval": {"pgd_steps": 3, "autoattack": {"n": 0}},
+            "runtime": {"threads": 1},
+        }
+    )
 
 
 def test_the_backbone_stays_bit_identical_and_only_the_head_learns(source):

@@ -62,8 +62,13 @@ def test_result_carries_the_design_metric_names():
 
 def test_the_result_files_spec_validates_again_to_the_same_spec():
     """What satune eval and transfer read back: rules that look at which fields were set must hold."""
-    spec = parse_trial({"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs"},
-                        "method": {"kind": "sat", "split": "class", "classes": ["3"]}})  # fmt: skip
+    spec = parse_trial(
+        {
+            "data": {"dataset": "digits"},
+            "threat": {"norm": "linf", "eps": 0.1, "attack": "fgsm_rs"},
+            "method": {"kind": "sat", "split": "class", "classes": ["3"]},
+        }
+    )
     written = TrialResult(spec, {}, [], torch.nn.Identity()).to_json()["spec"]
     assert parse_trial(written) == spec
 

@@ -31,11 +31,15 @@ from satune.tune.trainable import TrialContext, resolve_trial
 
 def sweep(tmp_path, **over):
     data = {
-        "name": "t", "storage": str(tmp_path / "runs"),
-        "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1},
-                  "method": {"kind": "sat", "fraction": 0.5}},
+        "name": "t",
+        "storage": str(tmp_path / "runs"),
+        "trial": {
+            "data": {"dataset": "digits"},
+            "threat": {"norm": "linf", "eps": 0.1},
+            "method": {"kind": "sat", "fraction": 0.5},
+        },
         "search": {"space": {"method.w_A": {"loguniform": [0.5, 4]}, "train.epochs": {"int": [1, 3]}}},
-    }  # fmt: skip
+    }
     data.update(over)
     return parse_sweep(data)
 
@@ -58,20 +62,29 @@ def test_pareto_front_and_best():
 def test_reproduce_command_lists_values_seed_and_threads(tmp_path):
     r = TrialRow("a", "TERMINATED", {"method.w_A": 2.5, "method.split": "class", REPEAT_KEY: 1}, {}, seed=42)
     line = reproduce_command(tmp_path / "s.yaml", r, threads=1)
-    assert line == (f"satune run {tmp_path / 's.yaml'} --set 'method.split=\"class\"' --set method.w_A=2.5 "
-                    "--set seed=42 --set runtime.threads=1")  # fmt: skip
+    assert line == (
+        f"satune run {tmp_path / 's.yaml'} --set 'method.split=\"class\"' --set method.w_A=2.5 "
+        "--set seed=42 --set runtime.threads=1"
+    )
 
 
 def test_reproduce_command_survives_a_real_shell(tmp_path):
     """Lists, spaces, tiny floats and a hostile value from a shared sweep file: bash hands satune
     exactly the arguments it needs, runs nothing else, and --set reads back the same values."""
-    config = {"method.classes": ["3", "5"], "data.root": "/x/$(touch PWNED) `touch PWNED2`; y's",
-              "train.lr": 1e-05, "method.split": "class", "method.w_A": 2.0, "train.epochs": 3}  # fmt: skip
+    config = {
+        "method.classes": ["3", "5"],
+        "data.root": "/x/$(touch PWNED) `touch PWNED2`; y's",
+        "train.lr": 1e-05,
+        "method.split": "class",
+        "method.w_A": 2.0,
+        "train.epochs": 3,
+    }
     source = tmp_path / "my sweeps" / "s.yaml"
     line = reproduce_command(source, TrialRow("a", "TERMINATED", config, {}, seed=7), threads=None)
     shell = "satune() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"; }; " + line
-    argv = json.loads(subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
-                                     check=True).stdout)  # fmt: skip
+    argv = json.loads(
+        subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    )
     assert not list(tmp_path.glob("PWNED*"))
     assert argv[:2] == ["run", str(source)]
     sets = argv[3::2]
@@ -84,8 +97,14 @@ def test_reproduce_command_survives_a_real_shell(tmp_path):
 
 def test_trial_seeds(tmp_path):
     spec = sweep(tmp_path)
-    ctx = TrialContext(base=spec.trial.model_dump(mode="json", exclude_unset=True), sweep_seed=3, tracking_uri="",
-                       experiment_id="", parent_run_id="", threads=2)  # fmt: skip
+    ctx = TrialContext(
+        base=spec.trial.model_dump(mode="json", exclude_unset=True),
+        sweep_seed=3,
+        tracking_uri="",
+        experiment_id="",
+        parent_run_id="",
+        threads=2,
+    )
     a = resolve_trial(ctx, {"method.w_A": 1.0, "train.epochs": 2})
     b = resolve_trial(ctx, {"method.w_A": 2.0, "train.epochs": 2})
     assert a.method.w_A == 1.0 and a.train.epochs == 2 and a.runtime.threads == 2
@@ -192,12 +211,18 @@ def test_a_trial_the_scheduler_stopped_is_pruned_in_optuna(tmp_path, metric):
 
 
 def test_the_class_transfer_matrix_averages_repeats(tmp_path):
-    spec = parse_sweep({
-        "name": "m", "storage": str(tmp_path / "runs"),
-        "trial": {"data": {"dataset": "digits", "classes": [0, 1, 2]}, "threat": {"norm": "linf", "eps": 0.1},
-                  "method": {"kind": "sat", "split": "class", "classes": [0]}},
-        "search": {"grid": {"method.classes": [["0"], ["1"]]}, "repeats": 2, "metric": "proxy/pgd_acc"},
-    })  # fmt: skip
+    spec = parse_sweep(
+        {
+            "name": "m",
+            "storage": str(tmp_path / "runs"),
+            "trial": {
+                "data": {"dataset": "digits", "classes": [0, 1, 2]},
+                "threat": {"norm": "linf", "eps": 0.1},
+                "method": {"kind": "sat", "split": "class", "classes": [0]},
+            },
+            "search": {"grid": {"method.classes": [["0"], ["1"]]}, "repeats": 2, "metric": "proxy/pgd_acc"},
+        }
+    )
 
     def row(tid, attacked, repeat, base):
         metrics = {f"eval/class_pgd_acc/{c}": base + 0.1 * i + 0.02 * repeat for i, c in enumerate("012")}
@@ -207,8 +232,10 @@ def test_the_class_transfer_matrix_averages_repeats(tmp_path):
     rows = [row("a", ["0"], 0, 0.5), row("b", ["0"], 1, 0.5), row("c", ["1"], 0, 0.3), row("d", ["1"], 1, 0.3)]
     title, header, lines = transfer_matrix(spec, SweepResult(tmp_path, rows, None))
     assert title.startswith("pgd accuracy (eval)") and header == ["attacked", "0", "1", "2", "A_val", "B_val"]
-    assert lines == [["0", "0.5100", "0.6100", "0.7100", "0.5000", "0.5500"],
-                     ["1", "0.3100", "0.4100", "0.5100", "0.3000", "0.3500"]]  # fmt: skip
+    assert lines == [
+        ["0", "0.5100", "0.6100", "0.7100", "0.5000", "0.5500"],
+        ["1", "0.3100", "0.4100", "0.5100", "0.3000", "0.3500"],
+    ]
     assert transfer_matrix(sweep(tmp_path), SweepResult(tmp_path, rows, None)) is None  # not a sweep over classes
 
 
@@ -222,7 +249,11 @@ def test_a_run_begun_before_satune_gained_fields_resumes_after_the_upgrade(tmp_p
     del run.state["spec"]["trial"]["runtime"]["channels_last"]  # as an older satune saved it
     run.save(status="interrupted")
     assert prepare(sweep(tmp_path), source, resume=True).path == run_dir
-    base = {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "sat", "fraction": 0.5}}
+    base = {
+        "data": {"dataset": "digits"},
+        "threat": {"norm": "linf", "eps": 0.1},
+        "method": {"kind": "sat", "fraction": 0.5},
+    }
     for change in ({"runtime": {"channels_last": True}}, {"eval": {"pgd_steps": 3}}):
         with pytest.raises(SweepError, match="changed in trial"):
             prepare(sweep(tmp_path, trial={**base, **change}), source, resume=True)

@@ -30,8 +30,26 @@ def test_label_selectors_match_as_ray_documents_them():
     assert not selects(h100, {key: "H100", "zone": "b"})
 
 
-@pytest.mark.parametrize("value", ["H100", "!H100", "in(H100,A100)", "in(H100, A100)", "!in(a,b)", "(a,b)", "in(H100",
-                                   "", "!", "in()", "a b", "-a", "x" * 64, "in(a,,b)", "!!a"])  # fmt: skip
+@pytest.mark.parametrize(
+    "value",
+    [
+        "H100",
+        "!H100",
+        "in(H100,A100)",
+        "in(H100, A100)",
+        "!in(a,b)",
+        "(a,b)",
+        "in(H100",
+        "",
+        "!",
+        "in()",
+        "a b",
+        "-a",
+        "x" * 64,
+        "in(a,,b)",
+        "!!a",
+    ],
+)
 def test_the_sweep_file_takes_the_label_selectors_ray_takes(value):
     from ray._private.label_utils import validate_label_key, validate_label_selector_value
 
@@ -39,8 +57,11 @@ def test_the_sweep_file_takes_the_label_selectors_ray_takes(value):
 
     for key in ("ray.io/accelerator-type", "zone", "bad key", "-x/y", "a" * 64):
         ray_ok = (validate_label_key(key) or (validate_label_selector_value(value) if value else "empty")) is None
-        data = {"name": "s", "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1},
-                                       "method": {"kind": "at"}}, "resources": {"label_selector": {key: value}}}  # fmt: skip
+        data = {
+            "name": "s",
+            "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "at"}},
+            "resources": {"label_selector": {key: value}},
+        }
         try:
             parse_sweep(data)
             ours = True

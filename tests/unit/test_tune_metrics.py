@@ -23,10 +23,15 @@ def test_a_trial_is_described_by_its_sweep_id_and_sampled_values_the_repeat_last
 
 def test_an_epoch_sets_the_epoch_the_loss_and_the_proxy_when_the_epoch_has_it():
     report = {"epoch": 3, "train/loss": 0.25, "select/pgd_acc": 0.5, "train/lr": 0.1}
-    assert metrics.epoch_values(report, "select/pgd_acc") == {metrics.EPOCH: 3.0, metrics.TRAIN_LOSS: 0.25,
-                                                              metrics.PROXY: 0.5}  # fmt: skip
-    assert metrics.epoch_values({"epoch": 0, "train/loss": 1.0}, "select/pgd_acc") == {metrics.EPOCH: 0.0,
-                                                                                    metrics.TRAIN_LOSS: 1.0}  # fmt: skip
+    assert metrics.epoch_values(report, "select/pgd_acc") == {
+        metrics.EPOCH: 3.0,
+        metrics.TRAIN_LOSS: 0.25,
+        metrics.PROXY: 0.5,
+    }
+    assert metrics.epoch_values({"epoch": 0, "train/loss": 1.0}, "select/pgd_acc") == {
+        metrics.EPOCH: 0.0,
+        metrics.TRAIN_LOSS: 1.0,
+    }
 
 
 def test_series_are_tagged_with_the_sweep_the_trial_and_its_configuration():
@@ -40,8 +45,14 @@ def test_series_are_tagged_with_the_sweep_the_trial_and_its_configuration():
 
 
 def test_the_trainable_is_a_named_class_with_its_resources_and_tunes_old_name(tmp_path):
-    sweep = parse_sweep({"name": "s", "storage": str(tmp_path), "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1},
-                         "method": {"kind": "at"}}, "search": {"space": {"train.lr": {"uniform": [0.01, 0.1]}}}})  # fmt: skip
+    sweep = parse_sweep(
+        {
+            "name": "s",
+            "storage": str(tmp_path),
+            "trial": {"data": {"dataset": "digits"}, "threat": {"norm": "linf", "eps": 0.1}, "method": {"kind": "at"}},
+            "search": {"space": {"train.lr": {"uniform": [0.01, 0.1]}}},
+        }
+    )
     ctx = TrialContext(base={}, sweep_seed=0, tracking_uri="http://x", experiment_id="1", parent_run_id="p", threads=1)
     cls = trial_trainable(ctx, sweep, {"cpu": 2, "gpu": 0.5})
     assert cls.__name__ == cls.__qualname__ == "SatuneTrial"  # Ray lists the qualified name

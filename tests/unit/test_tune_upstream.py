@@ -20,8 +20,13 @@ def test_a_result_grid_keeps_its_experiment_analysis_and_tunes_trials():
 def test_optuna_search_keeps_its_trials_study_and_completed_set(tmp_path):
     """FinalResultOptunaSearch reads _ot_trials (Tune's id -> Optuna's trial), _ot_study, _completed_trials."""
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
-    search = upstream.FinalResultOptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)},
-                                              metric="m", mode="max", storage=storage, study_name="s")  # fmt: skip
+    search = upstream.FinalResultOptunaSearch(
+        space={"x": optuna.distributions.FloatDistribution(0, 1)},
+        metric="m",
+        mode="max",
+        storage=storage,
+        study_name="s",
+    )
     search.suggest("t1")
     assert isinstance(search._ot_trials["t1"], optuna.trial.Trial)
     assert isinstance(search._ot_study, optuna.Study) and isinstance(search._completed_trials, set)
