@@ -405,6 +405,7 @@ def ui(
 
     from satune import tracking
     from satune.sweep.rundir import JOURNAL_FILE, latest_run_dir, read_state
+    from satune.sweep.study_dashboard import StudyDashboard
     from satune.sweep.summary import shown_metrics
 
     spec = load_sweep(file)
@@ -412,7 +413,7 @@ def ui(
     state = read_state(run_dir) if run_dir is not None else {}
     if run_dir is None or "parent_run_id" not in state:
         raise OptionError(f"no MLflow run of sweep '{spec.name}' under {spec.storage}: run `satune sweep {file}` first")
-    servers: list[tracking.LocalServer | tracking.StudyDashboard] = []
+    servers: list[tracking.Served] = []
     try:
         with ExitStack() as stack:
             uri, server = stack.enter_context(
@@ -431,7 +432,7 @@ def ui(
             )
             out.print(f"the trials of {run_dir}: {link}", highlight=False)
             if (run_dir / JOURNAL_FILE).exists():
-                servers.append(stack.enter_context(tracking.StudyDashboard(run_dir / JOURNAL_FILE, host, optuna_port)))
+                servers.append(stack.enter_context(StudyDashboard(run_dir / JOURNAL_FILE, host, optuna_port)))
                 out.print(f"optuna-dashboard: {servers[-1].uri}", highlight=False)
             else:
                 out.print("optuna-dashboard: none (this run has no Optuna study: a plain grid)", highlight=False)

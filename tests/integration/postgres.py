@@ -21,7 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from satune.tracking import LocalServer, _die_with_parent, free_port, server_env
+from satune.tracking import LocalServer, free_port, server_env
+from satune.tracking.server import _die_with_parent
 
 INSTALL_HINT = "`make test` installs Debian's postgresql package"
 
