@@ -19,6 +19,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -59,6 +60,26 @@ class SweepInterrupted(Exception):
 # The sweep
 
 
+@dataclass
+class _Open:
+    """What the phases of a sweep hand on: its run directory, and once tracking is open, where."""
+
+    sweep: SweepSpec
+    source: Path
+    run: RunDir
+    echo: Callable[[str], None]
+    lost: threading.Event = field(default_factory=threading.Event)  # the tracking server is gone for good
+    store_lost: threading.Event = field(default_factory=threading.Event)  # ... the object store
+    uri: str | None = None
+    experiment_id: str = ""
+    parent: str | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        assert self.run.path is not None  # (claimed in the preflight)
+        return self.run.path
+
+
 def run_sweep(
     sweep: SweepSpec,
     source: Path,
@@ -68,136 +89,173 @@ def run_sweep(
     echo: Callable[[str], None] | None = None,
     report: Callable[[str], None] | None = None,
 ) -> SweepResult:
-    """Run (or resume) a sweep. An interrupt at any point (Ctrl-C, SIGTERM) ends with the state
+    """Run (or resume) a sweep: preflight, open tracking, run the trials, the final stage, the summary
+    and verdicts, the report, finish. An interrupt at any point (Ctrl-C, SIGTERM) ends with the state
     saved, the parent run KILLED and unfinished trials' runs KILLED: `--resume` continues it.
     `report(tracking_uri)` runs at the end, while the tracking server still runs."""
-    echo = echo or echo_stderr
-    run = prepare(sweep, source, resume)  # checks --resume; writes nothing
-    experiment = sweep.tracking.experiment or sweep.name
-    uri, parent = sweep.tracking.uri, run.state.get("parent_run_id")
-    lost = threading.Event()  # set when the tracking server stopped answering for good
-    store_lost = threading.Event()  # ... the object store (`storage` as a URL)
+    at = _Open(sweep, source, prepare(sweep, source, resume), echo or echo_stderr)  # prepare writes nothing
+    at.uri, at.parent = sweep.tracking.uri, at.run.state.get("parent_run_id")
     with _sigterm_as_sigint(), ExitStack() as stack:
         try:
-            # 1. Pre-flight, before any run directory or MLflow run exists: the user's MLflow server
-            # (answers, same version), the cluster (answers, takes our token, same versions, a node that
-            # fits a trial, one machine if MLflow is served locally). A local server starts while a
-            # private Ray does (each takes seconds).
-            address = address or os.environ.get("SATUNE_RAY_ADDRESS")
-            _check_data(sweep, joined=bool(address), echo=echo)
-            if uri is not None:
-                tracking.check_server(uri)
-            run.storage.check()
-            if address:
-                cluster.preflight(address)
-            server = None
-            if uri is None:
-                server = tracking.LocalServer(Path(sweep.storage))
-                stack.callback(server.stop)
-                if not address:
-                    server.launch()  # while the private Ray starts; beside a cluster, once it passed the checks
-            stack.callback(cluster.stop)
-            dashboard = cluster.start(address)
-            _sigterm_to_sigint()  # again: ray.init replaced it
-            cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu, sweep.resources.label_selector)
-            if server is not None and address:
-                cluster.check_one_machine_for_local_tracking(address)
-            run_dir = run.claim()
-            shared = None if run.storage.remote else writable_by_others(run_dir)
-            if shared is not None:
-                echo(
-                    f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
-                    "it: anyone who can write there can run code as you (docs/trust.md)"
+            server, dashboard = _preflight(at, address or os.environ.get("SATUNE_RAY_ADDRESS"), stack)
+            _open_tracking(at, server, stack)
+            result = _run_trials(at, dashboard, resume)
+            if at.sweep.final_eval is not None and not result.interrupted:
+                # AutoAttack on the winners the select slice chose; it reports, never chooses.
+                final_stage.run(
+                    at.sweep,
+                    result.rows,
+                    uri=_uri(at),
+                    experiment_id=at.experiment_id,
+                    parent=_parent(at),
+                    echo=at.echo,
                 )
-            if server is not None and address:
-                server.launch()
-            if server is not None:
-                server.wait_healthy()
-                stack.enter_context(server.restarted_when_dead(echo))
-                uri = server.uri
-                echo(f"MLflow: local server {uri} (store {server.db.parent}); `satune ui {source}` serves it later")
-            else:
-                echo(f"MLflow: {uri}")
-            assert uri is not None
-            stack.enter_context(tracking.watched(uri, sweep.tracking.patience_s, partial(_lost, lost, echo, "MLflow")))
-            if run.storage.remote:
-                stack.enter_context(_store_watched(sweep, run, store_lost, echo))
-            experiment_id = tracking.ensure_experiment(uri, experiment)
-            if parent is None:
-                parent = tracking.start_parent(
-                    uri,
-                    experiment_id=experiment_id,
-                    name=f"{sweep.name}-{run_dir.name}",
-                    params=_parent_params(sweep),
-                    tags={tracking.SWEEP_NAME_TAG: sweep.name} | tracking.provenance(),
-                )
-                link = tracking.artifact_link(experiment_id, parent, "report/index.html")
-                tracking.describe_sweep(uri, parent, tracking.sweep_description(sweep, source, run.location, link))
-            else:
-                tracking.reopen(uri, parent)
-            run.save(parent_run_id=parent, experiment_id=experiment_id, tracking_uri=uri, status="running")
-            tracking.log_file(uri, parent, source)  # (again on --resume: the same files)
-            tracking.log_dict(uri, parent, sweep.model_dump(mode="json", by_alias=True), "resolved_spec.json")
-            echo(f"MLflow parent run {parent} in experiment '{experiment}'")
-
-            # 2. The trials.
-            _injected_interrupt("startup")
-            echo(cluster.dashboard_hint(dashboard))
-            sweep = _find_sources(sweep, run, uri, echo)
-            _prepare(sweep, echo)
-            result = _fit(
-                sweep,
-                run,
-                uri=uri,
-                experiment_id=experiment_id,
-                parent=parent,
-                resume=resume,
-                echo=echo,
-                store_lost=store_lost,
-            )
-            if lost.is_set():  # nothing more can reach MLflow: end as interrupted, without the summary
-                raise KeyboardInterrupt
-
-            # 3. The final stage: AutoAttack on the winners the select slice chose; it reports, never chooses.
-            if sweep.final_eval is not None and not result.interrupted:
-                final_stage.run(sweep, result.rows, uri=uri, experiment_id=experiment_id, parent=parent, echo=echo)
-
-            # 4. The summary and the verdicts (the best configuration against the others) go into the parent run.
-            _injected_interrupt("summary")
-            log_summary(sweep, result, uri, parent)
-            if not result.interrupted:
-                runs = {
-                    r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
-                    for r in tracking.child_runs(uri, experiment_id, parent)
-                }
-                result.comparison = verdicts.compare(sweep, result.rows, verdicts.mlflow_outcomes(uri, runs))
-                verdicts.log(result.comparison, uri, parent, run_dir)
-
-            # 5. The report, into the parent run too: a failure to draw loses no result, so it only warns.
+            _summarize(at, result)
             if report is not None and not result.interrupted:
-                try:
-                    report(uri)
-                except Exception as exc:  # noqa: BLE001 - the sweep's results are safe; say how to retry
-                    echo(
-                        f"warning: the report failed ({type(exc).__name__}: {exc}); `satune report {source}` "
-                        "draws it again"
-                    )
+                _report(at, report)
         except KeyboardInterrupt:
-            _end_interrupted(run, echo, tracked=not lost.is_set())
-            raise SweepInterrupted(run.path) from None
+            _end_interrupted(at.run, at.echo, tracked=not at.lost.is_set())
+            raise SweepInterrupted(at.run.path) from None
         except BaseException:
-            if run.path is not None:
-                run.save(status="failed")
-            if parent is not None and uri is not None and not lost.is_set():
-                tracking.end_run(uri, parent, "FAILED")
+            if at.run.path is not None:
+                at.run.save(status="failed")
+            if at.parent is not None and at.uri is not None and not at.lost.is_set():
+                tracking.end_run(at.uri, at.parent, "FAILED")
             raise
-        result.labels = run.state.get("source_labels", {})
-        if result.interrupted:
-            _end_interrupted(run, echo)
-        else:
-            tracking.end_run(uri, parent, "FINISHED")
-            run.save(status="finished")
-        return result
+        return _finish(at, result)
+
+
+def _uri(at: _Open) -> str:
+    assert at.uri is not None  # (set when tracking opened)
+    return at.uri
+
+
+def _parent(at: _Open) -> str:
+    assert at.parent is not None  # (set when tracking opened)
+    return at.parent
+
+
+def _preflight(at: _Open, address: str | None, stack: ExitStack) -> tuple[tracking.LocalServer | None, str | None]:
+    """Before any run directory or MLflow run exists: the data, the user's MLflow server (answers,
+    same version), the storage, the cluster (answers, takes our token, same versions, a node that
+    fits a trial, one machine if MLflow is served locally). A local server starts while a private
+    Ray does (each takes seconds). Ends with Ray up and the run directory claimed."""
+    sweep = at.sweep
+    _check_data(sweep, joined=bool(address), echo=at.echo)
+    if at.uri is not None:
+        tracking.check_server(at.uri)
+    at.run.storage.check()
+    if address:
+        cluster.preflight(address)
+    server = None
+    if at.uri is None:
+        server = tracking.LocalServer(Path(sweep.storage))
+        stack.callback(server.stop)
+        if not address:
+            server.launch()  # while the private Ray starts; beside a cluster, once it passed the checks
+    stack.callback(cluster.stop)
+    dashboard = cluster.start(address)
+    _sigterm_to_sigint()  # again: ray.init replaced it
+    cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu, sweep.resources.label_selector)
+    if server is not None and address:
+        cluster.check_one_machine_for_local_tracking(address)
+    run_dir = at.run.claim()
+    shared = None if at.run.storage.remote else writable_by_others(run_dir)
+    if shared is not None:
+        at.echo(
+            f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
+            "it: anyone who can write there can run code as you (docs/trust.md)"
+        )
+    if server is not None and address:
+        server.launch()
+    return server, dashboard
+
+
+def _open_tracking(at: _Open, server: tracking.LocalServer | None, stack: ExitStack) -> None:
+    """The tracking server up and watched (and the object store), the parent run opened or re-opened."""
+    sweep, echo, run = at.sweep, at.echo, at.run
+    if server is not None:
+        server.wait_healthy()
+        stack.enter_context(server.restarted_when_dead(echo))
+        at.uri = server.uri
+        echo(f"MLflow: local server {at.uri} (store {server.db.parent}); `satune ui {at.source}` serves it later")
+    else:
+        echo(f"MLflow: {at.uri}")
+    uri = _uri(at)
+    stack.enter_context(tracking.watched(uri, sweep.tracking.patience_s, partial(_lost, at.lost, echo, "MLflow")))
+    if run.storage.remote:
+        stack.enter_context(_store_watched(sweep, run, at.store_lost, echo))
+    experiment = sweep.tracking.experiment or sweep.name
+    at.experiment_id = tracking.ensure_experiment(uri, experiment)
+    if at.parent is None:
+        at.parent = tracking.start_parent(
+            uri,
+            experiment_id=at.experiment_id,
+            name=f"{sweep.name}-{at.run_dir.name}",
+            params=_parent_params(sweep),
+            tags={tracking.SWEEP_NAME_TAG: sweep.name} | tracking.provenance(),
+        )
+        link = tracking.artifact_link(at.experiment_id, at.parent, "report/index.html")
+        tracking.describe_sweep(uri, at.parent, tracking.sweep_description(sweep, at.source, run.location, link))
+    else:
+        tracking.reopen(uri, at.parent)
+    run.save(parent_run_id=at.parent, experiment_id=at.experiment_id, tracking_uri=uri, status="running")
+    tracking.log_file(uri, at.parent, at.source)  # (again on --resume: the same files)
+    tracking.log_dict(uri, at.parent, sweep.model_dump(mode="json", by_alias=True), "resolved_spec.json")
+    echo(f"MLflow parent run {at.parent} in experiment '{experiment}'")
+
+
+def _run_trials(at: _Open, dashboard: str | None, resume: bool) -> SweepResult:
+    """Tune runs the trials (a transfer sweep's sources found first, rankings prepared once)."""
+    _injected_interrupt("startup")
+    at.echo(cluster.dashboard_hint(dashboard))
+    at.sweep = _find_sources(at.sweep, at.run, _uri(at), at.echo)
+    _prepare(at.sweep, at.echo)
+    result = _fit(
+        at.sweep,
+        at.run,
+        uri=_uri(at),
+        experiment_id=at.experiment_id,
+        parent=_parent(at),
+        resume=resume,
+        echo=at.echo,
+        store_lost=at.store_lost,
+    )
+    if at.lost.is_set():  # nothing more can reach MLflow: end as interrupted, without the summary
+        raise KeyboardInterrupt
+    return result
+
+
+def _summarize(at: _Open, result: SweepResult) -> None:
+    """The summary and the verdicts (the best configuration against the others) into the parent run."""
+    _injected_interrupt("summary")
+    uri, parent = _uri(at), _parent(at)
+    log_summary(at.sweep, result, uri, parent)
+    if not result.interrupted:
+        runs = {
+            r.data.tags.get(tracking.TRIAL_TAG): r.info.run_id
+            for r in tracking.child_runs(uri, at.experiment_id, parent)
+        }
+        result.comparison = verdicts.compare(at.sweep, result.rows, verdicts.mlflow_outcomes(uri, runs))
+        verdicts.log(result.comparison, uri, parent, at.run_dir)
+
+
+def _report(at: _Open, report: Callable[[str], None]) -> None:
+    """The report, into the parent run too: a failure to draw loses no result, so it only warns."""
+    try:
+        report(_uri(at))
+    except Exception as exc:  # noqa: BLE001 - the sweep's results are safe; say how to retry
+        at.echo(f"warning: the report failed ({type(exc).__name__}: {exc}); `satune report {at.source}` draws it again")
+
+
+def _finish(at: _Open, result: SweepResult) -> SweepResult:
+    result.labels = at.run.state.get("source_labels", {})
+    if result.interrupted:
+        _end_interrupted(at.run, at.echo)
+    else:
+        tracking.end_run(_uri(at), _parent(at), "FINISHED")
+        at.run.save(status="finished")
+    return result
 
 
 def _find_sources(sweep: SweepSpec, run: RunDir, uri: str, echo) -> SweepSpec:
