@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from satune import tracking
 from satune.seeds import derive_seed
@@ -30,6 +31,9 @@ from satune.tracking.tags import (
     RESUMED_TAG,
 )
 from satune.tune.metrics import TrialGauges, describe
+
+if TYPE_CHECKING:
+    from satune.trial import TrialResult
 
 META_FILE = "meta.json"
 
@@ -97,9 +101,9 @@ def resolve_trial(ctx: TrialContext, config: dict[str, Any]) -> TrialSpec:
 
 
 def run(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One trial in its actor: restore (Tune's checkpoint, the MLflow run) -> epochs (each to Tune,
+    then MLflow) -> publish (the final report, artifacts and tags; the run ends FINISHED)."""
     # Imported here: the driver imports this module too, and never needs torch.
-    import ray
-    import torch
     from ray import tune
 
     from satune.trial import run_trial
@@ -114,8 +118,7 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         if checkpoint is not None:
             restored = Path(checkpoint.to_directory(str(Path(tmp) / "restored")))
             meta = json.loads((restored / META_FILE).read_text())
-        uri = ctx.tracking_uri
-        done = _finished_result(uri, meta.get("run_id"), Path(tmp)) if meta else None
+        done = _finished_result(ctx.tracking_uri, meta.get("run_id"), Path(tmp)) if meta else None
         if done is not None:  # it ended after Tune last saved its state (the driver died, or the store went away)
             print(
                 f"{describe(ctx.sweep, trial_id, config)} had already finished: its result is reported again",
@@ -123,88 +126,117 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             )
             tune.report({**done, "epoch": spec.train.epochs - 1})
             return
-        run_id = tracking.trial_run(
-            uri,
-            experiment_id=ctx.experiment_id,
-            parent_id=ctx.parent_run_id,
-            trial_id=trial_id,
-            name=f"trial-{trial_id}",
-            spec=spec.model_dump(mode="json"),
-            run_id=meta.get("run_id"),
-            tags=_grouping(config),
-        )
-        # Where this attempt runs (a retried trial may land elsewhere): which node, by Ray's id and
-        # address, and which actor (the dashboard's Actors page lists it by this id).
-        here = ray.get_runtime_context()
-        where = {NODE_TAG: f"{here.get_node_id()} ({ray.util.get_node_ip_address()})", ACTOR_TAG: here.get_actor_id()}
-        if restored is not None:
-            where[RESUMED_TAG] = meta["epoch"]
-        tracking.set_tags(uri, run_id, where)
-        fail_at = ctx.fail_at_epoch if restored is None else None
-
-        # Every epoch reaches MLflow exactly once, whatever stopped an earlier attempt: epochs are
-        # logged after Tune has them; on a restart, epochs Tune has and MLflow lacks are filled in
-        # from the checkpoint, and re-run epochs MLflow already has (bit-identical) are not logged.
-        history: list[dict] = meta.get("history", [])
-        gauges = TrialGauges(ctx.sweep, trial_id, config, ctx.proxy, spec.train.epochs)
-        if history:  # a restored trial shows where it stands at once
-            gauges.epoch(history[-1])
-        logged = tracking.metric_steps(uri, run_id, "train/loss")
-        for past in history:
-            if past["epoch"] not in logged:
-                tracking.log_metrics(uri, run_id, past, step=past["epoch"])
-
-        def on_epoch(metrics: dict, ckpt_dir: Path | None) -> None:
-            assert ckpt_dir is not None  # run_trial checkpoints every epoch into its workdir
-            history.append(metrics)
-            meta = {"run_id": run_id, "trial_id": trial_id, "epoch": metrics["epoch"], "history": history}
-            (ckpt_dir / META_FILE).write_text(json.dumps(meta))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
-            gauges.epoch(metrics)
-            if metrics["epoch"] not in logged:
-                tracking.log_metrics(uri, run_id, metrics, step=metrics["epoch"])
-            if fail_at is not None and metrics["epoch"] == fail_at:
-                raise InjectedFailure(f"injected failure after epoch {fail_at}")
-
-        def on_start(effective: dict) -> None:  # the values it trains with, every default resolved
-            tracking.log_new_params(uri, run_id, effective)
-
+        run_id = _open_run(ctx, spec, trial_id, config, meta)
+        on_epoch = _epochs(ctx, spec, trial_id, config, run_id, meta.get("history", []), restored is None)
         try:
             result = run_trial(
                 spec,
                 on_epoch=on_epoch,
-                on_start=on_start,
+                on_start=lambda effective: tracking.log_new_params(ctx.tracking_uri, run_id, effective),
                 checkpoint=restored,
                 workdir=Path(tmp) / "work",
-                sources=partial(load_source, uri),
+                sources=partial(load_source, ctx.tracking_uri),
             )
         except Exception:
-            tracking.end_run(uri, run_id, "FAILED")
+            tracking.end_run(ctx.tracking_uri, run_id, "FAILED")
             raise
-        final = {**result.metrics, "epoch": spec.train.epochs - 1}
-        last = result.history[-1] if result.history else {}
-        final_only = {k: v for k, v in result.metrics.items() if k not in last}  # eval/*, time/total_s, ...
-        if spec.train.epochs not in tracking.metric_steps(uri, run_id, "time/total_s"):
-            tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs)
-        tracking.log_dict(uri, run_id, result.to_json(), "result.json")
-        if result.outcomes is not None:
-            tracking.log_text(uri, run_id, result.outcomes.csv(), "outcomes.csv")
-        flagged = {}
-        if result.collapsed_at is not None:  # (1-based, as the epochs are printed)
-            flagged[COLLAPSED_TAG] = f"robust accuracy collapsed at epoch {result.collapsed_at + 1}"
-        if result.metrics.get("last/overfit") == 1:
-            flagged[OVERFITTING_TAG] = (
-                f"the selected checkpoint beats the last by "
-                f"{result.metrics['last/pgd_gap']:+.3f} PGD accuracy "
-                f"(p {result.metrics['last/pgd_gap_p']:.2g})"
-            )
-        # The integrity tag last, in the same request: it marks the trial's end as logged.
-        tracking.set_tags(uri, run_id, flagged | {tracking.INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
-        weights = Path(tmp) / "model.pt"
-        torch.save(result.model.state_dict(), weights)
-        tracking.log_file(uri, run_id, weights, "model")
-        tune.report(final)
-        tracking.end_run(uri, run_id, "FINISHED")
+        _publish(ctx.tracking_uri, run_id, spec, result, Path(tmp))
+        tune.report({**result.metrics, "epoch": spec.train.epochs - 1})
+        tracking.end_run(ctx.tracking_uri, run_id, "FINISHED")
+
+
+def _open_run(ctx: TrialContext, spec: TrialSpec, trial_id: str, config: dict[str, Any], meta: dict) -> str:
+    """The trial's MLflow run (the same one again after a restore), tagged with where this attempt runs
+    (a retried trial may land elsewhere): which node, by Ray's id and address, and which actor (the
+    dashboard's Actors page lists it by this id)."""
+    import ray
+
+    uri = ctx.tracking_uri
+    run_id = tracking.trial_run(
+        uri,
+        experiment_id=ctx.experiment_id,
+        parent_id=ctx.parent_run_id,
+        trial_id=trial_id,
+        name=f"trial-{trial_id}",
+        spec=spec.model_dump(mode="json"),
+        run_id=meta.get("run_id"),
+        tags=_grouping(config),
+    )
+    here = ray.get_runtime_context()
+    where = {NODE_TAG: f"{here.get_node_id()} ({ray.util.get_node_ip_address()})", ACTOR_TAG: here.get_actor_id()}
+    if meta:
+        where[RESUMED_TAG] = meta["epoch"]
+    tracking.set_tags(uri, run_id, where)
+    return run_id
+
+
+def _epochs(
+    ctx: TrialContext,
+    spec: TrialSpec,
+    trial_id: str,
+    config: dict[str, Any],
+    run_id: str,
+    history: list[dict],
+    fresh: bool,
+) -> Callable[[dict, Path | None], None]:
+    """What each epoch does once trained: its checkpoint and metrics to Tune, then to MLflow.
+
+    Every epoch reaches MLflow exactly once, whatever stopped an earlier attempt: epochs are logged
+    after Tune has them; on a restart, epochs Tune has and MLflow lacks are filled in from the
+    checkpoint, and re-run epochs MLflow already has (bit-identical) are not logged."""
+    from ray import tune
+
+    uri = ctx.tracking_uri
+    fail_at = ctx.fail_at_epoch if fresh else None
+    gauges = TrialGauges(ctx.sweep, trial_id, config, ctx.proxy, spec.train.epochs)
+    if history:  # a restored trial shows where it stands at once
+        gauges.epoch(history[-1])
+    logged = tracking.metric_steps(uri, run_id, "train/loss")
+    for past in history:
+        if past["epoch"] not in logged:
+            tracking.log_metrics(uri, run_id, past, step=past["epoch"])
+
+    def on_epoch(metrics: dict, ckpt_dir: Path | None) -> None:
+        assert ckpt_dir is not None  # run_trial checkpoints every epoch into its workdir
+        history.append(metrics)
+        meta = {"run_id": run_id, "trial_id": trial_id, "epoch": metrics["epoch"], "history": history}
+        (ckpt_dir / META_FILE).write_text(json.dumps(meta))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+        gauges.epoch(metrics)
+        if metrics["epoch"] not in logged:
+            tracking.log_metrics(uri, run_id, metrics, step=metrics["epoch"])
+        if fail_at is not None and metrics["epoch"] == fail_at:
+            raise InjectedFailure(f"injected failure after epoch {fail_at}")
+
+    return on_epoch
+
+
+def _publish(uri: str, run_id: str, spec: TrialSpec, result: TrialResult, tmp: Path) -> None:
+    """The final report into the trial's run: final-only metrics, result.json, the outcomes, the
+    flags, the weights; the integrity tag marks the end as logged."""
+    import torch
+
+    last = result.history[-1] if result.history else {}
+    final_only = {k: v for k, v in result.metrics.items() if k not in last}  # eval/*, time/total_s, ...
+    if spec.train.epochs not in tracking.metric_steps(uri, run_id, "time/total_s"):
+        tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs)
+    tracking.log_dict(uri, run_id, result.to_json(), "result.json")
+    if result.outcomes is not None:
+        tracking.log_text(uri, run_id, result.outcomes.csv(), "outcomes.csv")
+    flagged = {}
+    if result.collapsed_at is not None:  # (1-based, as the epochs are printed)
+        flagged[COLLAPSED_TAG] = f"robust accuracy collapsed at epoch {result.collapsed_at + 1}"
+    if result.metrics.get("last/overfit") == 1:
+        flagged[OVERFITTING_TAG] = (
+            f"the selected checkpoint beats the last by "
+            f"{result.metrics['last/pgd_gap']:+.3f} PGD accuracy "
+            f"(p {result.metrics['last/pgd_gap_p']:.2g})"
+        )
+    # The integrity tag last, in the same request: it marks the trial's end as logged.
+    tracking.set_tags(uri, run_id, flagged | {tracking.INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
+    weights = tmp / "model.pt"
+    torch.save(result.model.state_dict(), weights)
+    tracking.log_file(uri, run_id, weights, "model")
 
 
 def _finished_result(uri: str, run_id: str | None, into: Path) -> dict | None:
