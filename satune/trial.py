@@ -31,7 +31,7 @@ from satune.evaluate import (
     select_metrics,
     select_outcomes,
 )
-from satune.methods import BuildContext, Source, kind_of
+from satune.methods import BuildContext, Built, Source, kind_of
 from satune.models import create_model
 from satune.ranking import difficulty_scores
 from satune.specs import TrialSpec, interval_keys
@@ -129,7 +129,7 @@ def run_trial(
     workdir: Path | None = None,
     sources: SourceLoader = load_folder,
 ) -> TrialResult:
-    """Train and evaluate one trial.
+    """Train and evaluate one trial: build, train (train.fit), report (the final evaluation).
 
     `on_start` receives the effective values before the first epoch; `checkpoint` resumes from a
     directory written by an earlier run of the same spec; `workdir` is where this run writes its
@@ -137,44 +137,14 @@ def run_trial(
     """
     t0 = time.perf_counter()
     ctx = build_context(spec, sources)
-    data, device = ctx.data, ctx.device
     built = kind_of(spec.method).build(ctx)
     if built.summary:
         log.info("%s", built.summary)
-
-    model = built.model
-    if model is None:
-        heads = [data.num_classes] + ([built.aux_classes] if built.aux_classes else [])
-        with torch.random.fork_rng(devices=[]):  # initial weights depend on the trial seed alone
-            torch.manual_seed(runtime.derive_seed(spec.seed, "model"))
-            model = create_model(spec.model, data.shape, heads, data.mean, data.std)
-
-    nhwc = runtime.channels_last(spec.runtime, device, model)
-    if nhwc:  # the weights' layout; convolutions then give NHWC activations whatever the input's
-        model = model.to(memory_format=torch.channels_last)
-
-    final_x, final_y = data.final.tensors(spec.eval.n)
-    threat = spec.eval_threat
-    effective = {
-        "seed": spec.seed,
-        "threat.step_size": spec.threat.alpha,
-        "eval.norm": threat.norm,
-        "eval.eps": threat.eps,
-        "eval.pgd_step_size": eval_step_size(threat, spec.eval),
-        "eval.n": len(final_x),
-        "eval.autoattack.n": spec.eval.autoattack.count(len(final_x)),
-        "data.shape": list(data.shape),
-        "data.train_examples": len(data.train),
-        "data.select_examples": len(data.select),
-        "eval.select_epochs": spec.selection_epochs(),
-        "runtime.device": str(device),
-        "runtime.threads": torch.get_num_threads(),
-        "runtime.amp": runtime.amp_active(device, spec.runtime.amp),
-        "runtime.channels_last": nhwc,
-        **built.effective,
-    }
+    model = _model(spec, ctx, built)
+    effective = _effective(spec, ctx, built, model)
     if on_start is not None:
         on_start(effective)
+    data, threat = ctx.data, spec.eval_threat
 
     def select(m):
         return select_metrics(m, data.select, threat, spec.eval, runtime.derive_seed(spec.seed, "select"))
@@ -186,7 +156,7 @@ def run_trial(
             data.train,
             spec.train,
             spec.seed,
-            device,
+            ctx.device,
             select=select,
             select_metric=spec.eval.select_metric,
             select_epochs=spec.selection_epochs(),
@@ -197,10 +167,60 @@ def run_trial(
             resume_from=checkpoint,
             amp=spec.runtime.amp,
         )
+    metrics, outcomes, integrity = _report(spec, ctx, built, model, result)
+    metrics["time/total_s"] = time.perf_counter() - t0
+    if ctx.device.type == "cuda":  # what a trial needs of a shared GPU (resources.gpu below 1)
+        metrics["gpu/peak_mib"] = torch.cuda.max_memory_reserved(ctx.device) / 2**20
+    return TrialResult(spec, metrics, result.history, model, effective, outcomes, integrity, result.collapsed_at)
 
-    # The final report, named apart from the epochs': the last epoch's checkpoint on the final slice
-    # (robust overfitting shows as last/pgd_gap), then the selected one on the select slice (the
-    # search's proxy) and on the final slice, AutoAttack included.
+
+def _model(spec: TrialSpec, ctx: BuildContext, built: Built) -> torch.nn.Module:
+    """The method's model (a transfer trial's source), or a new one whose initial weights depend on
+    the trial seed alone; NHWC weights where runtime.channels_last says so."""
+    data = ctx.data
+    model = built.model
+    if model is None:
+        heads = [data.num_classes] + ([built.aux_classes] if built.aux_classes else [])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(runtime.derive_seed(spec.seed, "model"))
+            model = create_model(spec.model, data.shape, heads, data.mean, data.std)
+    if runtime.channels_last(spec.runtime, ctx.device, model):
+        model = model.to(memory_format=torch.channels_last)  # convolutions then give NHWC activations
+    return model
+
+
+def _effective(spec: TrialSpec, ctx: BuildContext, built: Built, model: torch.nn.Module) -> dict[str, Any]:
+    """Every value the trial resolved, with what it resolved to (MLflow's params)."""
+    data, device, threat = ctx.data, ctx.device, spec.eval_threat
+    n = len(data.final.tensors(spec.eval.n)[1])
+    return {
+        "seed": spec.seed,
+        "threat.step_size": spec.threat.alpha,
+        "eval.norm": threat.norm,
+        "eval.eps": threat.eps,
+        "eval.pgd_step_size": eval_step_size(threat, spec.eval),
+        "eval.n": n,
+        "eval.autoattack.n": spec.eval.autoattack.count(n),
+        "data.shape": list(data.shape),
+        "data.train_examples": len(data.train),
+        "data.select_examples": len(data.select),
+        "eval.select_epochs": spec.selection_epochs(),
+        "runtime.device": str(device),
+        "runtime.threads": torch.get_num_threads(),
+        "runtime.amp": runtime.amp_active(device, spec.runtime.amp),
+        "runtime.channels_last": runtime.channels_last(spec.runtime, device, model),
+        **built.effective,
+    }
+
+
+def _report(
+    spec: TrialSpec, ctx: BuildContext, built: Built, model: torch.nn.Module, result: FitResult
+) -> tuple[dict[str, float], Outcomes, list[str]]:
+    """The final report, named apart from the epochs': the last epoch's checkpoint on the final slice
+    (robust overfitting shows as last/pgd_gap), then the selected one on the select slice (the
+    search's proxy) and on the final slice, AutoAttack included. Leaves the selected weights in `model`."""
+    data, threat = ctx.data, spec.eval_threat
+    final_x, final_y = data.final.tensors(spec.eval.n)
     last = len(result.history) - 1
     selected = result.best_epoch if result.best_epoch is not None else last
     seed = runtime.derive_seed(spec.seed, "eval")
@@ -227,9 +247,6 @@ def run_trial(
     metrics["train/selected_epoch"] = selected
     metrics["train/collapsed"] = float(result.collapsed_at is not None)
     metrics["train/grad_evals"] = result.history[-1]["train/grad_evals"]  # the whole training's cost
-    metrics["time/total_s"] = time.perf_counter() - t0
-    if device.type == "cuda":  # what a trial needs of a shared GPU (resources.gpu below 1)
-        metrics["gpu/peak_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
     integrity += robust_above_clean(outcomes)
     for problem in integrity:
         log.warning("evaluation integrity: %s", problem)
@@ -239,7 +256,7 @@ def run_trial(
             result.collapsed_at + 1,
             " (training stopped at the check that confirmed it)" if spec.train.stop_on_collapse else "",
         )
-    return TrialResult(spec, metrics, result.history, model, effective, outcomes, integrity, result.collapsed_at)
+    return metrics, outcomes, integrity
 
 
 def overfitting(selected: torch.Tensor, last: torch.Tensor | None) -> dict[str, float]:
