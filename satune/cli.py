@@ -185,18 +185,7 @@ def sweep(
         import os
 
         os.environ["SATUNE_PLAIN"] = "1"  # read where Tune runs: a resumed sweep's callback is Tune's own copy
-    from satune.sweep.summary import (
-        _interval,
-        config_id,
-        configuration_table,
-        configurations,
-        reproduce_command,
-        selection,
-        source_table,
-        table,
-        transfer_matrix,
-    )
-    from satune.sweep.verdicts import verdict_table
+    from satune.sweep.ending import ending
     from satune.tune.driver import SweepInterrupted, run_sweep
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
@@ -209,65 +198,20 @@ def sweep(
             highlight=False,
         )
         raise typer.Exit(130) from None
-    out.print(_table(f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})", *table(spec, result), 2))
-    if spec.search.repeats > 1:
-        title = f"per configuration, over its {spec.search.repeats} repeats (one seed each), best first by {spec.search.metrics[0]}"
-        out.print(_table(title, *configuration_table(spec, result), 1))
-        if result.comparison is not None and result.comparison.verdicts:
-            title = "the best configuration against each other, on the final slice: paired over seeds and examples"
-            out.print(_table(title, *verdict_table(spec, result.comparison), 1))
-    if (sources := source_table(spec, result)) is not None:
-        out.print(_table("transferred, by source (mean ± std over the sources trained alike)", *sources, 1))
-    if (matrix := transfer_matrix(spec, result)) is not None:
-        out.print(
-            _table(f"class-transfer matrix: {matrix[0]} ({result.directory / 'transfer_matrix.csv'})", *matrix[1:], 1)
-        )
-    if result.interrupted:
+    end = ending(spec, result, file)
+    for shown in end.tables:
+        out.print(_table(shown.title, shown.header, shown.rows, shown.text_columns))
+    if end.interrupted:
         err.print(f"interrupted: {again}", highlight=False)
         raise typer.Exit(130)
-    if result.pareto:
-        out.print(
-            f"Pareto front ({', '.join(spec.search.metrics)}): {', '.join(r.trial_id for r in result.pareto)}",
-            highlight=False,
-        )
-    if result.best is not None:
-        threads = None if spec.trial.runtime.threads is not None else max(1, int(spec.resources.cpu))
-        first = spec.search.metrics[0]
-        values = ", ".join(f"{k}={v}" for k, v in result.best.config.items() if k != "repeat")
-        what = f"best trial {result.best.trial_id}" + (f" ({values})" if values else "")
-        value = _interval(result.best.metrics, first)
-        if spec.search.repeats > 1:
-            what = f"best configuration {config_id(result.best.config)}" + (f" ({values})" if values else "")
-            group = next(g for g in configurations(result.rows) if result.best in g.rows)
-            stats = group.stats(first)
-            value = f"{stats[0]:.4f} ± {stats[1]:.4f}" if stats else "-"
-        out.print(f"{what}, chosen by {selection(spec, result.best)}: {value}", highlight=False)
-        _verdict_lines(result)
-        again = (
-            f"its repeat {result.best.config.get('repeat', 0)}, trial {result.best.trial_id}: "
-            if spec.search.repeats > 1
-            else ""
-        )
-        out.print(f"{again}reproduce it without Ray or MLflow:", highlight=False)
-        out.print("  " + reproduce_command(file, result.best, threads), highlight=False, soft_wrap=True)
-    out.print(f"compare the trials in the MLflow UI: satune ui {file}", highlight=False)
-    if any(r.status == "ERROR" for r in result.rows):
+    for line in end.lines:
+        out.print(line, highlight=False)
+    if end.command is not None:
+        out.print(end.command, highlight=False, soft_wrap=True)
+    if end.last is not None:
+        out.print(end.last, highlight=False)
+    if end.failed:
         raise typer.Exit(1)
-
-
-def _verdict_lines(result) -> None:
-    """What the comparison cannot say (no repeats), or, without a configuration table, its verdicts."""
-    from satune.sweep.verdicts import sentence
-
-    comparison = result.comparison
-    if comparison is None:
-        return
-    if comparison.note:
-        out.print(f"  note: {comparison.note}", highlight=False)
-    if comparison.note and comparison.verdicts:  # one seed each: the per-example test of the closest
-        for v in comparison.verdicts[:3]:
-            (trial,) = [r.trial_id for r in comparison.others[v.other].rows]
-            out.print(f"  against trial {trial}: {sentence(v)}", highlight=False)
 
 
 def _reporter(spec) -> Callable[[str], None]:
