@@ -186,7 +186,8 @@ def sweep(
 
         os.environ["SATUNE_PLAIN"] = "1"  # read where Tune runs: a resumed sweep's callback is Tune's own copy
     from satune.sweep.ending import ending
-    from satune.tune.driver import SweepInterrupted, run_sweep
+    from satune.sweep.stopping import SweepInterrupted
+    from satune.tune.driver import run_sweep
 
     again = f"continue with `{shlex.join(['satune', 'sweep', str(file), '--resume'])}`"
     try:

@@ -32,13 +32,14 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from satune import tracking, watchdog
+from satune import tracking
 from satune.seeds import derive_seed
 from satune.specs import RunsOf, SweepSpec
 from satune.specs.datafiles import missing_data
-from satune.sweep import verdicts
+from satune.sweep import stopping, verdicts
 from satune.sweep.journal import fail_running
 from satune.sweep.rundir import JOURNAL_FILE, RunDir, SweepError, prepare, writable_by_others
+from satune.sweep.stopping import SweepInterrupted
 from satune.sweep.summary import SweepResult, TrialRow, best_configuration, log_summary, source_label
 from satune.tune import cluster, final_stage
 from satune.tune.progress import Progress, echo_stderr, live_view
@@ -46,15 +47,6 @@ from satune.tune.search import Cells, Replicates
 from satune.tune.space import cell_label, grid_space, optuna_space, sampler
 from satune.tune.trainable import TrialContext, resolve_trial, trial_trainable
 from satune.tune.upstream import FinalResultOptunaSearch, result_trials
-
-
-class SweepInterrupted(Exception):
-    """Ctrl-C or SIGTERM: the run is saved and ended, resumable (run_dir None: nothing was written)."""
-
-    def __init__(self, run_dir: Path | None):
-        self.run_dir = run_dir
-        super().__init__(f"interrupted ({run_dir})")
-
 
 # --------------------------------------------------------------------------------------------
 # The sweep
@@ -95,7 +87,7 @@ def run_sweep(
     `report(tracking_uri)` runs at the end, while the tracking server still runs."""
     at = _Open(sweep, source, prepare(sweep, source, resume), echo or echo_stderr)  # prepare writes nothing
     at.uri, at.parent = sweep.tracking.uri, at.run.state.get("parent_run_id")
-    with _sigterm_as_sigint(), ExitStack() as stack:
+    with stopping.sigterm_as_sigint(), ExitStack() as stack:
         try:
             server, dashboard = _preflight(at, address or os.environ.get("SATUNE_RAY_ADDRESS"), stack)
             _open_tracking(at, server, stack)
@@ -114,7 +106,7 @@ def run_sweep(
             if report is not None and not result.interrupted:
                 _report(at, report)
         except KeyboardInterrupt:
-            _end_interrupted(at.run, at.echo, tracked=not at.lost.is_set())
+            stopping.end_interrupted(at.run, at.echo, tracked=not at.lost.is_set())
             raise SweepInterrupted(at.run.path) from None
         except BaseException:
             if at.run.path is not None:
@@ -155,7 +147,7 @@ def _preflight(at: _Open, address: str | None, stack: ExitStack) -> tuple[tracki
             server.launch()  # while the private Ray starts; beside a cluster, once it passed the checks
     stack.callback(cluster.stop)
     dashboard = cluster.start(address)
-    _sigterm_to_sigint()  # again: ray.init replaced it
+    stopping.sigterm_to_sigint()  # again: ray.init replaced it
     cluster.check_feasible(sweep.resources.cpu, sweep.resources.gpu, sweep.resources.label_selector)
     if server is not None and address:
         cluster.check_one_machine_for_local_tracking(address)
@@ -182,9 +174,11 @@ def _open_tracking(at: _Open, server: tracking.LocalServer | None, stack: ExitSt
     else:
         echo(f"MLflow: {at.uri}")
     uri = _uri(at)
-    stack.enter_context(tracking.watched(uri, sweep.tracking.patience_s, partial(_lost, at.lost, echo, "MLflow")))
+    stack.enter_context(
+        tracking.watched(uri, sweep.tracking.patience_s, partial(stopping.stop_for_outage, at.lost, echo, "MLflow"))
+    )
     if run.storage.remote:
-        stack.enter_context(_store_watched(sweep, run, at.store_lost, echo))
+        stack.enter_context(stopping.store_watched(sweep, run, at.store_lost, echo))
     experiment = sweep.tracking.experiment or sweep.name
     at.experiment_id = tracking.ensure_experiment(uri, experiment)
     if at.parent is None:
@@ -207,7 +201,7 @@ def _open_tracking(at: _Open, server: tracking.LocalServer | None, stack: ExitSt
 
 def _run_trials(at: _Open, dashboard: str | None, resume: bool) -> SweepResult:
     """Tune runs the trials (a transfer sweep's sources found first, rankings prepared once)."""
-    _injected_interrupt("startup")
+    stopping.injected_interrupt("startup")
     at.echo(cluster.dashboard_hint(dashboard))
     at.sweep = _find_sources(at.sweep, at.run, _uri(at), at.echo)
     _prepare(at.sweep, at.echo)
@@ -228,7 +222,7 @@ def _run_trials(at: _Open, dashboard: str | None, resume: bool) -> SweepResult:
 
 def _summarize(at: _Open, result: SweepResult) -> None:
     """The summary and the verdicts (the best configuration against the others) into the parent run."""
-    _injected_interrupt("summary")
+    stopping.injected_interrupt("summary")
     uri, parent = _uri(at), _parent(at)
     log_summary(at.sweep, result, uri, parent)
     if not result.interrupted:
@@ -251,7 +245,7 @@ def _report(at: _Open, report: Callable[[str], None]) -> None:
 def _finish(at: _Open, result: SweepResult) -> SweepResult:
     result.labels = at.run.state.get("source_labels", {})
     if result.interrupted:
-        _end_interrupted(at.run, at.echo)
+        stopping.end_interrupted(at.run, at.echo)
     else:
         tracking.end_run(_uri(at), _parent(at), "FINISHED")
         at.run.save(status="finished")
@@ -281,32 +275,6 @@ def _find_sources(sweep: SweepSpec, run: RunDir, uri: str, echo) -> SweepSpec:
     data = sweep.model_dump(mode="json", by_alias=True, exclude_unset=True)  # as written: it is validated again
     data["search"]["grid"] |= run.state["sources"]
     return SweepSpec.model_validate(data)
-
-
-def _lost(lost: threading.Event, echo: Callable[[str], None], what: str, why: str, where: str = "") -> None:
-    """The tracking server (or the object store) is gone for good: stop the sweep as Ctrl-C does
-    (state saved, resumable), rather than let trials fail and retry against it."""
-    echo(f"{what}: {why}; stopping the sweep: once it answers again, --resume continues{where}")
-    lost.set()
-    os.kill(os.getpid(), signal.SIGINT)
-
-
-def _store_watched(sweep: SweepSpec, run: RunDir, lost: threading.Event, echo: Callable[[str], None]):
-    """While the block runs, an object store that has not answered for storage_patience_s stops
-    the sweep as Ctrl-C does; this process stops waiting for it at once (Tune's last saves)."""
-    patience = sweep.storage_patience_s
-
-    def on_lost(why: str) -> None:
-        run.storage.give_up()
-        _lost(
-            lost,
-            echo,
-            "storage",
-            f"{sweep.storage} has not answered for {patience:.0f}s ({why})",
-            f" (here: {run.path} holds the run's newest files)",
-        )
-
-    return watchdog.watched(run.storage.unreachable, patience, on_lost, name="storage-watch")
 
 
 class _TuneQuiet(logging.Filter):
@@ -353,66 +321,6 @@ def _check_data(sweep: SweepSpec, joined: bool, echo: Callable[[str], None]) -> 
         raise SweepError("\n".join(problems))
     for line in problems:
         echo(f"warning: {line} on this machine (the trials read it on their nodes)")
-
-
-def _injected_interrupt(phase: str) -> None:
-    """Fault injection for tests: SATUNE_INTERRUPT_AT=<phase>[:SIGTERM] sends this process a real
-    SIGINT (or SIGTERM) at that point, where no test could time a signal from outside."""
-    where, _, name = os.environ.get("SATUNE_INTERRUPT_AT", "").partition(":")
-    if where == phase:
-        os.kill(os.getpid(), getattr(signal, name or "SIGINT"))
-
-
-@contextmanager
-def _sigterm_as_sigint():
-    """SIGTERM (`kill`, a job scheduler) ends a sweep the way Ctrl-C does, in every phase: Tune
-    saves its state while it runs, and outside it KeyboardInterrupt unwinds every clean-up.
-    ray.init installs its own handler (sys.exit, which skips Tune's save): it is replaced again."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    _sigterm_to_sigint()
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _sigterm_to_sigint() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _on_sigterm(*_) -> None:
-    """As Ctrl-C: through SIGINT's handler (Tune's, while it runs). A satune started with SIGINT
-    ignored (`satune sweep ... &` from a script, nohup) has none outside Tune: the interrupt is
-    raised here, or SIGTERM would be lost too."""
-    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
-        raise KeyboardInterrupt
-    os.kill(os.getpid(), signal.SIGINT)
-
-
-def _end_interrupted(run: RunDir, echo, tracked: bool = True) -> None:
-    """The state first (it decides what --resume does), then MLflow: the parent and every trial
-    run still RUNNING end KILLED; a resumed trial re-opens its own run. `tracked`: MLflow answers."""
-    if run.path is None:  # nothing was written yet: nothing to resume
-        return
-    run.save(status="interrupted")
-    state = run.state
-    if state.get("parent_run_id") is None:
-        return
-    if not tracked:
-        echo("MLflow: the runs stay RUNNING there; --resume re-opens them")
-        return
-    uri, parent = state["tracking_uri"], state["parent_run_id"]
-    try:
-        for child in tracking.child_runs(uri, state["experiment_id"], parent):
-            if child.info.status == "RUNNING":
-                tracking.end_run(uri, child.info.run_id, "KILLED")
-        tracking.end_run(uri, parent, "KILLED")
-    except Exception as exc:  # the server may be what went away; the state already says what to do
-        echo(f"MLflow: could not mark the runs KILLED ({type(exc).__name__}); --resume will re-open them")
 
 
 def _prepare(sweep: SweepSpec, echo) -> None:
