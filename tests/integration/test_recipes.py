@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ SMALL_ARCHS = {"small_cnn"}
 # 0.25 s per image and pass on one CPU thread) runs one trial on a handful of images.
 EPOCHS, BATCH, EVAL_N, EVAL_STEPS, AA_N = 2, 2, 8, 2, 1
 LANES = 3  # sweeps at once on the 2-CPU head: drivers mostly wait, trials queue for the CPUs
+HUNG_S = 900  # a sweep still running after this long is killed and fails its test (a hang, not slowness)
 SIZE_KEYS = {"warmup_epochs", "aux_batch_size"}  # method fields that are sizes, not the method
 
 
@@ -175,6 +177,8 @@ def run_all(base: Path, tracking_uri: str, config: pytest.Config, selected: set[
         running: dict[str, tuple[subprocess.Popen, float]] = {}
         while waiting or running:
             for name, (proc, start) in list(running.items()):
+                if proc.poll() is None and time.monotonic() - start > HUNG_S:
+                    os.killpg(proc.pid, signal.SIGKILL)  # its returncode (-9) fails its test
                 if proc.poll() is not None:
                     runs[name].returncode, runs[name].seconds = proc.returncode, time.monotonic() - start
                     del running[name]
@@ -192,6 +196,7 @@ def run_all(base: Path, tracking_uri: str, config: pytest.Config, selected: set[
                         env=env,
                         stdout=log,
                         stderr=subprocess.STDOUT,
+                        start_new_session=True,
                     )
                 running[ran.name] = (proc, time.monotonic())
             time.sleep(0.5)  # polling child processes; each ends on its own
