@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from satune.attacks import Attack
+from satune.attacks import Attack, attack_mode
 from satune.data import TensorSource
 from satune.models import device_of
 from satune.specs import AutoAttackSpec, EvalSpec, ThreatSpec, interval_keys
@@ -44,22 +44,16 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
 
 
 def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    try:
+    with attack_mode(model, "eval"):
         return _predict(model, x, batch_size) == y
-    finally:
-        model.train(was)
 
 
 def pgd_correct(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, batch_size: int, restarts: int, seed: int
 ) -> torch.Tensor:
     """Per example: still correct after every restart of the attack."""
-    was = model.training
-    model.eval()
     gen = torch.Generator().manual_seed(seed)
-    try:
+    with attack_mode(model, "eval"):
         ok = _predict(model, x, batch_size) == y
         for _ in range(restarts):
             for i in range(0, len(x), batch_size):
@@ -68,8 +62,6 @@ def pgd_correct(
                 with torch.no_grad():
                     ok[sl] &= model(x_adv).argmax(1) == y[sl]
         return ok
-    finally:
-        model.train(was)
 
 
 def autoattack_correct(
@@ -85,9 +77,7 @@ def autoattack_correct(
     """AutoAttack through `pyautoattack` (PyPI), or upstream `autoattack` when that is installed."""
     norm = {"l2": "L2", "linf": "Linf"}[threat.norm]
     device = device_of(model)
-    was = model.training
-    model.eval()
-    try:
+    with attack_mode(model, "eval"):
         try:  # upstream fra31/auto-attack (git-only), positional/keyword API with bs=
             from autoattack import AutoAttack as Upstream
 
@@ -112,8 +102,6 @@ def autoattack_correct(
             _fit_targets(attack, n_classes)
             x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
         return (_predict(model, x_adv.to(device), batch_size) == y) & (_predict(model, x, batch_size) == y)
-    finally:
-        model.train(was)
 
 
 def autoattack_package() -> str:
@@ -250,9 +238,7 @@ def integrity_problems(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> li
     a forward pass is deterministic, it returns logits (not probabilities), inputs lie in [0, 1],
     and input gradients are finite and not all zero (masked gradients fool gradient attacks)."""
     problems = []
-    was = model.training
-    model.eval()
-    try:
+    with attack_mode(model, "eval"):
         if any(m.training for m in model.modules()):
             problems.append("the model is in training mode during evaluation")
         with torch.no_grad():
@@ -271,8 +257,6 @@ def integrity_problems(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> li
             problems.append("input gradients are not finite")
         elif bool((grad == 0).all()):
             problems.append("input gradients are all zero (gradient masking?)")
-    finally:
-        model.train(was)
     return problems
 
 
