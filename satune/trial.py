@@ -192,7 +192,7 @@ def _model(spec: TrialSpec, ctx: BuildContext, built: Built) -> torch.nn.Module:
 def _effective(spec: TrialSpec, ctx: BuildContext, built: Built, model: torch.nn.Module) -> dict[str, Any]:
     """Every value the trial resolved, with what it resolved to (MLflow's params)."""
     data, device, threat = ctx.data, ctx.device, spec.eval_threat
-    n = len(data.final.tensors(spec.eval.n)[1])
+    n = len(data.final) if spec.eval.n is None else min(spec.eval.n, len(data.final))  # (no float copy to count)
     return {
         "seed": spec.seed,
         "threat.step_size": spec.threat.alpha,
