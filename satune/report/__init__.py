@@ -12,6 +12,7 @@ from typing import Any
 from satune import tracking
 from satune.report.fetch import ReportError, SweepData, find_sweep
 from satune.report.figures import figures
+from satune.report.formats import revision, started
 from satune.report.page import render
 from satune.sweep.summary import (
     OPTIMISTIC,
@@ -82,13 +83,12 @@ def _write_verdicts(path: Path, data: SweepData) -> Path:
 def write_tables(path: Path, data: SweepData, result: SweepResult) -> Path:
     """The sweep's tables as Markdown, each under the provenance that regenerates it: what
     docs/findings.md quotes."""
-    spec, tags = data.spec, data.tags
-    sha = tags.get("git.sha", "unknown")[:10] + (" (uncommitted changes)" if tags.get("git.dirty") == "true" else "")
+    spec = data.spec
     lines = [
         f"# {spec.name}",
         "",
-        f"Run {data.parent_name}, MLflow parent run `{data.parent_id}`, git {sha}, started "
-        f"{data.started:%Y-%m-%d %H:%M} UTC; {len(data.finished)} of {len(data.trials)} trials finished. "
+        f"Run {data.parent_name}, MLflow parent run `{data.parent_id}`, git {revision(data.tags, 10)}, started "
+        f"{started(data.started)}; {len(data.finished)} of {len(data.trials)} trials finished. "
         f"The best was chosen by {data.comparison.selection}. Regenerate: `satune report <its sweep file>` "
         f"(or `satune report {spec.name} --tracking-uri URI`).",
         "",

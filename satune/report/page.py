@@ -10,6 +10,7 @@ from typing import Any
 
 from satune.report.fetch import SweepData
 from satune.report.figures import Drawn
+from satune.report.formats import capitalised, revision, started
 from satune.sweep.summary import OPTIMISTIC
 from satune.sweep.verdicts import verdict_table
 
@@ -30,6 +31,7 @@ td:first-child, th:first-child { text-align: left; }
 
 
 Table = tuple[list[str], list[list[str]]]
+e = html.escape  # short: the markup below escapes every value it writes
 
 
 def render(
@@ -41,19 +43,39 @@ def render(
     out: Path,
 ) -> str:
     """index.html's text; `drawn` figures are read back from their PNG files in `out`."""
-    e = html.escape
-    spec, tags, comparison = data.spec, data.tags, data.comparison
-    sha = tags.get("git.sha", "unknown") + (" (uncommitted changes)" if tags.get("git.dirty") == "true" else "")
-    objective = ", ".join(f"{m} ({mode})" for m, mode in zip(spec.search.metrics, spec.search.modes, strict=True))
-    parts = [
+    parts = _head(data) + _header(data, drawn, cards, configurations)
+    for d in drawn:
+        parts += _figure(d, out)
+    parts.append(_verdicts(data))
+    if cards:
+        parts.append(_cards(cards))
+    if configurations is not None:
+        parts.append(_configurations(data, configurations))
+    parts.append(_trials(trials))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _head(data: SweepData) -> list[str]:
+    return [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>satune report: {e(spec.name)}</title><style>{STYLE}</style></head><body>",
+        f"<title>satune report: {e(data.spec.name)}</title><style>{STYLE}</style></head><body>",
+    ]
+
+
+def _header(
+    data: SweepData, drawn: list[Drawn], cards: list[dict[str, Any]], configurations: Table | None
+) -> list[str]:
+    """The sweep's name and provenance, how its best was chosen, and a link to each section."""
+    spec = data.spec
+    objective = ", ".join(f"{m} ({mode})" for m, mode in zip(spec.search.metrics, spec.search.modes, strict=True))
+    return [
         f"<header><h1>Sweep {e(spec.name)}</h1>",
         f'<p class="meta">run {e(data.parent_name)} · MLflow parent run {e(data.parent_id)} at {e(data.uri)} · '
-        f"started {data.started:%Y-%m-%d %H:%M} UTC · git {e(sha)} · {len(data.trials)} trials, "
+        f"started {started(data.started)} · git {e(revision(data.tags))} · {len(data.trials)} trials, "
         f"{len(data.finished)} finished · objective {e(objective)} · method {e(spec.trial.method.kind)}</p>",
-        f'<p class="meta">The best was chosen by {e(comparison.selection)}; the final slice reports.</p>'
+        f'<p class="meta">The best was chosen by {e(data.comparison.selection)}; the final slice reports.</p>'
         if not data.optimistic
         else f'<p class="warn">{e(OPTIMISTIC.capitalize())}: this sweep chose on the slice '
         "its numbers are reported on (search.select_on: final), so they overstate what a new test set would show.</p>",
@@ -64,40 +86,50 @@ def render(
         + ('<a href="#configurations">Configurations</a>' if configurations else "")
         + '<a href="#trials">Trials</a></nav></header>',
     ]
-    for d in drawn:
-        png = base64.b64encode((out / f"{d.name}.png").read_bytes()).decode()
-        parts += [
-            f'<section id="{d.name}"><h2>{e(d.title)}</h2><figure>',
-            f'<img src="data:image/png;base64,{png}" alt="{e(d.title)}">',
-            f'<figcaption>{e(d.caption)} Numbers: <a href="{d.name}.csv">{d.name}.csv</a> · '
-            f'image: <a href="{d.name}.png">{d.name}.png</a></figcaption></figure></section>',
-        ]
-    parts.append(
+
+
+def _figure(d: Drawn, out: Path) -> list[str]:
+    png = base64.b64encode((out / f"{d.name}.png").read_bytes()).decode()
+    return [
+        f'<section id="{d.name}"><h2>{e(d.title)}</h2><figure>',
+        f'<img src="data:image/png;base64,{png}" alt="{e(d.title)}">',
+        f'<figcaption>{e(d.caption)} Numbers: <a href="{d.name}.csv">{d.name}.csv</a> · '
+        f'image: <a href="{d.name}.png">{d.name}.png</a></figcaption></figure></section>',
+    ]
+
+
+def _verdicts(data: SweepData) -> str:
+    comparison = data.comparison
+    return (
         '<section id="verdicts"><h2>Verdicts: the best configuration against the others</h2>'
-        + (f'<p class="note">{e(comparison.note[0].upper() + comparison.note[1:])}.</p>' if comparison.note else "")
-        + (_table(*verdict_table(spec, comparison)) if comparison.verdicts else "")
+        + (f'<p class="note">{e(capitalised(comparison.note))}.</p>' if comparison.note else "")
+        + (_table(*verdict_table(data.spec, comparison)) if comparison.verdicts else "")
         + '<p class="meta">Numbers: <a href="verdicts.json">verdicts.json</a> · tables for a write-up: '
         '<a href="tables.md">tables.md</a></p></section>'
     )
-    if cards:
-        parts.append(
-            '<section id="cards"><h2>Model cards (RobustBench-style, final-stage AutoAttack)</h2>'
-            '<div class="cards">' + "".join(_card(c) for c in cards) + "</div>"
-            '<p class="meta">Numbers: <a href="cards.csv">cards.csv</a></p></section>'
-        )
-    if configurations is not None:
-        parts.append(
-            f'<section id="configurations"><h2>Configurations (mean ± std over their '
-            f"{data.spec.search.repeats} repeats)</h2>" + _table(*configurations) + "</section>"
-        )
-    header, rows = trials
-    parts.append(
+
+
+def _cards(cards: list[dict[str, Any]]) -> str:
+    return (
+        '<section id="cards"><h2>Model cards (RobustBench-style, final-stage AutoAttack)</h2>'
+        '<div class="cards">' + "".join(_card(c) for c in cards) + "</div>"
+        '<p class="meta">Numbers: <a href="cards.csv">cards.csv</a></p></section>'
+    )
+
+
+def _configurations(data: SweepData, configurations: Table) -> str:
+    return (
+        f'<section id="configurations"><h2>Configurations (mean ± std over their '
+        f"{data.spec.search.repeats} repeats)</h2>" + _table(*configurations) + "</section>"
+    )
+
+
+def _trials(trials: Table) -> str:
+    return (
         '<section id="trials"><h2>Trials</h2>'
-        + _table(header, rows)
+        + _table(*trials)
         + '<p class="meta">Numbers: <a href="trials.csv">trials.csv</a></p></section>'
     )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 def _card(card: dict[str, Any]) -> str:
@@ -116,15 +148,10 @@ def _card(card: dict[str, Any]) -> str:
         ("integrity", card["integrity"] if isinstance(card["integrity"], str) else "; ".join(card["integrity"])),
         ("selection", card.get("selection", "")),
     ]
-    return (
-        "<table>"
-        + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-        + "</table>"
-    )
+    return "<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in rows) + "</table>"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
