@@ -1,4 +1,6 @@
-"""The `satune` command. Parses, loads, calls: no logic of its own.
+"""The `satune` command. Parses, loads, calls, prints: no logic of its own. What a command selects,
+writes or serves lives below it: `sweep.ending` (what a finished sweep shows, as data),
+`sweep.evaluation` (`satune eval`), `sweep.run_folder` (`satune run`), `sweep.compare` (`satune ui`).
 
 A user mistake (bad sweep file, bad --set, missing dataset files) exits with code 2 and one line per
 problem naming the YAML path; it never shows a traceback.
@@ -6,15 +8,13 @@ problem naming the YAML path; it never shows a traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,15 +23,15 @@ from rich.table import Table
 from rich.text import Text
 
 from satune.errors import UserError
-from satune.specs import (
-    SpecError,
-    absolutize_trial,
-    apply_overrides,
-    interval_keys,
-    load_sweep,
-    parse_final_settings,
-    parse_trial,
-)
+from satune.specs import SpecError, absolutize_trial, apply_overrides, interval_keys, load_sweep, parse_trial
+from satune.sweep.shown import shown
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from satune.specs import SweepSpec
+    from satune.specs.final import Settings
+    from satune.sweep.ending import Ending
 
 app = typer.Typer(
     add_completion=False,
@@ -61,6 +61,10 @@ def user_errors(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _say(line: str) -> None:
+    out.print(line, highlight=False)
 
 
 def _error(line: str) -> None:
@@ -110,38 +114,29 @@ def run(
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Run one trial without Ray or MLflow and write DIR/result.json."""
-    from satune.sweep.rundir import sweep_root  # (storage at a URL: its local mirror)
+    from satune.sweep.run_folder import run_folder
 
     sweep = load_sweep(file)
     overridden = apply_overrides(sweep.trial.model_dump(exclude_unset=True, by_alias=True), set_ or [])
     trial = absolutize_trial(parse_trial(overridden, str(file)), Path.cwd())
-    target = (out_dir or sweep_root(sweep) / time.strftime("run-%Y%m%d-%H%M%S")).expanduser().resolve()
-    checkpoint = target / "checkpoint"
-    if resume and not (checkpoint / "state.pt").exists():
-        raise OptionError(f"--resume: no checkpoint in {target}")
-    if not resume and any((target / name).exists() for name in ("checkpoint", "result.json")):
-        raise OptionError(f"--out {target} holds an earlier run: continue it with --resume, or choose another --out")
+    folder = run_folder(sweep, out_dir, resume)
     _logging(verbose)
 
     from satune.trial import run_trial
 
     try:
         result = run_trial(
-            trial, on_epoch=_progress(trial.train.epochs), checkpoint=checkpoint if resume else None, workdir=target
+            trial, on_epoch=_progress(trial.train.epochs), checkpoint=folder.checkpoint, workdir=folder.path
         )
     except KeyboardInterrupt:
-        sets = [arg for item in set_ or [] for arg in ("--set", item)]
-        again = shlex.join(["satune", "run", str(file), *sets, "--out", str(target), "--resume"])
+        again = folder.resume_command(file, set_ or [])
         err.print(f"interrupted: continue from the last finished epoch with `{again}`", highlight=False)
         raise typer.Exit(130) from None
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    if result.outcomes is not None:
-        (target / "outcomes.csv").write_text(result.outcomes.csv())
+    written = folder.write(result)
     for problem in result.integrity:
         err.print(f"warning: evaluation integrity: {problem}", highlight=False)
     _summary(result.metrics)
-    out.print(f"result: {target / 'result.json'}  (per-example outcomes: outcomes.csv)", highlight=False)
+    out.print(f"result: {written}  (per-example outcomes: outcomes.csv)", highlight=False)
 
 
 @app.command()
@@ -199,9 +194,13 @@ def sweep(
             highlight=False,
         )
         raise typer.Exit(130) from None
-    end = ending(spec, result, file)
-    for shown in end.tables:
-        out.print(_table(shown.title, shown.header, shown.rows, shown.text_columns))
+    _show_ending(ending(spec, result, file), again)
+
+
+def _show_ending(end: Ending, again: str) -> None:
+    """What a finished sweep shows (`sweep.ending`); exit 130 when it was interrupted, 1 when a trial failed."""
+    for table in end.tables:
+        out.print(_table(table.title, table.header, table.rows, table.text_columns))
     if end.interrupted:
         err.print(f"interrupted: {again}", highlight=False)
         raise typer.Exit(130)
@@ -290,47 +289,20 @@ def evaluate(
 
     The results go into what is evaluated (the trial's MLflow run, or the folder's final/), with n,
     95 % intervals, per-example outcomes and a RobustBench-style card."""
-    import os
+    from satune.sweep.evaluation import eval_request, evaluations
 
-    count: int | str | None = n
-    if n is not None and n != "all":
-        try:
-            count = int(n)
-        except ValueError:
-            raise OptionError(f"--n: must be a number of examples or all, got {n!r}") from None
-    options = {"version": version, "attacks": attack, "n": count, "seed": seed, "norm": norm, "eps": eps}
-    given = {k: v for k, v in options.items() if v is not None}
-    path = Path(target)
-    sweep_spec = load_sweep(path) if path.is_file() else None
-    base = sweep_spec.final_eval.autoattack if sweep_spec and sweep_spec.final_eval else None
-    aa, threat = parse_final_settings(given, base)
+    options = {"version": version, "attacks": attack, "n": n, "seed": seed, "norm": norm, "eps": eps}
+    request = eval_request(target, options, top_k=top_k, tracking_uri=tracking_uri)
     _logging(verbose)
-    from satune.final import Settings, evaluate_dir, evaluate_run
+    for title, metrics in evaluations(request, _final_stage):
+        out.print(accuracy_table(title, metrics))
 
-    settings = Settings(aa, threat.norm, threat.eps)
-    if sweep_spec is not None:
-        from satune.tune.final_stage import evaluate_sweep
 
-        k: int | str = (int(top_k) if top_k and top_k.isdigit() else top_k) or (
-            sweep_spec.final_eval.top_k if sweep_spec.final_eval else 1
-        )
-        for trial_id, metrics in evaluate_sweep(
-            sweep_spec, settings, top_k=k, echo=lambda m: err.print(m, highlight=False)
-        ):
-            out.print(accuracy_table(f"trial {trial_id}", metrics))
-    elif path.is_dir():
-        if not (path / "result.json").exists() or not (path / "checkpoint" / "state.pt").exists():
-            raise OptionError(f"{path} is not a `satune run` folder (no result.json and checkpoint/)")
-        done = evaluate_dir(path, settings)
-        out.print(accuracy_table(f"{path} (results in {path / 'final'})", done.metrics))
-    else:
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if uri is None:
-            raise OptionError(f"'{target}' is neither a file nor a folder; for a run id pass --tracking-uri")
-        from satune.tracking import check_reachable
+def _final_stage(spec: SweepSpec, settings: Settings, top_k: int | str) -> Iterable[tuple[str, dict[str, float]]]:
+    """A sweep's winners, evaluated one after the other in this process (`satune eval SWEEP`)."""
+    from satune.tune.final_stage import evaluate_sweep
 
-        check_reachable(uri)
-        out.print(accuracy_table(f"run {target}", evaluate_run(uri, target, settings)))
+    return evaluate_sweep(spec, settings, top_k=top_k, echo=lambda m: err.print(m, highlight=False))
 
 
 @app.command()
@@ -346,45 +318,11 @@ def ui(
 ) -> None:
     """Compare a sweep's trials: the MLflow UI on its newest run's trials (local mode: serving its store), and
     optuna-dashboard on its Optuna studies. Ctrl-C stops both."""
-    from contextlib import ExitStack
-
-    from satune import tracking
-    from satune.sweep.rundir import JOURNAL_FILE, latest_run_dir, read_state
-    from satune.sweep.study_dashboard import StudyDashboard
-    from satune.sweep.summary import shown_metrics
+    from satune.sweep.compare import compare
 
     spec = load_sweep(file)
-    run_dir = latest_run_dir(spec)
-    state = read_state(run_dir) if run_dir is not None else {}
-    if run_dir is None or "parent_run_id" not in state:
-        raise OptionError(f"no MLflow run of sweep '{spec.name}' under {spec.storage}: run `satune sweep {file}` first")
-    servers: list[tracking.Served] = []
     try:
-        with ExitStack() as stack:
-            uri, server = stack.enter_context(
-                tracking.serving(spec.tracking.uri, spec.storage, f"satune sweep {file}", host, port)
-            )
-            if server is not None:
-                servers.append(server)
-                out.print(f"MLflow UI: {uri}  (Ctrl-C stops it)", highlight=False)
-            link = tracking.trials_view(
-                uri,
-                spec,
-                state["experiment_id"],
-                state["parent_run_id"],
-                shown_metrics(spec),
-                name=f"{spec.name} {run_dir.name}: trials",
-            )
-            out.print(f"the trials of {run_dir}: {link}", highlight=False)
-            if (run_dir / JOURNAL_FILE).exists():
-                servers.append(stack.enter_context(StudyDashboard(run_dir / JOURNAL_FILE, host, optuna_port)))
-                out.print(f"optuna-dashboard: {servers[-1].uri}", highlight=False)
-            else:
-                out.print("optuna-dashboard: none (this run has no Optuna study: a plain grid)", highlight=False)
-            if open_browser:
-                tracking.open_in_browser(link)
-            if servers:
-                tracking.serve_until_interrupted(servers)
+        compare(spec, file, host=host, port=port, optuna_port=optuna_port, open_browser=open_browser, echo=_say)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -417,7 +355,7 @@ def _summary(metrics: dict) -> None:
         "train/grad_evals",
         "time/total_s",
     )
-    out.print("  ".join(f"{k} {_value(metrics[k])}" for k in rest if k in metrics), highlight=False)
+    out.print("  ".join(f"{k} {shown(metrics[k])}" for k in rest if k in metrics), highlight=False)
 
 
 def _table(title: str, header: list[str], rows: list[list[str]], text_columns: int) -> Table:
@@ -436,12 +374,8 @@ def accuracy_table(title: str, metrics: dict) -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for key in sorted(k for k in metrics if k.endswith("_acc") and "/class_" not in k and not k.startswith("select/")):
         n, lo, hi = (metrics.get(k) for k in interval_keys(key))
-        table.add_row(key, f"{metrics[key]:.4f}", f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "", _value(n))
+        table.add_row(key, f"{metrics[key]:.4f}", f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "", shown(n))
     return table
-
-
-def _value(v) -> str:
-    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def main() -> None:

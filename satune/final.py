@@ -43,7 +43,7 @@ from satune.tracking.tags import (
     FINAL_THREAT_TAG,
     INTEGRITY_TAG,
 )
-from satune.trial import load_folder
+from satune.trial import as_json, load_folder, write_files
 
 log = logging.getLogger("satune")
 
@@ -54,6 +54,14 @@ class Assessment:
     outcomes: Outcomes
     integrity: list[str]  # failed checks; empty when all passed
     card: dict[str, Any]
+
+    def files(self, name: str) -> dict[str, str]:
+        """What an evaluation leaves beside its trial (`name` titles the model card)."""
+        return {
+            "outcomes.csv": self.outcomes.csv(),
+            "card.json": as_json(self.card),
+            "card.md": card_markdown(self.card, name),
+        }
 
 
 def assess(spec: TrialSpec, result: dict, state: dict, settings: Settings) -> Assessment:
@@ -151,12 +159,11 @@ def evaluate_run(uri: str, run_id: str, settings: Settings, *, threads: int | No
     result, state = found.result, found.state
     spec = _with_threads(TrialSpec.model_validate(result["spec"]), threads)
     done = assess(spec, result, state, settings)
-    metrics = done.metrics | _gaps(run.data.metrics, done.metrics)
+    metrics = done.metrics | _gaps(run.metrics, done.metrics)
     step = len(tracking.metric_steps(uri, run_id, "final/aa_acc"))
     label = _label(step, settings)
-    tracking.log_text(uri, run_id, done.outcomes.csv(), f"final/{label}/outcomes.csv")
-    tracking.log_text(uri, run_id, json.dumps(done.card, indent=2) + "\n", f"final/{label}/card.json")
-    tracking.log_text(uri, run_id, card_markdown(done.card, run.info.run_name), f"final/{label}/card.md")
+    for file, text in done.files(run.name).items():
+        tracking.log_text(uri, run_id, text, f"final/{label}/{file}")
     # Last, and in one request: the metrics with the tag that marks this evaluation done. Killed
     # before it, the evaluation is run again at the same step and label; after it, never again.
     tracking.log_metrics(uri, run_id, metrics, step=step, tags=_tags(spec, settings, done))
@@ -180,10 +187,7 @@ def evaluate_dir(directory: Path, settings: Settings) -> Assessment:
     previous = sorted((directory / "final").glob("*/metrics.json")) if (directory / "final").exists() else []
     out = directory / "final" / _label(len(previous), settings)
     out.mkdir(parents=True)
-    (out / "metrics.json").write_text(json.dumps(done.metrics, indent=2) + "\n")
-    (out / "outcomes.csv").write_text(done.outcomes.csv())
-    (out / "card.json").write_text(json.dumps(done.card, indent=2) + "\n")
-    (out / "card.md").write_text(card_markdown(done.card, directory.name))
+    write_files(out, {"metrics.json": as_json(done.metrics), **done.files(directory.name)})
     return done
 
 

@@ -81,61 +81,15 @@ def fit(
     result = FitResult()
     grad_evals, start = 0.0, 0
     if resume_from is not None:
-        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        set_rng_state(state["rng"])
-        start, grad_evals = state["epoch"] + 1, state["grad_evals"]
-        result = FitResult(
-            state["history"], state["best_epoch"], state["best_score"], state["best_state"], state.get("collapsed_at")
-        )
+        start, grad_evals, result = _restore(Path(resume_from), device, model, opt, sched, method)
 
     for epoch in range(start, spec.epochs):
         if stop_on_collapse and result.collapsed_at is not None:
             break
-        t0 = time.perf_counter()
-        # Generators derived from (seed, epoch): a resumed epoch sees the same batches and attacks.
-        data_gen, attack_gen = generator(seed, "data", epoch), generator(seed, "attack", epoch)
-        method.start_epoch(epoch)
-        model.train()
-        sums: dict[str, float | torch.Tensor] = defaultdict(float)
-        lr = opt.param_groups[0]["lr"]
-        for x, y, idx in source.batches(spec.batch_size, data_gen):
-            x, y, idx = x.to(device, non_blocking=True), y.to(device, non_blocking=True), idx.to(device)
-            with autocast(device, amp):
-                out = method.step(model, x, y, idx, attack_gen)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            for k, v in out["stats"].items():
-                sums[k] += v
-        sched.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the epoch's one wait for the device, before its time is read
-        totals = {k: float(v) for k, v in sums.items()}
-        grad_evals += totals["grad_evals"]
-        metrics = {"epoch": epoch, **method.summarize(totals), "train/grad_evals": grad_evals, "train/lr": lr}
-        metrics["time/epoch_s"] = time.perf_counter() - t0  # the training pass alone
-
+        metrics = _train_epoch(model, method, source, spec, opt, sched, seed, epoch, device, amp, grad_evals)
+        grad_evals = metrics["train/grad_evals"]
         if select is not None and epoch in select_epochs:
-            metrics.update(select(model))
-            # A collapse is two checks in a row below half of the best before them: one low check that
-            # recovers at the next is a dip (noisy training), not catastrophic overfitting.
-            *before, previous = [h for h in result.history if "select/pgd_acc" in h] or [{}]
-            if (
-                result.collapsed_at is None
-                and previous
-                and collapsed(before, previous, select_n)
-                and collapsed(before, metrics, select_n)
-            ):
-                result.collapsed_at = previous["epoch"]
-            metrics["select/collapsed"] = float(result.collapsed_at is not None)
-            score = metrics[select_metric]
-            if score > result.best_score:
-                result.best_epoch, result.best_score = epoch, score
-                result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            _check(model, select, metrics, result, select_metric, select_n)
         result.history.append(metrics)
 
         ckpt = None
@@ -144,6 +98,78 @@ def fit(
         if on_epoch is not None:
             on_epoch(metrics, ckpt)
     return result
+
+
+def _restore(resume_from: Path, device: torch.device, model, opt, sched, method) -> tuple[int, float, FitResult]:
+    """Load the checkpoint `_save` wrote into the model, optimizer, schedule, method and generators: the
+    next epoch, the gradient evaluations so far, and the result so far."""
+    state = torch.load(resume_from / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    method.load_state_dict(state["method"])
+    set_rng_state(state["rng"])
+    result = FitResult(
+        state["history"], state["best_epoch"], state["best_score"], state["best_state"], state.get("collapsed_at")
+    )
+    return state["epoch"] + 1, state["grad_evals"], result
+
+
+def _train_epoch(
+    model: nn.Module,
+    method: Method,
+    source,
+    spec: TrainSpec,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    seed: int,
+    epoch: int,
+    device: torch.device,
+    amp: bool,
+    grad_evals: float,
+) -> dict:
+    """One training pass over `source`; its metrics, `train/grad_evals` counted on from `grad_evals`."""
+    t0 = time.perf_counter()
+    # Generators derived from (seed, epoch): a resumed epoch sees the same batches and attacks.
+    data_gen, attack_gen = generator(seed, "data", epoch), generator(seed, "attack", epoch)
+    method.start_epoch(epoch)
+    model.train()
+    sums: dict[str, float | torch.Tensor] = defaultdict(float)
+    lr = opt.param_groups[0]["lr"]
+    for x, y, idx in source.batches(spec.batch_size, data_gen):
+        x, y, idx = x.to(device, non_blocking=True), y.to(device, non_blocking=True), idx.to(device)
+        with autocast(device, amp):
+            out = method.step(model, x, y, idx, attack_gen)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        for k, v in out["stats"].items():
+            sums[k] += v
+    sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the epoch's one wait for the device, before its time is read
+    totals = {k: float(v) for k, v in sums.items()}
+    grad_evals += totals["grad_evals"]
+    metrics = {"epoch": epoch, **method.summarize(totals), "train/grad_evals": grad_evals, "train/lr": lr}
+    metrics["time/epoch_s"] = time.perf_counter() - t0  # the training pass alone
+    return metrics
+
+
+def _check(model: nn.Module, select: SelectFn, metrics: dict, result: FitResult, select_metric: str, n: int) -> None:
+    """The check on the select slice after an epoch: its scores into `metrics`, a collapse of robust
+    accuracy (`n` examples) and the best checkpoint so far into `result`."""
+    epoch = metrics["epoch"]
+    metrics.update(select(model))
+    # A collapse is two checks in a row below half of the best before them: one low check that
+    # recovers at the next is a dip (noisy training), not catastrophic overfitting.
+    *before, previous = [h for h in result.history if "select/pgd_acc" in h] or [{}]
+    if result.collapsed_at is None and previous and collapsed(before, previous, n) and collapsed(before, metrics, n):
+        result.collapsed_at = previous["epoch"]
+    metrics["select/collapsed"] = float(result.collapsed_at is not None)
+    score = metrics[select_metric]
+    if score > result.best_score:
+        result.best_epoch, result.best_score = epoch, score
+        result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _save(workdir: Path, model, opt, sched, method, epoch: int, grad_evals: float, result: FitResult) -> Path:

@@ -65,6 +65,24 @@ class TrialResult:
             "integrity": self.integrity,
         }
 
+    def files(self) -> dict[str, str]:
+        """What a trial leaves, by file name: the result file, and the per-example outcomes when
+        there are any (in a `satune run` folder, and as artifacts of the trial's MLflow run)."""
+        files = {"result.json": as_json(self.to_json())}
+        if self.outcomes is not None:
+            files["outcomes.csv"] = self.outcomes.csv()
+        return files
+
+
+def as_json(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def write_files(folder: Path, files: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
 
 SourceLoader = Callable[[str], Source]
 SMALL_SELECT = 100  # below this, one example of the select slice moves its accuracy by a point or more

@@ -117,7 +117,7 @@ def find_sweep(uri: str, name: str, echo: Callable[[str], None]) -> SweepData:
 def find_parent(uri: str, run_id: str, echo: Callable[[str], None]) -> SweepData:
     """The sweep whose parent run is `run_id`."""
     parent = tracking.get_run(uri, run_id)
-    if tracking.SWEEP_NAME_TAG not in parent.data.tags:
+    if tracking.SWEEP_NAME_TAG not in parent.tags:
         raise ReportError(
             f"run {run_id} at {uri} is not a sweep's parent run (it has no {tracking.SWEEP_NAME_TAG} tag)"
         )
@@ -126,38 +126,38 @@ def find_parent(uri: str, run_id: str, echo: Callable[[str], None]) -> SweepData
 
 def read_sweep(uri: str, parent, echo: Callable[[str], None]) -> SweepData:
     """A sweep from its parent run (an MLflow Run: read here only)."""
-    name = parent.data.tags[tracking.SWEEP_NAME_TAG]
+    name = parent.tags[tracking.SWEEP_NAME_TAG]
     with tempfile.TemporaryDirectory() as tmp:
-        data = json.loads(tracking.download(uri, parent.info.run_id, "resolved_spec.json", Path(tmp)).read_text())
-    spec = parse_sweep(data, source=f"run {parent.info.run_id}")
-    children = tracking.child_runs(uri, parent.info.experiment_id, parent.info.run_id)
-    echo(f"report: sweep {name}, parent run {parent.info.run_id}, {len(children)} trial runs at {uri}")
+        data = json.loads(tracking.download(uri, parent.run_id, "resolved_spec.json", Path(tmp)).read_text())
+    spec = parse_sweep(data, source=f"run {parent.run_id}")
+    children = tracking.child_runs(uri, parent.experiment_id, parent.run_id)
+    echo(f"report: sweep {name}, parent run {parent.run_id}, {len(children)} trial runs at {uri}")
     keys = [*spec.search.grid, *spec.search.space]
     trials = []
-    for r in sorted(children, key=lambda r: r.info.start_time):
-        trial_id = r.data.tags.get(tracking.TRIAL_TAG)
+    for r in sorted(children, key=lambda r: r.start_time):
+        trial_id = r.trial_id
         if trial_id is None:
             continue
-        config = {k: param_value(r.data.params[k]) for k in keys if k in r.data.params}
+        config = {k: param_value(r.params[k]) for k in keys if k in r.params}
         if spec.search.repeats > 1:
-            config[REPEAT_KEY] = int(r.data.tags.get(REPEAT_TAG, 0))
-        seed = r.data.params.get("seed")
-        status = "TERMINATED" if r.info.status == "FINISHED" else r.info.status
-        row = TrialRow(trial_id, status, config, dict(r.data.metrics), seed=int(seed) if seed else None)
-        trials.append(Trial(r.info.run_id, row, r.info.run_name, dict(r.data.tags)))
-    run_dir = run_dir_named(spec, parent.info.run_name.removeprefix(f"{name}-"))
+            config[REPEAT_KEY] = int(r.tags.get(REPEAT_TAG, 0))
+        seed = r.params.get("seed")
+        status = "TERMINATED" if r.status == "FINISHED" else r.status
+        row = TrialRow(trial_id, status, config, dict(r.metrics), seed=int(seed) if seed else None)
+        trials.append(Trial(r.run_id, row, r.name, dict(r.tags)))
+    run_dir = run_dir_named(spec, parent.name.removeprefix(f"{name}-"))
     data_ = SweepData(
         uri,
         spec,
-        parent.info.run_id,
-        parent.info.run_name,
-        datetime.fromtimestamp(parent.info.start_time / 1000, tz=UTC),
-        dict(parent.data.tags),
+        parent.run_id,
+        parent.name,
+        datetime.fromtimestamp(parent.start_time / 1000, tz=UTC),
+        dict(parent.tags),
         trials,
         run_dir,
     )
     if not data_.finished:
-        raise ReportError(f"sweep '{name}' (run {parent.info.run_name}) has no finished trial yet: nothing to draw")
+        raise ReportError(f"sweep '{name}' (run {parent.name}) has no finished trial yet: nothing to draw")
     if "method.source" in spec.search.grid:
         data_.sources = _sources(uri, {str(t.row.config.get("method.source")) for t in data_.finished})
     return data_
@@ -169,7 +169,7 @@ def _sources(uri: str, sources: set[str]) -> dict[str, dict[str, str]]:
     for s in sources:
         if s.startswith("mlflow:"):
             run = tracking.get_run(uri, s.removeprefix("mlflow:"))
-            out[s] = dict(run.data.params) | {"repeat": run.data.tags.get(REPEAT_TAG, "0")}
+            out[s] = dict(run.params) | {"repeat": run.tags.get(REPEAT_TAG, "0")}
     return out
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from satune import tracking
 from satune.specs import SweepSpec, interval_keys
+from satune.sweep.shown import shown
 from satune.tracking.tags import (
     BEST_CONFIG_TAG,
     BEST_TRIAL_TAG,
@@ -210,8 +211,8 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
 
 def shown_metrics(sweep: SweepSpec) -> list[str]:
     """The metrics the end tables show: the searched ones, the final slice's, the final stage's."""
-    shown = ["eval/clean_acc", "eval/pgd_acc"] + (["eval/aa_acc"] if sweep.trial.eval.autoattack.n != 0 else [])
-    return list(dict.fromkeys(sweep.search.metrics + shown + (["final/aa_acc"] if sweep.final_eval else [])))
+    evals = ["eval/clean_acc", "eval/pgd_acc"] + (["eval/aa_acc"] if sweep.trial.eval.autoattack.n != 0 else [])
+    return list(dict.fromkeys(sweep.search.metrics + evals + (["final/aa_acc"] if sweep.final_eval else [])))
 
 
 def configuration_records(sweep: SweepSpec, result: SweepResult) -> list[dict]:
@@ -252,9 +253,9 @@ def table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str], list[list[s
             [
                 r.trial_id,
                 marks + status,
-                *(cell(result.labels.get(str(r.config.get(k)), r.config.get(k))) for k in keys),
+                *(shown(result.labels.get(str(r.config.get(k)), r.config.get(k))) for k in keys),
                 _interval(r.metrics, first),
-                *(cell(r.metrics.get(m)) for m in metrics),
+                *(shown(r.metrics.get(m)) for m in metrics),
                 *(_interval(r.metrics, m) for m in final),
                 flags(r.metrics),
             ]
@@ -352,7 +353,7 @@ def configuration_table(sweep: SweepSpec, result: SweepResult) -> tuple[list[str
         for m in metrics:
             s = g.stats(m)
             cells.append("-" if s is None else f"{s[0]:.4f} ± {s[1]:.4f} (n={s[2]})")
-        rows.append([g.key + (" (best)" if g.key == best else ""), *(cell(g.config.get(k)) for k in keys), *cells])
+        rows.append([g.key + (" (best)" if g.key == best else ""), *(shown(g.config.get(k)) for k in keys), *cells])
     return ["config", *keys, *(f"{m} mean ± std" for m in metrics)], rows
 
 
@@ -364,13 +365,6 @@ def _interval(metrics: dict[str, float], key: str) -> str:
     if key not in metrics:
         return "-"
     if "_acc" not in key or any(k not in metrics for k in interval_keys(key)):
-        return cell(metrics[key])
+        return shown(metrics[key])
     n, lo, hi = (metrics[k] for k in interval_keys(key))
     return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}] n={n:.0f}"
-
-
-def cell(v) -> str:
-    """A value in a table cell."""
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -32,12 +32,12 @@ from typing import Any
 from satune import tracking
 from satune.specs import SweepSpec
 from satune.stats import ALPHA, PairedT, mcnemar_p, paired_t
+from satune.sweep.shown import shown
 from satune.sweep.summary import (
     REPEAT_KEY,
     Configuration,
     TrialRow,
     best_configuration,
-    cell,
     configurations,
     p_value,
     ranked,
@@ -226,7 +226,7 @@ def verdict_table(sweep: SweepSpec, comparison: Comparison) -> tuple[list[str], 
         rows.append(
             [
                 name,
-                *(cell(config.config.get(k)) for k in keys),
+                *(shown(config.config.get(k)) for k in keys),
                 v.metric,
                 f"{v.mean:+.4f}{interval}",
                 str(len(v.differences)),

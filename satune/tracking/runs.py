@@ -10,8 +10,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from satune.tracking.server import TrackingError
 from satune.tracking.tags import (
@@ -24,18 +26,54 @@ from satune.tracking.tags import (
     TRIAL_TAG,
 )
 
-if TYPE_CHECKING:
-    pass
-
 # --------------------------------------------------------------------------------------------
 # Runs
 
 
-def client(uri: str):
-    from mlflow.tracking import MlflowClient
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as satune reads it: MLflow's entities stay inside tracking/, so a backend (or an MLflow
+    upgrade that changes them) has one seam. `metrics` holds each metric's latest value."""
 
+    run_id: str
+    name: str
+    status: str  # RUNNING | FINISHED | FAILED | KILLED
+    experiment_id: str
+    start_time: int  # ms since the epoch
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def trial_id(self) -> str | None:
+        return self.tags.get(TRIAL_TAG)
+
+
+def _record(run) -> RunRecord:
+    info, data = run.info, run.data
+    return RunRecord(
+        info.run_id,
+        info.run_name,
+        info.status,
+        info.experiment_id,
+        info.start_time,
+        dict(data.params),
+        dict(data.metrics),
+        dict(data.tags),
+    )
+
+
+def client(uri: str):
+    """One client per server and process (it holds the server's connection pool)."""
     # Ending a run prints "View run ..." links on stdout: noise between satune's own lines and tables.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    return _client(uri)
+
+
+@cache
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
@@ -130,12 +168,12 @@ def download(uri: str, run_id: str, name: str, into: Path) -> Path:
     return Path(client(uri).download_artifacts(run_id, name, str(into)))
 
 
-def get_run(uri: str, run_id: str):
-    """A run (info, params, tags, latest metrics); a TrackingError naming it when there is none."""
+def get_run(uri: str, run_id: str) -> RunRecord:
+    """A run; a TrackingError naming it when there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client(uri).get_run(run_id)
+        return _record(client(uri).get_run(run_id))
     except MlflowException as exc:
         raise TrackingError(f"no MLflow run {run_id} at {uri} ({exc.error_code})") from None
 
@@ -198,45 +236,41 @@ def metric_steps(uri: str, run_id: str, key: str) -> set[int]:
     return {m.step for m in client(uri).get_metric_history(run_id, key)}
 
 
-def finished_trials(uri: str, sweep_name: str) -> list:
+def finished_trials(uri: str, sweep_name: str) -> list[RunRecord]:
     """The FINISHED trial runs of the newest parent run of sweep `sweep_name`, in any experiment of
     this store, oldest first."""
     parents = sweep_parents(uri, sweep_name)
     if not parents:
         return []
-    runs = child_runs(uri, parents[0].info.experiment_id, parents[0].info.run_id)
-    return sorted((r for r in runs if r.info.status == "FINISHED"), key=lambda r: r.info.start_time)
+    runs = child_runs(uri, parents[0].experiment_id, parents[0].run_id)
+    return sorted((r for r in runs if r.status == "FINISHED"), key=lambda r: r.start_time)
 
 
-def child_runs(uri: str, experiment_id: str, parent_id: str) -> list:
-    return client(uri).search_runs(
+def child_runs(uri: str, experiment_id: str, parent_id: str) -> list[RunRecord]:
+    found = client(uri).search_runs(
         [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000
     )
+    return [_record(r) for r in found]
 
 
-def discard_orphan(uri: str, run_id: str) -> None:
-    """A child run of a trial Tune never recorded: said why, ended, and deleted (restorable)."""
+def discard(uri: str, run_id: str, why: str) -> None:
+    """Delete a run (MLflow keeps deleted runs, restorable), tagged with why."""
     c = client(uri)
-    c.set_tag(
-        run_id,
-        ORPHAN_TAG,
-        "its driver died before Ray Tune recorded the trial; --resume ran the configuration again as another trial",
-    )
-    if c.get_run(run_id).info.status == "RUNNING":
-        c.set_terminated(run_id, "KILLED")
+    c.set_tag(run_id, ORPHAN_TAG, why)
     c.delete_run(run_id)
 
 
-def sweep_parents(uri: str, sweep_name: str) -> list:
+def sweep_parents(uri: str, sweep_name: str) -> list[RunRecord]:
     """The parent runs of sweep `sweep_name` in any experiment of this store, newest first."""
     c = client(uri)
     experiments = [e.experiment_id for e in c.search_experiments()]
-    return c.search_runs(
+    found = c.search_runs(
         experiments,
         filter_string=f"tags.`{SWEEP_NAME_TAG}` = '{sweep_name}'",
         order_by=["attributes.start_time DESC"],
         max_results=100,
     )
+    return [_record(r) for r in found]
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

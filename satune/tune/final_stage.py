@@ -47,8 +47,8 @@ def run(
     chosen = winners(sweep, rows, final.top_k)
     settings = Settings(final.autoattack)
     key = settings.key()
-    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.child_runs(uri, experiment_id, parent)}
-    todo = [r for r in chosen if runs[r.trial_id].data.tags.get(tracking.FINAL_TAG) != key]
+    runs = {r.trial_id: r for r in tracking.child_runs(uri, experiment_id, parent)}
+    todo = [r for r in chosen if runs[r.trial_id].tags.get(tracking.FINAL_TAG) != key]
     aa = final.autoattack
     echo(
         f"final evaluation: AutoAttack {aa.version} on {aa.n} final-slice examples for {len(chosen)} trials "
@@ -56,7 +56,7 @@ def run(
     )
     task = ray.remote(**cluster.ray_options(final.resources))(_evaluate)
     threads = max(1, int(final.resources.cpu))
-    pending = {task.remote(uri, runs[r.trial_id].info.run_id, aa.model_dump(), threads): r for r in todo}
+    pending = {task.remote(uri, runs[r.trial_id].run_id, aa.model_dump(), threads): r for r in todo}
     while pending:
         [ready], _ = ray.wait(list(pending))
         row = pending.pop(ready)
@@ -67,7 +67,7 @@ def run(
         )
         _injected_kill()
     for row in chosen:  # what the runs hold now, the evaluations of earlier attempts included
-        logged = tracking.get_run(uri, runs[row.trial_id].info.run_id).data.metrics
+        logged = tracking.get_run(uri, runs[row.trial_id].run_id).metrics
         row.metrics |= {k: v for k, v in logged.items() if k.startswith("final/")}
 
 
@@ -101,18 +101,16 @@ def evaluate_sweep(
         raise SweepError(f"the run {run_dir} never reached MLflow: nothing to evaluate")
     with tracking.serving(sweep.tracking.uri, sweep.storage, "satune sweep") as (uri, _):
         children = tracking.child_runs(uri, state["experiment_id"], state["parent_run_id"])
-        run_ids = {
-            r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in children if tracking.TRIAL_TAG in r.data.tags
-        }
+        run_ids = {r.tags[tracking.TRIAL_TAG]: r.run_id for r in children if tracking.TRIAL_TAG in r.tags}
         rows = [
             TrialRow(
-                r.data.tags[tracking.TRIAL_TAG],
-                "TERMINATED" if r.info.status == "FINISHED" else r.info.status,
+                r.tags[tracking.TRIAL_TAG],
+                "TERMINATED" if r.status == "FINISHED" else r.status,
                 {},
-                dict(r.data.metrics),
+                dict(r.metrics),
             )
             for r in children
-            if tracking.TRIAL_TAG in r.data.tags
+            if tracking.TRIAL_TAG in r.tags
         ]
         chosen = winners(sweep, rows, top_k)
         if not chosen:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from satune.sweep.shown import shown
 from satune.sweep.summary import REPEAT_KEY
 
 PROMETHEUS_PREFIX = "ray_"  # Ray exports an application metric `x` to Prometheus as `ray_x`
@@ -57,15 +58,13 @@ def describe(sweep: str, trial_id: str, config: Mapping[str, Any], limit: int = 
     values = sorted((k, v) for k, v in config.items() if k != REPEAT_KEY)
     if REPEAT_KEY in config:
         values.append((REPEAT_KEY, config[REPEAT_KEY]))
-    text = " ".join([f"{sweep} trial {trial_id}" + (":" if values else ""), *(f"{k}={_short(v)}" for k, v in values)])
+    text = " ".join(
+        [
+            f"{sweep} trial {trial_id}" + (":" if values else ""),
+            *(f"{k}={shown(v, width=40, missing='None')}" for k, v in values),
+        ]
+    )
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 40 else text[:39] + "…"
 
 
 class TrialGauges:

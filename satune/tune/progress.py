@@ -29,11 +29,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from satune import tracking
 from satune.specs import SweepSpec
+from satune.sweep import trial_runs
 from satune.sweep.rundir import STATE_FILE
+from satune.sweep.shown import shown
 from satune.sweep.summary import REPEAT_KEY, ranked
-from satune.tracking.tags import STOPPED_EARLY_TAG
 
 # Each state's style in the live table.
 STATES = {
@@ -67,25 +67,27 @@ class Progress(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         if _view is not None:
             _view.started[trial.trial_id] = time.time()
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
+        params = ", ".join(f"{k}={shown(v, missing='None')}" for k, v in trial.config.items())
         self._line(f"{self._status(trials)} trial {trial.trial_id} started: {params}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.sweep.search.metrics[0] in result:
             return  # the final report: on_trial_complete prints it
         proxy = self.sweep.trial.eval.select_metric
-        selected = f"{proxy}={_fmt(result[proxy])} " if proxy in result else ""  # (not every epoch: select_every)
+        selected = (
+            f"{proxy}={shown(result[proxy], missing='None')} " if proxy in result else ""
+        )  # (not every epoch: select_every)
         if result.get("select/collapsed") == 1:
             selected += "(robust accuracy collapsed) "
         self._line(
             f"{self._status(trials)} trial {trial.trial_id} epoch {result.get('epoch', 0) + 1}/"
-            f"{_epochs(self.sweep, trial)}: {selected}train/loss={_fmt(result.get('train/loss'))}"
+            f"{_epochs(self.sweep, trial)}: {selected}train/loss={shown(result.get('train/loss'), missing='None')}"
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         metric = self.sweep.search.metrics[0]
         value = (trial.last_result or {}).get(metric)
-        what = "stopped early by the scheduler" if value is None else f"done: {metric}={_fmt(value)}"
+        what = "stopped early by the scheduler" if value is None else f"done: {metric}={shown(value, missing='None')}"
         if (trial.last_result or {}).get("train/collapsed") == 1:
             what += " (its robust accuracy collapsed in training)"
         best = best_trial(self.sweep, trials)
@@ -93,12 +95,12 @@ class Progress(tune.Callback):
             f"{self._status(trials, trial)} trial {trial.trial_id} {what}"
             + (f" (best so far: {best.trial_id})" if best is not None else "")
         )
-        self._close_run(trial.trial_id, "FINISHED", stopped=value is None)
+        self._close_run(trial.trial_id, failed=False, stopped=value is None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # Printed in both modes: above the live table it stays in the scrollback with its traceback's path.
         self.echo(f"{self._status(trials)} trial {trial.trial_id} failed for good; traceback in {trial.error_file}")
-        self._close_run(trial.trial_id, "FAILED", stopped=False)
+        self._close_run(trial.trial_id, failed=True, stopped=False)
 
     def _status(self, trials: Sequence[Trial], ending: Trial | None = None) -> str:
         """`[done/total done]`, counting `ending` (Tune calls on_trial_complete before it marks it)."""
@@ -109,16 +111,16 @@ class Progress(tune.Callback):
         if _view is None:  # a live table shows the same
             self.echo(line)
 
-    def _close_run(self, trial_id: str, status: str, stopped: bool) -> None:
+    def _close_run(self, trial_id: str, failed: bool, stopped: bool) -> None:
         state = json.loads((self.run_dir / STATE_FILE).read_text())
-        uri, parent = state["tracking_uri"], state["parent_run_id"]
-        for r in tracking.child_runs(uri, state["experiment_id"], parent):
-            if r.data.tags.get(tracking.TRIAL_TAG) != trial_id or r.info.status == status:
-                continue
-            if stopped:  # a scheduler stops a trial between reports: its run never ended itself
-                tracking.set_tags(uri, r.info.run_id, {STOPPED_EARLY_TAG: "true"})
-            if stopped or r.info.status == "RUNNING":
-                tracking.end_run(uri, r.info.run_id, status)
+        trial_runs.end_by_tune(
+            state["tracking_uri"],
+            state["experiment_id"],
+            state["parent_run_id"],
+            trial_id,
+            failed=failed,
+            stopped=stopped,
+        )
 
 
 def echo_stderr(line: str) -> None:
@@ -196,7 +198,7 @@ def _row(sweep: SweepSpec, trial: Trial, keys: tuple[str, ...], started: float |
         trial_id=trial.trial_id,
         state=_state(trial.status, objective, trained=epoch >= epochs),
         retries=0 if trial.is_finished() else trial.num_failures,
-        params=tuple(_short(trial.config.get(k)) for k in keys),
+        params=tuple(shown(trial.config.get(k), width=14, missing="None") for k in keys),
         epoch=epoch,
         epochs=epochs,
         proxy=meta.metric_analysis.get(sweep.trial.eval.select_metric, {}).get("last"),
@@ -248,7 +250,7 @@ class LiveView:
         parts: list = [bar, _table(frame, now, room=max(3, height - CHROME))]
         if (b := frame.best) is not None:
             values = ", ".join(f"{_label(k, frame.keys)}={v}" for k, v in zip(frame.keys, b.params, strict=True))
-            what = (b.trial_id, "bold"), f" {frame.metrics[1]}=", (_fmt(b.objective), "bold green")
+            what = (b.trial_id, "bold"), f" {frame.metrics[1]}=", (shown(b.objective, missing="None"), "bold green")
             parts.append(Text.assemble("best so far: ", *what, f" ({values})" if values else ""))
         return Group(*parts)
 
@@ -286,8 +288,8 @@ def _cells(frame: Frame, r: Row, now: float) -> list[Text]:
         + (Text(" collapsed", style="bold yellow") if r.collapsed else Text("")),
         *map(Text, r.params),
         Text(f"{r.epoch}/{r.epochs}" if r.epoch else ""),
-        Text(_fmt(r.proxy, "")),
-        Text(_fmt(r.objective, ""), style="bold green" if best else ""),
+        Text(shown(r.proxy, missing="")),
+        Text(shown(r.objective, missing=""), style="bold green" if best else ""),
         Text(_clock(seconds) if seconds is not None else ""),
     ]
 
@@ -377,17 +379,6 @@ def _label(key: str, keys: Sequence[str]) -> str:
     return key if sum(k.rsplit(".", 1)[-1] == short for k in keys) > 1 else short
 
 
-def _short(value) -> str:
-    text = _fmt(value)
-    return text if len(text) <= 14 else text[:13] + "…"
-
-
 def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
-
-
-def _fmt(v, missing: str = "None") -> str:
-    if v is None:
-        return missing
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from satune import tracking
 from satune.seeds import derive_seed
 from satune.specs import SweepSpec, TrialSpec, set_path
+from satune.sweep import trial_runs
 from satune.sweep.summary import REPEAT_KEY
 from satune.tracking.tags import (
     ACTOR_TAG,
@@ -138,11 +139,11 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
                 sources=partial(load_source, ctx.tracking_uri),
             )
         except Exception:
-            tracking.end_run(ctx.tracking_uri, run_id, "FAILED")
+            trial_runs.end_attempt(ctx.tracking_uri, run_id, raised=True)
             raise
         _publish(ctx.tracking_uri, run_id, spec, result, Path(tmp))
         tune.report({**result.metrics, "epoch": spec.train.epochs - 1})
-        tracking.end_run(ctx.tracking_uri, run_id, "FINISHED")
+        trial_runs.end_attempt(ctx.tracking_uri, run_id, raised=False)
 
 
 def _open_run(ctx: TrialContext, spec: TrialSpec, trial_id: str, config: dict[str, Any], meta: dict) -> str:
@@ -220,9 +221,8 @@ def _publish(uri: str, run_id: str, spec: TrialSpec, result: TrialResult, tmp: P
     final_only = {k: v for k, v in result.metrics.items() if k not in last}  # eval/*, time/total_s, ...
     if spec.train.epochs not in tracking.metric_steps(uri, run_id, "time/total_s"):
         tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs)
-    tracking.log_dict(uri, run_id, result.to_json(), "result.json")
-    if result.outcomes is not None:
-        tracking.log_text(uri, run_id, result.outcomes.csv(), "outcomes.csv")
+    for file, text in result.files().items():
+        tracking.log_text(uri, run_id, text, file)
     flagged = {}
     if result.collapsed_at is not None:  # (1-based, as the epochs are printed)
         flagged[COLLAPSED_TAG] = f"robust accuracy collapsed at epoch {result.collapsed_at + 1}"
@@ -245,7 +245,7 @@ def _finished_result(uri: str, run_id: str | None, into: Path) -> dict | None:
     if run_id is None:
         return None
     run = tracking.get_run(uri, run_id)
-    if run.info.status != "FINISHED" or tracking.INTEGRITY_TAG not in run.data.tags:
+    if run.status != "FINISHED" or tracking.INTEGRITY_TAG not in run.tags:
         return None
     return json.loads(tracking.download(uri, run_id, "result.json", into).read_text())["metrics"]
 

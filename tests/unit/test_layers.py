@@ -2,6 +2,7 @@
 each heavy dependency has one home."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,15 @@ def test_imports_flow_left_to_right(path):
             assert ORDER.index(other) <= ORDER.index(me), f"{me} imports {name}, which is to its right"
         if top in HOMES:
             assert me in HOMES[top], f"{me} imports {top}; only {HOMES[top]} may"
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if layer(p) != "tracking"], ids=lambda p: str(p.relative_to(PKG)))
+def test_mlflow_entities_are_read_only_inside_tracking(path):
+    """Outside tracking/ a run is satune's RunRecord: reading an MLflow Run's `.info` or `.data.<tags,
+    params, metrics>` would tie that module to MLflow's entities, which tracking/ keeps to itself."""
+    code = path.read_text()
+    found = re.findall(r"\.info\.\w+|\.data\.(?:tags|params|metrics)\b", code)
+    assert not found, f"{path.name} reads MLflow entities: {sorted(set(found))}"
 
 
 def test_only_the_cli_reaches_into_tune_and_only_for_its_entry_points():

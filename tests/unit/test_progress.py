@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from satune.specs import parse_sweep
+from satune.sweep import trial_runs
 from satune.sweep.rundir import STATE_FILE
 from satune.tune import progress
 from satune.tune.progress import LiveView, Progress, echo_stderr, live_view, snapshot, wants_live
@@ -49,7 +50,7 @@ def sweep(tmp_path):
 def callback(sweep, tmp_path, monkeypatch):
     state = {"tracking_uri": "http://127.0.0.1:9", "parent_run_id": "p", "experiment_id": "1"}
     (tmp_path / STATE_FILE).write_text(json.dumps(state))
-    monkeypatch.setattr(progress.tracking, "child_runs", lambda *a: [])  # no MLflow run to close
+    monkeypatch.setattr(trial_runs.tracking, "child_runs", lambda *a: [])  # no MLflow run to close
     return Progress(sweep, tmp_path)
 
 

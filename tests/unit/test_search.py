@@ -6,7 +6,7 @@ from optuna.trial import TrialState
 
 from satune.specs import parse_sweep
 from satune.sweep.summary import REPEAT_KEY
-from satune.tune.driver import _tune_config
+from satune.tune.tuner import _tune_config
 
 
 def searcher(tmp_path, **search):

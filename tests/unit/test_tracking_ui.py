@@ -13,7 +13,7 @@ from optuna.storages.journal import JournalFileBackend
 from satune import tracking
 from satune.specs import parse_sweep
 from satune.sweep.rundir import JOURNAL_FILE
-from satune.tune.driver import _tune_config
+from satune.tune.tuner import _tune_config
 
 
 def sweep(tmp_path, **search):

@@ -24,7 +24,7 @@ from satune.sweep.summary import (
     transfer_matrix,
 )
 from satune.tune import cluster
-from satune.tune.driver import _tune_config, _tune_quieted
+from satune.tune.tuner import _tune_config, _tune_quieted
 from satune.tune.space import optuna_space
 from satune.tune.trainable import TrialContext, resolve_trial
 
