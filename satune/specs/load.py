@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from satune.specs.base import MAX_FILE_BYTES, SpecError, parse_yaml
+from satune.specs.base import MAX_FILE_BYTES, SpecError, cut, parse_yaml
 from satune.specs.messages import problem_lines
 from satune.specs.sweep import STORAGE_URL, FinalAutoAttackSpec, SweepSpec
 from satune.specs.trial import EvalSpec, TrialSpec
@@ -74,8 +74,11 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpe
     Relative paths are taken from `base_dir` (default: the current directory, where the user ran
     satune), because trials run in their own working directories.
     """
-    spec = parse_sweep(read_yaml(path), str(path))
-    return absolutize(spec, Path(base_dir or Path.cwd()))
+    spec = absolutize(parse_sweep(read_yaml(path), str(path)), Path(base_dir or Path.cwd()))
+    problems = folder_problems(spec)
+    if problems:
+        raise SpecError(problems, str(path))
+    return spec
 
 
 _PATH_KEYS = ("data.root", "runtime.cache_dir")  # trial fields that name folders
@@ -84,6 +87,35 @@ _PATH_KEYS = ("data.root", "runtime.cache_dir")  # trial fields that name folder
 def _abs(path: str, base: Path) -> str:
     """`~` expanded, relative to `base`, absolute: trials run in other working directories."""
     return str((base / Path(path).expanduser()).resolve())
+
+
+def folder_problems(spec: SweepSpec) -> list[str]:
+    """Paths (absolute by now) that must name a folder but name something else that exists: a file
+    given as `storage` would fail when the sweep first writes there, after Ray has started."""
+    trial = spec.trial
+    folders: list[tuple[str, str | None]] = [] if STORAGE_URL.match(spec.storage) else [("storage", spec.storage)]
+    folders += [("trial.data.root", trial.data.root), ("trial.runtime.cache_dir", trial.runtime.cache_dir)]
+    folders += [(f"trial.method.aux[{i}].root", a.root) for i, a in enumerate(getattr(trial.method, "aux", None) or [])]
+    for key, dom in spec.search.space.items():
+        if key in _PATH_KEYS and dom.kind in ("choice", "grid"):
+            folders += [
+                (f"search.space.{key}.{dom.kind}[{i}]", v) for i, v in enumerate(dom.value) if isinstance(v, str)
+            ]
+    problems = []
+    for key, folder in folders:
+        if folder is None:
+            continue
+        path = Path(folder)
+        try:
+            path.stat()
+        except (OSError, ValueError):  # not there yet (made when needed), or unreachable: found at run time
+            continue
+        if not path.is_dir():
+            what = "a file" if path.is_file() else "not a folder"
+            url = " or an object store's URL (s3://bucket/prefix)" if key == "storage" else ""
+            got = cut(repr(folder), 160)  # (a path is worth more of the line than other values)
+            problems.append(f"{key}: must be a folder (or not exist yet){url}, got {got}, which is {what}")
+    return problems
 
 
 def absolutize(spec: SweepSpec, base: Path) -> SweepSpec:

@@ -57,8 +57,8 @@ def problem_lines(exc: ValidationError, root: type[BaseModel]) -> list[str]:
         kind = err["type"]
         inner = err.get("ctx", {}).get("error")
         if isinstance(inner, FieldProblems):
-            for path, text in inner.problems:
-                lines.append(f"{_loc(loc + path.split('.'))}: {text}")
+            for path, text in inner.problems:  # (an empty path: the model's own location)
+                lines.append(f"{_loc(loc + (path.split('.') if path else [])) or '(top level)'}: {text}")
             continue
         if kind == "value_error" and isinstance(inner, ValueError):
             msg = str(inner)

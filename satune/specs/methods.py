@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from satune.specs.base import (
+    BatchSize,
     ClassName,
+    Epochs,
     Fraction,
     Name,
     NonNegative,
@@ -91,7 +93,7 @@ class SatSpec(MethodSpecBase):
     weighting: Literal["vanilla", "balanced", "overemphasized", "custom"] | None = None
     w_A: Positive | None = None
     w_B: NonNegative | None = None
-    ranking_epochs: PositiveInt | None = None  # epochs of the clean fit that scores difficulty
+    ranking_epochs: Epochs | None = None  # epochs of the clean fit that scores difficulty
     ranking_seed: Seed = 0  # one ranking per sweep, not one per trial
 
     @model_validator(mode="after")
@@ -224,7 +226,7 @@ class BiamatSpec(MethodSpecBase):
     omega_mode: Literal["fixed_after_warmup", "per_batch"] = "fixed_after_warmup"
     beta: Positive | None = None  # TRADES variant only (default 6)
     aux_hi_loss: Literal["trades", "ce"] | None = None  # TRADES variant: loss of high-confidence aux images
-    aux_batch_size: PositiveInt | None = None  # auxiliary images per step (default: train.batch_size)
+    aux_batch_size: BatchSize | None = None  # auxiliary images per step (default: train.batch_size)
     aux_head: PositiveInt | None = None  # size of the auxiliary head; must match the auxiliary classes
 
     @model_validator(mode="after")

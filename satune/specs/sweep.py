@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
 import urllib.parse
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from satune.specs.base import (
+    MAX_TRIALS,
     Concurrency,
     ExperimentName,
     FieldProblems,
+    Finite,
+    Integer,
     Name,
     NonNegativeInt,
+    Number,
     PositiveInt,
     Seed,
     Spec,
     check,
-    number,
     raise_if,
     shown,
 )
@@ -33,10 +37,10 @@ from satune.specs.trial import AutoAttackSpec, TrialSpec, reported_metrics
 class DomainSpec(Spec):
     """One search dimension; exactly one key set. Ranges are inclusive: [low, high]."""
 
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    int_: tuple[int, int] | None = Field(None, alias="int")  # integers in [low, high]
-    logint: tuple[int, int] | None = None
+    uniform: tuple[Finite, Finite] | None = None
+    loguniform: tuple[Finite, Finite] | None = None
+    int_: tuple[Integer, Integer] | None = Field(None, alias="int")  # integers in [low, high]
+    logint: tuple[Integer, Integer] | None = None
     choice: list[Any] | None = None
     grid: list[Any] | None = None
 
@@ -115,6 +119,11 @@ class SearchSpec(Spec):
             return self.num_samples
         return 1 if self.algorithm == "grid" or not self.space else 8
 
+    @property
+    def cell_count(self) -> int:
+        """len(cells()), without making them (a grid of many axes has more cells than memory holds)."""
+        return math.prod(1 if isinstance(axis, RunsOf) else len(axis) for axis in self.grid.values())
+
     def cells(self) -> list[dict[str, Any]]:
         """Every combination of the grid's values (one empty cell without a grid). An axis of sources
         (runs_of) counts as one value until the sweep starts and finds them."""
@@ -125,11 +134,13 @@ class SearchSpec(Spec):
     @property
     def configurations(self) -> int:
         """Distinct configurations: per cell num_samples (algorithm: grid: the whole grid, num_samples times)."""
-        n = self.samples * len(self.cells())
+        n = self.samples * self.cell_count
         if self.algorithm == "grid":
-            for dom in self.space.values():
-                n *= len(dom.value)
+            n *= self._space_grid_size()
         return n
+
+    def _space_grid_size(self) -> int:
+        return math.prod(len(dom.value) for dom in self.space.values())
 
     @property
     def trial_count(self) -> int:
@@ -162,8 +173,26 @@ class SearchSpec(Spec):
             problems.append(("algorithm", "cmaes searches numeric ranges only; use tpe for choices"))
         if self.algorithm == "cmaes" and len(self.metrics) > 1:
             problems.append(("algorithm", "cmaes optimises one metric; use tpe, gp, qmc or random for several"))
+        if self.trial_count > MAX_TRIALS:
+            factors = [f"num_samples {_count(self.samples)}", f"{_count(self.cell_count)} grid cells"]
+            if self.algorithm == "grid":
+                factors.append(f"{_count(self._space_grid_size())} space values")
+            factors.append(f"repeats {_count(self.repeats)}")
+            problems.append(
+                (
+                    "",
+                    f"runs {_count(self.trial_count)} trials ({' x '.join(factors)}): must be at most "
+                    f"{MAX_TRIALS:,} (a year of one GPU at 5 minutes a trial; more is a typo, not a sweep)",
+                )
+            )
         raise_if(problems)
         return self
+
+
+def _count(n: int) -> str:
+    """A count for an error line: exact up to 10^15, else its order of magnitude (a product of grid axes
+    can have more digits than Python turns into a string)."""
+    return f"{n:,}" if n < 10**15 else f"about 10^{int(math.log10(n))}"
 
 
 class SchedulerSpec(Spec):
@@ -171,7 +200,7 @@ class SchedulerSpec(Spec):
     metric: str = "select/pgd_acc"  # a per-epoch metric (ASHA compares trials at each rung)
     mode: Literal["max", "min"] = "max"
     grace_period: PositiveInt = 1
-    reduction_factor: Annotated[int, check(">= 2", lambda v: v >= 2)] = 2
+    reduction_factor: Annotated[Integer, check(">= 2", lambda v: v >= 2)] = 2
 
 
 def _ray_quantity(high: int, zero: bool):
@@ -181,9 +210,9 @@ def _ray_quantity(high: int, zero: bool):
 
 
 class TaskResourcesSpec(Spec):
-    cpu: Annotated[float, BeforeValidator(number), _ray_quantity(1024, zero=False)] = 1
+    cpu: Annotated[Number, _ray_quantity(1024, zero=False)] = 1
     # fractions share a GPU between trials (bookkeeping only: size batches to fit)
-    gpu: Annotated[float, BeforeValidator(number), _ray_quantity(64, zero=True)] = 0
+    gpu: Annotated[Number, _ray_quantity(64, zero=True)] = 0
     # Ray's label selector: only nodes whose labels match, e.g. {ray.io/accelerator-type: H100}
     label_selector: dict[str, str] = {}
 
@@ -239,7 +268,7 @@ class TrackingSpec(Spec):
     experiment: ExperimentName | None = None  # default: the sweep's name
     # How long the sweep waits for a tracking server that stopped answering (a restart by its operator,
     # or satune's own) before it stops, resumably: trials' requests wait with it.
-    patience_s: float = Field(default=120.0, gt=0)
+    patience_s: Finite = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _rules(self):
@@ -277,7 +306,7 @@ class SweepSpec(Spec):
     # loading) or an object store's URL (satune.sweep.store)
     # How long the sweep waits for an object store (`storage` as a URL) that stopped answering before
     # it stops, resumably; trials' requests to it wait meanwhile.
-    storage_patience_s: float = Field(default=120.0, gt=0)
+    storage_patience_s: Finite = Field(default=120.0, gt=0)
     max_failures: NonNegativeInt = 2  # retries of a failing trial, from its last checkpoint
     final_eval: FinalEvalSpec | None = None  # AutoAttack on the winners after the search
 
@@ -287,7 +316,8 @@ class SweepSpec(Spec):
         # The sweep seed is the base trial's seed unless the trial sets its own.
         if isinstance(data, dict) and isinstance(data.get("trial"), dict) and "seed" not in data["trial"]:
             seed = data.get("seed", 0)
-            if isinstance(seed, int) and 0 <= seed < 2**32:  # else `seed` itself is reported, once
+            # (else `seed` itself is reported, once; true is no seed)
+            if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32:
                 data = {**data, "trial": {**data["trial"], "seed": seed}}
         return data
 

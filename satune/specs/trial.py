@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import ValidationError, model_validator
 
 from satune.specs.base import (
+    AttackSteps,
+    BatchSize,
     ClassName,
+    Epochs,
     FieldProblems,
     Fraction,
     LoaderWorkers,
@@ -19,14 +22,17 @@ from satune.specs.base import (
     OpenFraction,
     Positive,
     PositiveInt,
+    Restarts,
     Seed,
     Spec,
+    SpecError,
     Threads,
     TrialSeed,
     class_problems,
     raise_if,
     shown,
 )
+from satune.specs.messages import problem_lines
 from satune.specs.methods import MethodSpec
 from satune.specs.names import (
     DATASET_CLASSES,
@@ -72,6 +78,45 @@ class DataSpec(Spec):
             return tuple(self.classes)
         return DATASET_CLASSES[self.dataset]
 
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images a trial trains and is attacked on, as satune.data loads them."""
+        if self.dataset == "imagefolder":  # RGB crops of image_size
+            return (3, self.image_size, self.image_size)
+        channels, height, width = _SHAPES[self.dataset]
+        return (channels, self.resize, self.resize) if self.resize is not None else (channels, height, width)
+
+
+# (C, H, W) of each tensor set (satune.data.catalog; tests/unit/test_specs_strict.py compares them).
+_SHAPES = {
+    "digits": (1, 8, 8),
+    "mnist5k": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "svhn": (3, 32, 32),
+}
+
+
+def budget_problems(
+    norm: str, eps: float | None, step: float | None, keys: tuple[str, str], shape: tuple[int, int, int] | None
+) -> list[tuple[str, str]]:
+    """A budget and a step size that no input in [0, 1] can use: above 1 under linf (every pixel may
+    then take any value), above the distance between the two farthest images under l2 (known from
+    the input's shape; None: l2 left unchecked)."""
+    if norm == "linf":
+        limit, why = 1.0, "pixels lie in [0, 1]"
+    elif shape is not None:
+        limit = math.sqrt(math.prod(shape))
+        why = f"the l2 distance between the two farthest {'x'.join(map(str, shape))} images in [0, 1]"
+    else:
+        return []
+    problems = []
+    for key, value, beyond in zip(keys, (eps, step), (", so a larger budget allows any image", ""), strict=True):
+        if value is not None and value > limit:
+            pixels = norm == "linf" and value <= 255 and value.is_integer()
+            hint = f" (did you mean {value:g}/255?)" if pixels else ""
+            problems.append((key, f"must be at most {limit:.4g} with norm {norm} ({why}{beyond}), got {value:g}{hint}"))
+    return problems
+
 
 class ModelSpec(Spec):
     arch: ArchName = "small_cnn"
@@ -80,7 +125,7 @@ class ModelSpec(Spec):
 class ThreatSpec(Spec):
     norm: Literal["l2", "linf"]
     eps: Positive
-    steps: PositiveInt = 7
+    steps: AttackSteps = 7
     step_size: Positive | None = None  # default eps/4 for PGD, 1.25*eps for FGSM-RS
     attack: Literal["pgd", "fgsm_rs"] = "pgd"
     random_start: bool = False
@@ -89,9 +134,11 @@ class ThreatSpec(Spec):
 
     @model_validator(mode="after")
     def _rules(self):
+        problems = budget_problems(self.norm, self.eps, self.step_size, ("eps", "step_size"), None)
         # (compared with the default, not with what was set: a spec written out whole validates again)
         if self.attack == "fgsm_rs" and self.steps not in (1, ThreatSpec.model_fields["steps"].default):
-            raise FieldProblems([("steps", f"fgsm_rs takes exactly one step, got {self.steps}")])
+            problems.append(("steps", f"fgsm_rs takes exactly one step, got {self.steps}"))
+        raise_if(problems)
         return self
 
     @property
@@ -102,14 +149,17 @@ class ThreatSpec(Spec):
         """The same attack under another norm and/or budget (its step size then derived anew)."""
         if norm is None and eps is None:
             return self
-        return ThreatSpec.model_validate(
-            {
-                **self.model_dump(exclude_unset=True),
-                "norm": norm or self.norm,
-                "eps": eps or self.eps,
-                "step_size": None,
-            }
-        )
+        try:
+            return ThreatSpec.model_validate(
+                {
+                    **self.model_dump(exclude_unset=True),
+                    "norm": norm or self.norm,
+                    "eps": eps or self.eps,
+                    "step_size": None,
+                }
+            )
+        except ValidationError as exc:  # e.g. `satune eval --eps 2` on a linf trial
+            raise SpecError([f"the evaluation threat: {line}" for line in problem_lines(exc, ThreatSpec)]) from None
 
     @property
     def alpha(self) -> float:
@@ -119,8 +169,8 @@ class ThreatSpec(Spec):
 
 
 class TrainSpec(Spec):
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 128
+    epochs: Epochs = 10
+    batch_size: BatchSize = 128
     lr: Positive = 0.05
     momentum: Momentum = 0.9
     weight_decay: NonNegative = 5e-4
@@ -175,16 +225,22 @@ class EvalSpec(Spec):
     # 0.031 and are evaluated at 8/255); None: the training threat's.
     norm: Literal["l2", "linf"] | None = None
     eps: Positive | None = None
-    pgd_steps: PositiveInt = 20
+    pgd_steps: AttackSteps = 20
     pgd_step_size: Positive | None = None  # default 2.5*eps/steps (Madry et al.), random start
-    pgd_restarts: PositiveInt = 1
+    pgd_restarts: Restarts = 1
     n: PositiveInt | None = None  # examples of the final slice for clean/PGD (None: all)
-    batch_size: PositiveInt = 256
+    batch_size: BatchSize = 256
     autoattack: AutoAttackSpec = AutoAttackSpec()
     # Checkpoints checked on the select slice: every k-th epoch, the first epoch at each lower learning rate
     # of a step schedule (where robust overfitting tends to leave the best one), and the last.
     select_every: PositiveInt = 1
     select_metric: Literal["select/pgd_acc", "select/clean_acc"] = "select/pgd_acc"
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.norm is not None:  # (under the training threat's norm: checked by the trial)
+            raise_if(budget_problems(self.norm, self.eps, self.pgd_step_size, ("eps", "pgd_step_size"), None))
+        return self
 
 
 class RuntimeSpec(Spec):
@@ -210,6 +266,14 @@ class TrialSpec(Spec):
         problems = self.method.trial_problems(self)
         if self.eval.norm is not None and self.eval.norm != self.threat.norm and self.eval.eps is None:
             problems.append(("eval.eps", f"required when eval.norm ({self.eval.norm}) differs from threat.norm"))
+        shape = self.data.input_shape()
+        threat, ev = self.threat, self.eval
+        problems += budget_problems(
+            threat.norm, threat.eps, threat.step_size, ("threat.eps", "threat.step_size"), shape
+        )
+        problems += budget_problems(
+            ev.norm or threat.norm, ev.eps, ev.pgd_step_size, ("eval.eps", "eval.pgd_step_size"), shape
+        )
         raise_if(problems)
         return self
 
