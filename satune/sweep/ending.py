@@ -8,6 +8,8 @@ from pathlib import Path
 
 from satune.specs import SweepSpec
 from satune.sweep.summary import (
+    CONFIGURATIONS_CSV,
+    TRIALS_CSV,
     SweepResult,
     _interval,
     config_id,
@@ -42,15 +44,16 @@ class Ending:
 
 def ending(spec: SweepSpec, result: SweepResult, file: Path) -> Ending:
     out = Ending(interrupted=result.interrupted, failed=any(r.status == "ERROR" for r in result.rows))
-    out.tables.append(
-        Shown(f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})", *table(spec, result), 2)
-    )
+    title = f"sweep {spec.name}: {len(result.rows)} trials ({result.directory})"
+    out.tables.append(_top(Shown(title, *table(spec, result), 2), "trials", result.directory / TRIALS_CSV))
     if spec.search.repeats > 1:
         title = f"per configuration, over its {spec.search.repeats} repeats (one seed each), best first by {spec.search.metrics[0]}"
-        out.tables.append(Shown(title, *configuration_table(spec, result), 1))
+        where = result.directory / CONFIGURATIONS_CSV
+        out.tables.append(_top(Shown(title, *configuration_table(spec, result), 1), "configurations", where))
         if result.comparison is not None and result.comparison.verdicts:
             title = "the best configuration against each other, on the final slice: paired over seeds and examples"
-            out.tables.append(Shown(title, *verdict_table(spec, result.comparison), 1))
+            where = result.directory / "verdicts.json"
+            out.tables.append(_top(Shown(title, *verdict_table(spec, result.comparison), 1), "verdicts", where))
     if (sources := source_table(spec, result)) is not None:
         out.tables.append(Shown("transferred, by source (mean ± std over the sources trained alike)", *sources, 1))
     if (matrix := transfer_matrix(spec, result)) is not None:
@@ -68,6 +71,17 @@ def ending(spec: SweepSpec, result: SweepResult, file: Path) -> Ending:
         out.command = "  " + reproduce_command(file, result.best, threads)
     out.last = f"compare the trials in the MLflow UI: satune ui {file}"
     return out
+
+
+END_ROWS = 20  # a table longer than a screen is read in a file: its top rows here, and where the rest are
+
+
+def _top(table: Shown, what: str, where: Path) -> Shown:
+    """The table's first END_ROWS rows (best first), its title saying how many more and where."""
+    if len(table.rows) <= END_ROWS:
+        return table
+    title = f"{table.title}; the top {END_ROWS}, {len(table.rows) - END_ROWS} more {what} in {where}"
+    return Shown(title, table.header, table.rows[:END_ROWS], table.text_columns)
 
 
 def _best_lines(spec: SweepSpec, result: SweepResult) -> list[str]:

@@ -3,6 +3,7 @@ reproduces a trial, the end table, and the summary logged into the parent run. N
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shlex
@@ -177,6 +178,7 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
         return {"trial_id": r.trial_id, "status": r.status, "seed": r.seed, **r.config, **r.metrics}
 
     tracking.log_dict(uri, parent, [record(r) for r in result.rows], "trials.json")
+    write_csv(result.directory / TRIALS_CSV, [record(r) for r in result.rows])
     tags: dict[str, object] = {
         TRIALS_TAG: len(result.rows),
         ERRORS_TAG: sum(r.status == "ERROR" for r in result.rows),
@@ -198,7 +200,9 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
         tags[PARETO_TAG] = ",".join(r.trial_id for r in result.pareto)
         tracking.log_dict(uri, parent, [record(r) for r in result.pareto], "pareto.json")
     if sweep.search.repeats > 1:
-        tracking.log_dict(uri, parent, configuration_records(sweep, result), "configurations.json")
+        records = configuration_records(sweep, result)
+        tracking.log_dict(uri, parent, records, "configurations.json")
+        write_csv(result.directory / CONFIGURATIONS_CSV, [_flat(c) for c in records])
     matrix = transfer_matrix(sweep, result)
     if matrix is not None:
         title, header, rows = matrix
@@ -207,6 +211,29 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
         tracking.log_text(uri, parent, csv, "transfer_matrix.csv")
         tags[TRANSFER_MATRIX_TAG] = title
     tracking.set_tags(uri, parent, tags)
+
+
+TRIALS_CSV, CONFIGURATIONS_CSV = "trials.csv", "configurations.csv"  # beside sweep.json: every row
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    """Records as CSV, one column per key any record has (in first-seen order)."""
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def _flat(record: dict) -> dict:
+    """A configuration record with its statistics as columns (`<metric> mean`, `... std`, `... n`)."""
+    out: dict = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out |= {f"{k} {stat}": x for stat, x in v.items()}
+        else:
+            out[k] = " ".join(v) if isinstance(v, list) else v
+    return out
 
 
 def shown_metrics(sweep: SweepSpec) -> list[str]:

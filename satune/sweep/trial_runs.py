@@ -25,8 +25,8 @@ def end_by_tune(uri: str, experiment_id: str, parent: str, trial_id: str, *, fai
     """Tune is done with the trial: failed for good, or complete (`stopped`: by the scheduler,
     between reports, so its run never ended itself)."""
     status = "FAILED" if failed else "FINISHED"
-    for r in tracking.child_runs(uri, experiment_id, parent):
-        if r.trial_id != trial_id or r.status == status:
+    for r in tracking.runs_of_trial(uri, experiment_id, parent, trial_id):  # (not its siblings: O(1) per trial)
+        if r.status == status:
             continue
         if stopped:
             tracking.set_tags(uri, r.run_id, {tracking.STOPPED_EARLY_TAG: "true"})

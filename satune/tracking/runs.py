@@ -217,12 +217,8 @@ def trial_run(
     """
     c = client(uri)
     if run_id is None:
-        found = c.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
-            max_results=1,
-        )
-        run_id = found[0].info.run_id if found else None
+        found = runs_of_trial(uri, experiment_id, parent_id, trial_id)
+        run_id = found[0].run_id if found else None
     if run_id is not None:
         c.update_run(run_id, status="RUNNING")
         return run_id
@@ -244,6 +240,17 @@ def finished_trials(uri: str, sweep_name: str) -> list[RunRecord]:
         return []
     runs = child_runs(uri, parents[0].experiment_id, parents[0].run_id)
     return sorted((r for r in runs if r.status == "FINISHED"), key=lambda r: r.start_time)
+
+
+def runs_of_trial(uri: str, experiment_id: str, parent_id: str, trial_id: str) -> list[RunRecord]:
+    """The run of one trial (a list: none before it opened one), found by its tags on the server,
+    without reading its siblings."""
+    found = client(uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=10,
+    )
+    return [_record(r) for r in found]
 
 
 def child_runs(uri: str, experiment_id: str, parent_id: str) -> list[RunRecord]:

@@ -454,18 +454,30 @@ def test_the_grafana_dashboard_plots_every_trial_from_a_real_prometheus(watched,
     (the legends' lastNotNull, the bars' value) is what MLflow logged last. The Sweep selector's
     query lists the sweep."""
     watched.finish()
-    # Whatever a trial set is flushed and scraped two flushes after the sweep ended; a dashboard
-    # refreshed a step later plots it (Grafana aligns a range's ends down to its step).
-    ended, step = watched.ended, int(STEP.removesuffix("s"))
-    assert ended is not None
+    assert watched.ended is not None
+    step = int(STEP.removesuffix("s"))
+    client, runs = trial_runs(mlflow_server)
+    trials = {run.data.tags[TRIAL_TAG]: run for run in runs}
+    # The event the panels' last values need: every trial's last epoch scraped (Ray flushes the
+    # gauges on its own clock, later on a loaded machine); then a scrape a step later, which a
+    # dashboard refreshed then plots (Grafana aligns a range's ends down to its step).
+    last_epoch = {trial: max(history(client, run.info.run_id, "epoch").values()) for trial, run in trials.items()}
+
+    def last_epochs_scraped() -> bool:
+        query = f'{metrics.exported(metrics.EPOCH)}{{sweep="{SWEEP}"}}'
+        scraped = {
+            s["metric"].get("trial"): float(s["value"][1]) for s in prometheus.api("query", query=query)["result"]
+        }
+        return scraped == last_epoch
+
+    wait_until("every trial's last epoch scraped by Prometheus", last_epochs_scraped, timeout=120)
+    seen = time.time()
 
     def scraped_since() -> bool:
         (up,) = prometheus.api("query", query='timestamp(up{job="ray"})')["result"]
-        return float(up["value"][1]) > ended + 2 + step
+        return float(up["value"][1]) > seen + step
 
-    wait_until("a scrape a step after the sweep's last flush", scraped_since, timeout=30)
-    client, runs = trial_runs(mlflow_server)
-    trials = {run.data.tags[TRIAL_TAG]: run for run in runs}
+    wait_until("a scrape a step after the last epoch's", scraped_since, timeout=60)
 
     # While it trained: every query answered, for both trials.
     assert not watched.plotted.errors, watched.plotted.errors[:5]

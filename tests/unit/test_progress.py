@@ -50,7 +50,7 @@ def sweep(tmp_path):
 def callback(sweep, tmp_path, monkeypatch):
     state = {"tracking_uri": "http://127.0.0.1:9", "parent_run_id": "p", "experiment_id": "1"}
     (tmp_path / STATE_FILE).write_text(json.dumps(state))
-    monkeypatch.setattr(trial_runs.tracking, "child_runs", lambda *a: [])  # no MLflow run to close
+    monkeypatch.setattr(trial_runs.tracking, "runs_of_trial", lambda *a: [])  # no MLflow run to close
     return Progress(sweep, tmp_path)
 
 

@@ -24,9 +24,9 @@ from satune.sweep.summary import (
     transfer_matrix,
 )
 from satune.tune import cluster
-from satune.tune.tuner import _tune_config, _tune_quieted
 from satune.tune.space import optuna_space
 from satune.tune.trainable import TrialContext, resolve_trial
+from satune.tune.tuner import _tune_config, _tune_quieted
 
 
 def sweep(tmp_path, **over):
