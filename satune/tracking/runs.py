@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -49,8 +49,12 @@ class RunRecord:
         return self.tags.get(TRIAL_TAG)
 
 
+_ARTIFACT_URIS: dict[str, str] = {}  # run id -> its artifact root, from every run read: downloads skip a lookup
+
+
 def _record(run) -> RunRecord:
     info, data = run.info, run.data
+    _ARTIFACT_URIS[info.run_id] = info.artifact_uri
     return RunRecord(
         info.run_id,
         info.run_name,
@@ -163,9 +167,15 @@ def log_text(uri: str, run_id: str, text: str, name: str) -> None:
 
 
 def download(uri: str, run_id: str, name: str, into: Path) -> Path:
-    """A run's artifact `name`, fetched through the server into the folder `into`."""
+    """A run's artifact `name`, fetched through the server into the folder `into`: two requests (is it a
+    folder, the file) once the run's artifact root is known, where MLflow's download by run id makes
+    about ten (the run, its logged models, ...) for each file: a report reads one or two per trial."""
+    from mlflow.artifacts import download_artifacts
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file drowns the output
-    return Path(client(uri).download_artifacts(run_id, name, str(into)))
+    root = _ARTIFACT_URIS.get(run_id) or client(uri).get_run(run_id).info.artifact_uri
+    _ARTIFACT_URIS[run_id] = root
+    return Path(download_artifacts(artifact_uri=f"{root}/{name}", dst_path=str(into), tracking_uri=uri))
 
 
 def get_run(uri: str, run_id: str) -> RunRecord:
@@ -190,10 +200,11 @@ def _param(key: str, value: str):
     return Param(key, value)
 
 
-def log_new_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+def log_new_params(uri: str, run_id: str, params: Mapping[str, Any], have: Collection[str] | None = None) -> None:
     """Log the params the run does not have yet (params cannot change once logged; a resumed
-    trial resolves the same values again)."""
-    have = client(uri).get_run(run_id).data.params
+    trial resolves the same values again). `have`: the names it has, when known (else asked)."""
+    if have is None:
+        have = client(uri).get_run(run_id).data.params
     new = {k: v for k, v in _params(params).items() if k not in have}
     if new:
         client(uri).log_batch(run_id, params=[_param(k, v) for k, v in new.items()])
@@ -208,9 +219,10 @@ def trial_run(
     name: str,
     spec: Mapping,
     run_id: str | None,
-    tags: Mapping[str, str] | None = None,
-) -> str:
-    """The child run of a trial: the one in its checkpoint, else the one tagged with its id, else new.
+    tags: Mapping[str, object] | None = None,
+) -> TrialRun:
+    """The child run of a trial: the one in its checkpoint, else the one tagged with its id, else new;
+    tagged with `tags` (in the request that creates it).
 
     Looking up by tag too means a trial retried before its first checkpoint still continues its
     own run: never two runs for one trial.
@@ -219,12 +231,25 @@ def trial_run(
     if run_id is None:
         found = runs_of_trial(uri, experiment_id, parent_id, trial_id)
         run_id = found[0].run_id if found else None
+    tags = {k: str(v) for k, v in (tags or {}).items()}
     if run_id is not None:
         c.update_run(run_id, status="RUNNING")
-        return run_id
-    run = c.create_run(experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id, **(tags or {})})
-    c.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _params(spec).items()])
-    return run.info.run_id
+        set_tags(uri, run_id, tags)
+        return TrialRun(run_id, created=False, params=frozenset())
+    run = c.create_run(experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id, **tags})
+    params = _params(spec)
+    c.log_batch(run.info.run_id, params=[_param(k, v) for k, v in params.items()])
+    return TrialRun(run.info.run_id, created=True, params=frozenset(params))
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """A trial's run as this attempt found it. `created`: by this attempt, so nothing but `params`
+    (their names) is logged in it yet, and what a re-opened run must be asked need not be."""
+
+    run_id: str
+    created: bool
+    params: frozenset[str]
 
 
 def metric_steps(uri: str, run_id: str, key: str) -> set[int]:

@@ -127,13 +127,15 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             )
             tune.report({**done, "epoch": spec.train.epochs - 1})
             return
-        run_id = _open_run(ctx, spec, trial_id, config, meta)
-        on_epoch = _epochs(ctx, spec, trial_id, config, run_id, meta.get("history", []), restored is None)
+        opened = _open_run(ctx, spec, trial_id, config, meta)
+        run_id = opened.run_id
+        on_epoch = _epochs(ctx, spec, trial_id, config, opened, meta.get("history", []), restored is None)
+        have = opened.params if opened.created else None  # (a re-opened run is asked what it has)
         try:
             result = run_trial(
                 spec,
                 on_epoch=on_epoch,
-                on_start=lambda effective: tracking.log_new_params(ctx.tracking_uri, run_id, effective),
+                on_start=lambda effective: tracking.log_new_params(ctx.tracking_uri, run_id, effective, have),
                 checkpoint=restored,
                 workdir=Path(tmp) / "work",
                 sources=partial(load_source, ctx.tracking_uri),
@@ -141,34 +143,36 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         except Exception:
             trial_runs.end_attempt(ctx.tracking_uri, run_id, raised=True)
             raise
-        _publish(ctx.tracking_uri, run_id, spec, result, Path(tmp))
+        _publish(ctx.tracking_uri, opened, spec, result, Path(tmp))
         tune.report({**result.metrics, "epoch": spec.train.epochs - 1})
         trial_runs.end_attempt(ctx.tracking_uri, run_id, raised=False)
 
 
-def _open_run(ctx: TrialContext, spec: TrialSpec, trial_id: str, config: dict[str, Any], meta: dict) -> str:
+def _open_run(
+    ctx: TrialContext, spec: TrialSpec, trial_id: str, config: dict[str, Any], meta: dict
+) -> tracking.TrialRun:
     """The trial's MLflow run (the same one again after a restore), tagged with where this attempt runs
     (a retried trial may land elsewhere): which node, by Ray's id and address, and which actor (the
     dashboard's Actors page lists it by this id)."""
     import ray
 
-    uri = ctx.tracking_uri
-    run_id = tracking.trial_run(
-        uri,
+    here = ray.get_runtime_context()
+    where: dict[str, object] = {
+        NODE_TAG: f"{here.get_node_id()} ({ray.util.get_node_ip_address()})",
+        ACTOR_TAG: here.get_actor_id(),
+    }
+    if meta:
+        where[RESUMED_TAG] = meta["epoch"]
+    return tracking.trial_run(
+        ctx.tracking_uri,
         experiment_id=ctx.experiment_id,
         parent_id=ctx.parent_run_id,
         trial_id=trial_id,
         name=f"trial-{trial_id}",
         spec=spec.model_dump(mode="json"),
         run_id=meta.get("run_id"),
-        tags=_grouping(config),
+        tags={**_grouping(config), **where},
     )
-    here = ray.get_runtime_context()
-    where = {NODE_TAG: f"{here.get_node_id()} ({ray.util.get_node_ip_address()})", ACTOR_TAG: here.get_actor_id()}
-    if meta:
-        where[RESUMED_TAG] = meta["epoch"]
-    tracking.set_tags(uri, run_id, where)
-    return run_id
 
 
 def _epochs(
@@ -176,7 +180,7 @@ def _epochs(
     spec: TrialSpec,
     trial_id: str,
     config: dict[str, Any],
-    run_id: str,
+    opened: tracking.TrialRun,
     history: list[dict],
     fresh: bool,
 ) -> Callable[[dict, Path | None], None]:
@@ -187,12 +191,12 @@ def _epochs(
     checkpoint, and re-run epochs MLflow already has (bit-identical) are not logged."""
     from ray import tune
 
-    uri = ctx.tracking_uri
+    uri, run_id = ctx.tracking_uri, opened.run_id
     fail_at = ctx.fail_at_epoch if fresh else None
     gauges = TrialGauges(ctx.sweep, trial_id, config, ctx.proxy, spec.train.epochs)
     if history:  # a restored trial shows where it stands at once
         gauges.epoch(history[-1])
-    logged = tracking.metric_steps(uri, run_id, "train/loss")
+    logged = set() if opened.created else tracking.metric_steps(uri, run_id, "train/loss")
     for past in history:
         if past["epoch"] not in logged:
             tracking.log_metrics(uri, run_id, past, step=past["epoch"])
@@ -212,17 +216,18 @@ def _epochs(
     return on_epoch
 
 
-def _publish(uri: str, run_id: str, spec: TrialSpec, result: TrialResult, tmp: Path) -> None:
-    """The final report into the trial's run: final-only metrics, result.json, the outcomes, the
-    flags, the weights; the integrity tag marks the end as logged."""
+def _publish(uri: str, opened: tracking.TrialRun, spec: TrialSpec, result: TrialResult, tmp: Path) -> None:
+    """The final report into the trial's run: result.json, the outcomes, then final-only metrics, the
+    flags and the integrity tag in one request (the tag marks the end as logged), then the weights."""
     import torch
 
-    last = result.history[-1] if result.history else {}
-    final_only = {k: v for k, v in result.metrics.items() if k not in last}  # eval/*, time/total_s, ...
-    if spec.train.epochs not in tracking.metric_steps(uri, run_id, "time/total_s"):
-        tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs)
+    run_id = opened.run_id
     for file, text in result.files().items():
         tracking.log_text(uri, run_id, text, file)
+    last = result.history[-1] if result.history else {}
+    final_only = {k: v for k, v in result.metrics.items() if k not in last}  # eval/*, time/total_s, ...
+    if not opened.created and spec.train.epochs in tracking.metric_steps(uri, run_id, "time/total_s"):
+        final_only = {}  # logged by an attempt that died before its end: not twice
     flagged = {}
     if result.collapsed_at is not None:  # (1-based, as the epochs are printed)
         flagged[COLLAPSED_TAG] = f"robust accuracy collapsed at epoch {result.collapsed_at + 1}"
@@ -232,8 +237,9 @@ def _publish(uri: str, run_id: str, spec: TrialSpec, result: TrialResult, tmp: P
             f"{result.metrics['last/pgd_gap']:+.3f} PGD accuracy "
             f"(p {result.metrics['last/pgd_gap_p']:.2g})"
         )
-    # The integrity tag last, in the same request: it marks the trial's end as logged.
-    tracking.set_tags(uri, run_id, flagged | {tracking.INTEGRITY_TAG: "; ".join(result.integrity) or "ok"})
+    # The integrity tag with the last of the metrics, in one request: it marks the trial's end as logged.
+    integrity = {tracking.INTEGRITY_TAG: "; ".join(result.integrity) or "ok"}
+    tracking.log_metrics(uri, run_id, final_only, step=spec.train.epochs, tags=flagged | integrity)
     weights = tmp / "model.pt"
     torch.save(result.model.state_dict(), weights)
     tracking.log_file(uri, run_id, weights, "model")
