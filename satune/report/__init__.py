@@ -18,7 +18,9 @@ from satune.sweep.summary import (
     OPTIMISTIC,
     SweepResult,
     best_configuration,
+    configuration_records,
     configuration_table,
+    flat_configuration,
     shown_metrics,
     source_label,
     source_table,
@@ -54,6 +56,9 @@ def build_report(
     index = out / "index.html"
     result = _result(data)
     configurations = configuration_table(data.spec, result) if data.spec.search.repeats > 1 else None
+    if configurations is not None:
+        records = [flat_configuration(c) for c in configuration_records(data.spec, result)]
+        written.append(_write_csv(out / "configurations.csv", records))
     index.write_text(render(data, drawn, table(data.spec, result), configurations, cards, out))
     written += [index, _write_verdicts(out / "verdicts.json", data), write_tables(out / "tables.md", data, result)]
     if log:

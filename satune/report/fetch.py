@@ -99,9 +99,10 @@ class SweepData:
     def final_labels(self, trial: Trial) -> list[str]:
         """The labels of the trial's final-stage evaluations (`final/<label>/card.json`), oldest first."""
         if (trial.run_id, "final/") not in self._cache:
-            self._cache[trial.run_id, "final/"] = verdicts.final_labels(
-                tracking.artifact_paths(self.uri, trial.run_id, "final")
-            )
+            # A run that was never evaluated has no final tag: no listing of its artifacts to ask the server for.
+            evaluated = tracking.FINAL_TAG in trial.tags
+            paths = tracking.artifact_paths(self.uri, trial.run_id, "final") if evaluated else []
+            self._cache[trial.run_id, "final/"] = verdicts.final_labels(paths)
         return self._cache[trial.run_id, "final/"]
 
 

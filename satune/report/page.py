@@ -117,19 +117,33 @@ def _cards(cards: list[dict[str, Any]]) -> str:
     )
 
 
+PAGE_ROWS = 50  # a table's rows on the page, best first; every row is in its CSV
+
+
 def _configurations(data: SweepData, configurations: Table) -> str:
     return (
         f'<section id="configurations"><h2>Configurations (mean ± std over their '
-        f"{data.spec.search.repeats} repeats)</h2>" + _table(*configurations) + "</section>"
+        f"{data.spec.search.repeats} repeats)</h2>"
+        + _top(*configurations, "configurations", "configurations.csv")
+        + "</section>"
     )
 
 
 def _trials(trials: Table) -> str:
     return (
         '<section id="trials"><h2>Trials</h2>'
-        + _table(*trials)
+        + _top(*trials, "trials", "trials.csv")
         + '<p class="meta">Numbers: <a href="trials.csv">trials.csv</a></p></section>'
     )
+
+
+def _top(header: list[str], rows: list[list[str]], what: str, csv: str) -> str:
+    """The table's first PAGE_ROWS rows, and a line saying how many more there are and where."""
+    if len(rows) <= PAGE_ROWS:
+        return _table(header, rows)
+    where = f' in <a href="{csv}">{csv}</a>'
+    more = f'<p class="meta">The top {PAGE_ROWS} of {len(rows)} {what}; the other {len(rows) - PAGE_ROWS}{where}.</p>'
+    return _table(header, rows[:PAGE_ROWS]) + more
 
 
 def _card(card: dict[str, Any]) -> str:

@@ -202,7 +202,7 @@ def log_summary(sweep: SweepSpec, result: SweepResult, uri: str, parent: str) ->
     if sweep.search.repeats > 1:
         records = configuration_records(sweep, result)
         tracking.log_dict(uri, parent, records, "configurations.json")
-        write_csv(result.directory / CONFIGURATIONS_CSV, [_flat(c) for c in records])
+        write_csv(result.directory / CONFIGURATIONS_CSV, [flat_configuration(c) for c in records])
     matrix = transfer_matrix(sweep, result)
     if matrix is not None:
         title, header, rows = matrix
@@ -225,7 +225,7 @@ def write_csv(path: Path, records: list[dict]) -> None:
         writer.writerows(records)
 
 
-def _flat(record: dict) -> dict:
+def flat_configuration(record: dict) -> dict:
     """A configuration record with its statistics as columns (`<metric> mean`, `... std`, `... n`)."""
     out: dict = {}
     for k, v in record.items():

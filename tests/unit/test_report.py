@@ -173,3 +173,22 @@ def test_biamat_gate_follows_each_auxiliary_source_over_the_epochs(tmp_path):
         ("biamat/omega", 2, 0.7),
     ]
     assert len(drawn.figure.axes) == 2
+
+
+def test_the_page_shows_the_top_trials_and_says_where_every_trial_is(tmp_path):
+    """A thousand trials on the page would be a scroll nobody reads: the top fifty, best first, then
+    how many more and the CSV that holds them."""
+    from satune.report.page import PAGE_ROWS, render
+    from satune.sweep.summary import SweepResult, best_configuration, table
+    from satune.sweep.verdicts import compare
+
+    rows = [row(i, {"method.w_A": 1.0 + i}, 0.9, i / 1000) for i in range(1000)]
+    d = data(tmp_path, rows, {}, space={"method.w_A": {"uniform": [1, 2000]}})
+    d._comparison = compare(d.spec, rows, None)
+    best, _ = best_configuration(d.spec, rows)
+    page = render(d, [], table(d.spec, SweepResult(tmp_path, rows, best)), None, [], tmp_path)
+    trials = page[page.index('<section id="trials">') :]
+    assert trials.count("<tr>") == PAGE_ROWS + 1  # the header, then the top rows
+    assert ">t999<" in trials and ">t0<" not in trials  # best first
+    assert f"The top {PAGE_ROWS} of 1000 trials; the other {1000 - PAGE_ROWS} in" in trials
+    assert '<a href="trials.csv">trials.csv</a>' in trials
