@@ -88,12 +88,7 @@ class SweepData:
     def artifact_text(self, trial: Trial, name: str) -> str | None:
         """A run's artifact as text, or None when it has none of that name."""
         if (trial.run_id, name) not in self._cache:
-            folder = name.rpartition("/")[0] or None
-            text = None
-            if name in tracking.artifact_paths(self.uri, trial.run_id, folder):
-                with tempfile.TemporaryDirectory() as tmp:
-                    text = tracking.download(self.uri, trial.run_id, name, Path(tmp)).read_text()
-            self._cache[trial.run_id, name] = text
+            self._cache[trial.run_id, name] = tracking.read_artifact(self.uri, trial.run_id, name)
         return self._cache[trial.run_id, name]
 
     def final_labels(self, trial: Trial) -> list[str]:

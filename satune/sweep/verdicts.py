@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,12 +273,8 @@ def mlflow_outcomes(uri: str, run_ids: dict[str, str]) -> OutcomeReader:
         name = outcome_file(metric, labels)
         if name is None:
             return None
-        if (run_id, name) not in texts:
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    texts[run_id, name] = tracking.download(uri, run_id, name, Path(tmp)).read_text()
-                except Exception:  # noqa: BLE001 - a run without the file: no per-example test for it
-                    texts[run_id, name] = None
+        if (run_id, name) not in texts:  # (a run without the file: no per-example test for it)
+            texts[run_id, name] = tracking.read_artifact(uri, run_id, name)
         text = texts[run_id, name]
         return None if text is None else outcome_column(text, dict(REPORTED)[metric])
 

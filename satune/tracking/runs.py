@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from satune.tracking.server import TrackingError
+from satune.tracking.server import TrackingError, check_reachable
 from satune.tracking.tags import (
     EXPERIMENT_KIND_TAG,
     ML_EXPERIMENT,
@@ -176,6 +176,19 @@ def download(uri: str, run_id: str, name: str, into: Path) -> Path:
     root = _ARTIFACT_URIS.get(run_id) or client(uri).get_run(run_id).info.artifact_uri
     _ARTIFACT_URIS[run_id] = root
     return Path(download_artifacts(artifact_uri=f"{root}/{name}", dst_path=str(into), tracking_uri=uri))
+
+
+def read_artifact(uri: str, run_id: str, name: str) -> str | None:
+    """A run's artifact `name` as text; None when the run has none of that name. Asked directly (two
+    requests), not listed first: a failure is a missing file only while the server answers."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="satune-artifact-") as tmp:
+        try:
+            return download(uri, run_id, name, Path(tmp)).read_text()
+        except MlflowException:
+            check_reachable(uri)  # a server that went away is an error, never a missing file
+            return None
 
 
 def get_run(uri: str, run_id: str) -> RunRecord:
