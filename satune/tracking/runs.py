@@ -150,6 +150,32 @@ def log_metrics(
         client(uri).log_batch(run_id, metrics=batch, tags=last)
 
 
+class LogBehind:
+    """A trial's per-epoch metrics sent while the next epoch trains: one request in flight at a time,
+    waited for (`wait`) before anything that must come after it. A request lost with its process is
+    not lost to the run: the epoch is in Tune's checkpoint, and a restored trial logs what its run lacks."""
+
+    def __init__(self, uri: str, run_id: str):
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self.uri, self.run_id = uri, run_id
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="satune-log")
+        self._sent: Future | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.wait()
+        self._sent = self._pool.submit(log_metrics, self.uri, self.run_id, dict(metrics), step)
+
+    def wait(self) -> None:
+        """The request in flight, done (its error raised here)."""
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            sent.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 def log_dict(uri: str, run_id: str, data: Any, name: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / name

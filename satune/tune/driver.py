@@ -46,6 +46,7 @@ class _Open:
     uri: str | None = None
     experiment_id: str = ""
     parent: str | None = None
+    prepared: ray.ObjectRef | None = None  # what every trial shares, computing while tracking opens
 
     @property
     def run_dir(self) -> Path:
@@ -114,7 +115,8 @@ def _preflight(at: _Open, address: str | None, stack: ExitStack) -> tuple[tracki
     """Before any run directory or MLflow run exists: the data, the user's MLflow server (answers,
     same version), the storage, the cluster (answers, takes our token, same versions, a node that
     fits a trial, one machine if MLflow is served locally). A local server starts while a private
-    Ray does (each takes seconds). Ends with Ray up and the run directory claimed."""
+    Ray does (each takes seconds). Ends with Ray up, the run directory claimed, and what the trials
+    share (SAT's ranking) computing on a worker."""
     sweep = at.sweep
     _check_data(sweep, joined=bool(address), echo=at.echo)
     if at.uri is not None:
@@ -141,6 +143,7 @@ def _preflight(at: _Open, address: str | None, stack: ExitStack) -> tuple[tracki
             f"warning: {shared} is writable by other users, and --resume unpickles Tune's state from "
             "it: anyone who can write there can run code as you (docs/trust.md)"
         )
+    at.prepared = _prepare(sweep, at.echo)  # on a worker, while the local MLflow server boots
     if server is not None and address:
         server.launch()
     return server, dashboard
@@ -183,11 +186,12 @@ def _open_tracking(at: _Open, server: tracking.LocalServer | None, stack: ExitSt
 
 
 def _run_trials(at: _Open, dashboard: str | None, resume: bool) -> SweepResult:
-    """Tune runs the trials (a transfer sweep's sources found first, rankings prepared once)."""
+    """Tune runs the trials (a transfer sweep's sources found first, what they share prepared)."""
     stopping.injected_interrupt("startup")
     at.echo(cluster.dashboard_hint(dashboard))
     at.sweep = _find_sources(at.sweep, at.run, _uri(at), at.echo)
-    _prepare(at.sweep, at.echo)
+    if at.prepared is not None:
+        ray.get(at.prepared)
     tracked = tuner.Tracked(_uri(at), at.experiment_id, _parent(at))
     return tuner.fit(at.sweep, at.run, tracked, resume=resume, echo=at.echo, stops=at.stops)
 
@@ -257,16 +261,17 @@ def _check_data(sweep: SweepSpec, joined: bool, echo: Callable[[str], None]) -> 
         echo(f"warning: {line} on this machine (the trials read it on their nodes)")
 
 
-def _prepare(sweep: SweepSpec, echo) -> None:
-    """What every trial shares (SAT's difficulty ranking: one clean fit), computed once on a Ray
-    worker with one trial's resources before the trials start, which would all compute it at once."""
+def _prepare(sweep: SweepSpec, echo) -> ray.ObjectRef | None:
+    """What every trial shares (SAT's difficulty ranking: one clean fit), started once on a Ray worker
+    with one trial's resources as soon as Ray is up; the trials, which would all compute it at once,
+    start when it is done. None: nothing to prepare."""
     what = sweep.trial.method.preparation()
     if what is None:
-        return
+        return None
     echo(what)
     task = ray.remote(**cluster.ray_options(sweep.resources))(_prepare_on_worker)
     threads = sweep.trial.runtime.threads or max(1, int(sweep.resources.cpu))
-    ray.get(task.remote(sweep.trial.model_dump(mode="json", by_alias=True, exclude_unset=True), threads))
+    return task.remote(sweep.trial.model_dump(mode="json", by_alias=True, exclude_unset=True), threads)
 
 
 def _prepare_on_worker(trial: dict, threads: int) -> None:

@@ -129,7 +129,8 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
             return
         opened = _open_run(ctx, spec, trial_id, config, meta)
         run_id = opened.run_id
-        on_epoch = _epochs(ctx, spec, trial_id, config, opened, meta.get("history", []), restored is None)
+        behind = tracking.LogBehind(ctx.tracking_uri, run_id)
+        on_epoch = _epochs(ctx, spec, trial_id, config, opened, behind, meta.get("history", []), restored is None)
         have = opened.params if opened.created else None  # (a re-opened run is asked what it has)
         try:
             result = run_trial(
@@ -140,12 +141,24 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
                 workdir=Path(tmp) / "work",
                 sources=partial(load_source, ctx.tracking_uri),
             )
+            behind.wait()
         except Exception:
+            _settle(behind)
             trial_runs.end_attempt(ctx.tracking_uri, run_id, raised=True)
             raise
+        finally:
+            behind.close()
         _publish(ctx.tracking_uri, opened, spec, result, Path(tmp))
         tune.report({**result.metrics, "epoch": spec.train.epochs - 1})
         trial_runs.end_attempt(ctx.tracking_uri, run_id, raised=False)
+
+
+def _settle(behind: tracking.LogBehind) -> None:
+    """The epoch in flight when the trial raised: sent if it can be (a retry fills in what it lacks)."""
+    try:
+        behind.wait()
+    except Exception as exc:  # noqa: BLE001 - the trial's own error is the one to raise
+        print(f"could not log the last epoch to MLflow ({type(exc).__name__}); a retry logs it", flush=True)
 
 
 def _open_run(
@@ -181,10 +194,13 @@ def _epochs(
     trial_id: str,
     config: dict[str, Any],
     opened: tracking.TrialRun,
+    behind: tracking.LogBehind,
     history: list[dict],
     fresh: bool,
 ) -> Callable[[dict, Path | None], None]:
-    """What each epoch does once trained: its checkpoint and metrics to Tune, then to MLflow.
+    """What each epoch does once trained: its checkpoint and metrics to Tune, then to MLflow, sent
+    while the next epoch trains (`behind`), and waited for before the next report to Tune (where a
+    scheduler may stop the trial).
 
     Every epoch reaches MLflow exactly once, whatever stopped an earlier attempt: epochs are logged
     after Tune has them; on a restart, epochs Tune has and MLflow lacks are filled in from the
@@ -206,10 +222,11 @@ def _epochs(
         history.append(metrics)
         meta = {"run_id": run_id, "trial_id": trial_id, "epoch": metrics["epoch"], "history": history}
         (ckpt_dir / META_FILE).write_text(json.dumps(meta))
+        behind.wait()  # the epoch before in MLflow before Tune may stop this trial at this report
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
         gauges.epoch(metrics)
         if metrics["epoch"] not in logged:
-            tracking.log_metrics(uri, run_id, metrics, step=metrics["epoch"])
+            behind.log_metrics(metrics, step=metrics["epoch"])
         if fail_at is not None and metrics["epoch"] == fail_at:
             raise InjectedFailure(f"injected failure after epoch {fail_at}")
 
