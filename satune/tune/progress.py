@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -268,7 +269,7 @@ def _table(frame: Frame, now: float, room: int) -> Table:
         collapse_padding=True,
         header_style="bold",
         caption_justify="left",
-        caption=f"… {hidden} more trials" if hidden else None,
+        caption=hidden or None,
     )
     names = ("trial", "state", *(_label(k, frame.keys) for k in frame.keys), "epoch", *frame.metrics, "time")
     whole = {0, 1, len(names) - 4, len(names) - 1}  # trial, state, epoch, time: a narrow terminal cuts the others
@@ -294,18 +295,22 @@ def _cells(frame: Frame, r: Row, now: float) -> list[Text]:
     ]
 
 
-def _visible(frame: Frame, room: int) -> tuple[list[Row], int]:
-    """Every row if they fit, else the running ones, the best and the newest, in trial order."""
+def _visible(frame: Frame, room: int) -> tuple[list[Row], str]:
+    """Every row if they fit. Else, in trial order: the running ones, the best, the most recently
+    finished, then the next to start; and what the hidden rows are, counted by state."""
     if len(frame.rows) <= room:
-        return list(frame.rows), 0
+        return list(frame.rows), ""
     keep = {r.trial_id for r in frame.rows if r.state in ("running", "evaluating")}
     keep |= {frame.best.trial_id} if frame.best else set()
-    for r in reversed(frame.rows):
+    finished = [r for r in reversed(frame.rows) if r.state in FINISHED]
+    waiting = [r for r in frame.rows if r.state not in FINISHED and r.trial_id not in keep]
+    for r in finished + waiting:
         if len(keep) >= room:
             break
         keep.add(r.trial_id)
-    shown = [r for r in frame.rows if r.trial_id in keep]
-    return shown, len(frame.rows) - len(shown)
+    hidden = Counter(r.state for r in frame.rows if r.trial_id not in keep)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(hidden.items(), key=lambda x: -x[1]))
+    return [r for r in frame.rows if r.trial_id in keep], f"… {hidden.total()} more trials: {counts}"
 
 
 # --------------------------------------------------------------------------------------------

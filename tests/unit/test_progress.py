@@ -144,7 +144,7 @@ def test_the_live_table_shows_every_state_and_the_best_so_far(sweep):
     ]
 
 
-def test_a_short_terminal_shows_the_running_the_best_and_the_newest(sweep):
+def test_a_short_terminal_shows_the_running_the_best_and_the_newest_finished(sweep):
     scores = [0.4, 0.5, 0.4, 0.3]  # t1 is the best
     trials = [trial(f"t{i}", Trial.TERMINATED, EPOCH_0, {**FINAL, "proxy/pgd_acc": v}) for i, v in enumerate(scores)]
     trials += [trial("run", Trial.RUNNING, EPOCH_0), trial("wait", Trial.PENDING)]
@@ -153,8 +153,8 @@ def test_a_short_terminal_shows_the_running_the_best_and_the_newest(sweep):
     console = Console(record=True, width=120)
     console.print(view.render(time.time(), height=progress.CHROME + 4))  # room for 4 rows
     lines = console.export_text().splitlines()
-    assert [line.split()[0] for line in lines[3:-2]] == ["t1", "t3", "run", "wait"]
-    assert lines[-2].strip() == "… 2 more trials"
+    assert [line.split()[0] for line in lines[3:-2]] == ["t1", "t2", "t3", "run"]
+    assert lines[-2].strip() == "… 2 more trials: 1 done, 1 pending"
 
 
 def test_the_callback_pickles_while_the_live_table_runs(callback, monkeypatch):
