@@ -3,6 +3,7 @@ made on a user's server, and serving until Ctrl-C (`satune ui`)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -34,6 +35,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def watched(uri: str, patience: float, on_lost: Callable[[str], None], every: float = 2.0):
     """While the block runs, a server that has not answered for `patience` seconds is lost:
     `on_lost(why)` is called once (from another thread)."""
@@ -60,6 +70,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(f"tracking.uri: cannot reach the MLflow server at {uri} ({reason})") from None
+    except http.client.HTTPException as exc:  # something else listens there (a gRPC port, say)
+        raise TrackingError(
+            f"tracking.uri: {uri} answers, but not as an HTTP server ({type(exc).__name__}); is it an MLflow server?"
+        ) from None
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -224,11 +238,19 @@ class LocalServer:
         finally:
             logf.close()
 
-    def wait_healthy(self, timeout: float = 120.0) -> None:
+    def wait_healthy(self, timeout: float = 120.0, moves: int = 3) -> None:
+        """Until the server answers. Its port was free when chosen, but another process (Ray starts
+        many beside it) may bind it first: the server then exits at start, and moves to a free port
+        (at most `moves` times; the port is in nobody's hands yet, the URI is read after this)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if moves > 0 and not _bindable(self.host, self.port):
+                    moves -= 1
+                    self.port = free_port(self.host)
+                    self.launch()
+                    continue
                 raise TrackingError(f"the local MLflow server exited at start; see {self.log_path}")
             try:
                 check_reachable(self.uri, timeout=1.0)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from satune.tracking import LocalServer, TrackingError, check_version_match
+from satune.tracking import server as tracking_server
 
 
 def test_mlflow_client_and_server_must_share_major_and_minor():
@@ -70,3 +71,35 @@ def test_every_tag_name_comes_from_the_tag_table():
     assert not found
     names = {k: v for k, v in vars(tags).items() if k.isupper() and k != "ML_EXPERIMENT"}
     assert len(set(names.values())) == len(names), "two tag names share a key"
+
+
+def test_a_local_server_whose_port_was_taken_meanwhile_moves_to_a_free_one(tmp_path):
+    """Its port was free when chosen; another process (Ray starts many beside it) bound it first and
+    answers with something that is not HTTP: the server exits at start and starts again elsewhere."""
+    import socket
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+
+    def garble() -> None:  # a gRPC-like peer: bytes that are no HTTP status line
+        while True:
+            try:
+                conn, _ = squatter.accept()
+            except OSError:
+                return
+            conn.sendall(b"\x00\x00\x18\x04\x00\x00\x00\x00\x00garbage\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=garble, daemon=True).start()
+    server = LocalServer(tmp_path, port=taken)
+    try:
+        with pytest.raises(TrackingError, match="not as an HTTP server"):
+            tracking_server.check_reachable(f"http://127.0.0.1:{taken}")
+        server.start()
+        assert server.port != taken and server.running
+        tracking_server.check_reachable(server.uri)
+    finally:
+        server.stop()
+        squatter.close()
