@@ -192,3 +192,17 @@ def test_the_page_shows_the_top_trials_and_says_where_every_trial_is(tmp_path):
     assert ">t999<" in trials and ">t0<" not in trials  # best first
     assert f"The top {PAGE_ROWS} of 1000 trials; the other {1000 - PAGE_ROWS} in" in trials
     assert '<a href="trials.csv">trials.csv</a>' in trials
+
+
+def test_many_trials_draw_as_a_cloud_with_a_binned_median_not_a_wall_of_intervals(tmp_path):
+    from satune.report.figures.parameters import BINS, MANY
+
+    rows = [row(i, {"method.w_A": 0.5 + i / 100}, 0.8, 0.2 + i / 1000) for i in range(3 * MANY)]
+    (drawn,) = objective_vs_parameters(data(tmp_path, rows, {}, space={"method.w_A": {"uniform": [0.5, 4]}}))
+    clean, robust = drawn.figure.axes
+    (median,) = [line for line in robust.get_lines() if "binned median" in str(line.get_label())]
+    assert len(median.get_xdata()) == BINS and list(median.get_ydata()) == sorted(median.get_ydata())  # rising
+    assert not robust.containers  # no error bars drawn per trial
+    assert len(drawn.table) == 2 * 3 * MANY  # the numbers keep every trial, with its interval
+    assert {"n", "lo95", "hi95"} <= set(drawn.table[0])
+    assert f"one of {3 * MANY} trials" in drawn.caption

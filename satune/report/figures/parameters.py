@@ -1,5 +1,7 @@
 """Accuracy against each searched parameter: clean on the left, robust on the right, one point per
-trial with its 95 % interval, and the mean over seeds where configurations were repeated."""
+trial with its 95 % interval, and the mean over seeds where configurations were repeated. Past MANY
+trials the intervals would be ink: the points are a light cloud, and along a numeric axis a binned
+median with its interquartile band shows the trend."""
 
 from __future__ import annotations
 
@@ -7,11 +9,15 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from matplotlib.axes import Axes
 
 from satune.report.fetch import SweepData, Trial
 from satune.report.figures.drawing import Drawn, bounds, color, interval, log_axis, new_figure, pct
 from satune.report.figures.trials import CLEAN, ROBUST, is_number, robust_metrics, searched_keys
+
+MANY = 60  # trials past which a point's own interval is no longer readable
+BINS = 12  # equal-count bins of the binned median
 
 
 def objective_vs_parameters(data: SweepData) -> list[Drawn]:
@@ -51,6 +57,12 @@ def _against(data: SweepData, key: str, values: list[Any], robust: list[str]) ->
         "Each point is one trial on the final slice, with its 95 % Wilson interval; markers tell "
         "PGD from AutoAttack. (The search chose on the select slice, proxy/*: these only report.)"
     )
+    if len(data.finished) > MANY:
+        caption = (
+            f"Each point is one of {len(data.finished)} trials on the final slice (their 95 % intervals are "
+            f"in the CSV); along a numeric axis, the line is the median of {BINS} bins of equal count and "
+            "the band their interquartile range. (The search chose on the select slice: these only report.)"
+        )
     return Drawn(f"objective_vs_{_stem(key)}", f"Accuracy against {key}", caption, fig, table)
 
 
@@ -69,19 +81,18 @@ def _metric(
     if not pts:
         return []
     name, marker = ROBUST.get(m, ("clean", "o"))
-    err = list(zip(*(interval(t.row.metrics, m) for _, t in pts), strict=True))
-    ax.errorbar(
-        [x for x, _ in pts],
-        [pct(t.row.metrics[m]) for _, t in pts],
-        yerr=err,
-        fmt=marker,
-        color=color(i),
-        alpha=0.8,
-        capsize=3,
-        label=f"{name}: trial, 95 % interval",
-    )
+    xs, ys = [x for x, _ in pts], [pct(t.row.metrics[m]) for _, t in pts]
+    if len(pts) > MANY:
+        ax.scatter(xs, ys, s=6, marker=marker, color=color(i), alpha=0.3, linewidths=0, label=f"{name}: trial")
+        if numeric:
+            _binned(ax, xs, ys, color(i), name)
+    else:
+        err = list(zip(*(interval(t.row.metrics, m) for _, t in pts), strict=True))
+        ax.errorbar(
+            xs, ys, yerr=err, fmt=marker, color=color(i), alpha=0.8, capsize=3, label=f"{name}: trial, 95 % interval"
+        )
     means = _means_by_x(pts, m)
-    if len(means) < len(pts):  # repeats: the mean over seeds (a line only along a numeric axis)
+    if len(means) < len(pts) and (len(pts) <= MANY or not numeric):  # repeats: the mean over seeds
         ax.plot(
             list(means),
             [pct(v) for v in means.values()],
@@ -102,6 +113,16 @@ def _metric(
         }
         for _, t in pts
     ]
+
+
+def _binned(ax: Axes, xs: list[float], ys: list[float], c: Any, name: str) -> None:
+    """The median of y in BINS bins of equal count along x, and the interquartile band around it."""
+    order = np.argsort(xs)
+    bins = [b for b in np.array_split(order, BINS) if len(b)]
+    x = [float(np.median(np.asarray(xs)[b])) for b in bins]
+    q1, med, q3 = (np.array([np.percentile(np.asarray(ys)[b], q) for b in bins]) for q in (25, 50, 75))
+    ax.fill_between(x, q1, q3, color=c, alpha=0.2, linewidth=0)
+    ax.plot(x, med, "-", color=c, lw=2, label=f"{name}: binned median, interquartile band")
 
 
 def _means_by_x(pts: list[tuple[float, Trial]], metric: str) -> dict[float, float]:
