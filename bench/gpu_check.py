@@ -687,20 +687,20 @@ def write_sweep(ctx: Context, base: Path, k: int) -> Path:
 def sweep_rows(ctx: Context, report: Report, uri: str, k: int, name: str, wall: float, base: float | None) -> float:
     """Images/s of all trials from their MLflow runs (start and end in ms); returns it."""
     parent = tracking.sweep_parents(uri, name)[0]
-    runs = tracking.child_runs(uri, parent.info.experiment_id, parent.info.run_id)
-    if len(runs) != k or any(r.info.status != "FINISHED" for r in runs):
-        raise RuntimeError(f"sweep {name}: {[r.info.status for r in runs]} runs, {k} FINISHED expected")
-    images = sum(int(r.data.params["data.train_examples"]) for r in runs)  # one epoch each
-    window = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
+    runs = tracking.child_runs(uri, parent.experiment_id, parent.run_id)
+    if len(runs) != k or any(r.status != "FINISHED" for r in runs):
+        raise RuntimeError(f"sweep {name}: {[r.status for r in runs]} runs, {k} FINISHED expected")
+    images = sum(int(r.params["data.train_examples"]) for r in runs)  # one epoch each
+    window = (max(r.end_time or 0 for r in runs) - min(r.start_time for r in runs)) / 1000
     rate = images / window
-    epoch = statistics.median(r.data.metrics["time/epoch_s"] for r in runs)
+    epoch = statistics.median(r.metrics["time/epoch_s"] for r in runs)
     note = (
         f"{images} images over {window:.1f} s (first trial start to last end); epoch {epoch:.2f} s/trial; "
         f"satune sweep wall {wall:.0f} s"
     ) + ("" if base is None else f"; x{rate / base:.2f} k=1's")
     share = f"gpu {1 / k:g}" if ctx.cuda else "cpu"
     report.add("sweep", f"k{k}.images_per_s", f"k={k} trials at once ({share} each)", rate, "img/s", note)
-    peaks = [r.data.metrics["gpu/peak_mib"] for r in runs if "gpu/peak_mib" in r.data.metrics]
+    peaks = [r.metrics["gpu/peak_mib"] for r in runs if "gpu/peak_mib" in r.metrics]
     why = "n/a (CUDA only)" if not ctx.cuda else "n/a: the trials logged no gpu/peak_mib"
     report.add(
         "sweep",

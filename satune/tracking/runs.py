@@ -43,6 +43,7 @@ class RunRecord:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    end_time: int | None = None  # ms since the epoch; None while it runs
 
     @property
     def trial_id(self) -> str | None:
@@ -64,6 +65,7 @@ def _record(run) -> RunRecord:
         dict(data.params),
         dict(data.metrics),
         dict(data.tags),
+        info.end_time,
     )
 
 
