@@ -167,7 +167,10 @@ class _TuneQuiet(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.getMessage().startswith("Experiment has been interrupted"):
             return False
-        return not (record.exc_info and _gave_up(record.exc_info[1]))
+        if record.exc_info and _gave_up(record.exc_info[1]):
+            return False
+        # Tune's syncer reports a failed upload when it launches the next one, the traceback as text
+        return "patient_s3.GaveUp" not in record.getMessage()
 
 
 def _gave_up(exc: BaseException | None) -> bool:
@@ -180,7 +183,12 @@ def _gave_up(exc: BaseException | None) -> bool:
     return False
 
 
-_TUNE_LOGGERS = ("ray.tune.tune", "ray.tune.execution.experiment_state", "ray.train._internal.storage")
+_TUNE_LOGGERS = (
+    "ray.tune.tune",
+    "ray.tune.execution.experiment_state",
+    "ray.train._internal.storage",
+    "ray.train._internal.syncer",
+)
 
 
 @contextmanager

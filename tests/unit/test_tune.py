@@ -301,3 +301,13 @@ def test_tune_says_nothing_satune_says_better(caplog):
     assert "refused" in caplog.text
     logging.getLogger("ray.tune.tune").warning("Experiment has been interrupted")  # outside the block: shown
     assert caplog.records[-1].getMessage() == "Experiment has been interrupted"
+
+
+def test_a_failed_upload_the_syncer_reports_as_text_is_dropped_once_the_sweep_gave_up(caplog):
+    """Tune's syncer logs a failed upload when it launches the next one, with the traceback in the
+    message rather than as exc_info (CI: it reached the outage test's output under load)."""
+    text = "Last sync command failed with the following error:\nTraceback ...\nsatune.sweep.patient_s3.GaveUp: An HTTP"
+    with caplog.at_level(logging.INFO), _tune_quieted():
+        logging.getLogger("ray.train._internal.syncer").error(text)
+        logging.getLogger("ray.train._internal.syncer").error("Last sync command failed: refused")
+    assert [r.getMessage() for r in caplog.records] == ["Last sync command failed: refused"]
