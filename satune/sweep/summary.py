@@ -242,6 +242,20 @@ def shown_metrics(sweep: SweepSpec) -> list[str]:
     return list(dict.fromkeys(sweep.search.metrics + evals + (["final/aa_acc"] if sweep.final_eval else [])))
 
 
+FLAG_METRICS = ("train/collapsed", "last/overfit")  # what `flags` reads
+
+
+def tune_metrics(sweep: SweepSpec) -> list[str]:
+    """What a trial's final report tells Tune: the searched and shown metrics with their intervals,
+    the scheduler's and the flags; the searchers, the scheduler and the live view read no more. The
+    rest (per class, per subset, the last epoch's) goes to MLflow alone, where the sweep's rows read
+    it: Tune keeps the last result and running statistics of every metric it is told, for every trial,
+    in the driver's memory and in the state it saves every few seconds."""
+    names = [*shown_metrics(sweep), sweep.scheduler.metric, sweep.trial.eval.select_metric]
+    with_intervals = [k for m in names for k in (m, *(interval_keys(m) if "_acc" in m else ()))]
+    return list(dict.fromkeys(with_intervals + list(FLAG_METRICS)))
+
+
 def configuration_records(sweep: SweepSpec, result: SweepResult) -> list[dict]:
     """Per configuration: its values, its trials, and mean, std and n of each shown metric."""
     records = []

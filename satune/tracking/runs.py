@@ -319,11 +319,21 @@ def runs_of_trial(uri: str, experiment_id: str, parent_id: str, trial_id: str) -
     return [_record(r) for r in found]
 
 
+PAGE = 1000  # runs per search request: a sweep may hold up to specs.MAX_TRIALS
+
+
 def child_runs(uri: str, experiment_id: str, parent_id: str) -> list[RunRecord]:
-    found = client(uri).search_runs(
-        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=5000
-    )
-    return [_record(r) for r in found]
+    """Every run of a sweep's trials (page by page: one request per thousand)."""
+    records: list[RunRecord] = []
+    token = None
+    while True:
+        found = client(uri).search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=PAGE, page_token=token
+        )
+        records += [_record(r) for r in found]
+        token = found.token
+        if not token:
+            return records
 
 
 def discard(uri: str, run_id: str, why: str) -> None:

@@ -21,7 +21,7 @@ from satune import tracking
 from satune.seeds import derive_seed
 from satune.specs import SweepSpec, TrialSpec, set_path
 from satune.sweep import trial_runs
-from satune.sweep.summary import REPEAT_KEY
+from satune.sweep.summary import REPEAT_KEY, tune_metrics
 from satune.tracking.tags import (
     ACTOR_TAG,
     COLLAPSED_TAG,
@@ -57,6 +57,7 @@ class TrialContext:
     fail_at_epoch: int | None = None  # fault injection: raise once after this epoch's report
     sweep: str = ""  # the sweep's name, and the per-epoch metric its scheduler compares trials by:
     proxy: str = "select/pgd_acc"  # (trial_trainable sets both) for the trial's Ray metrics
+    told: tuple[str, ...] = ()  # what the final report tells Tune (summary.tune_metrics; set there too)
 
 
 def trial_trainable(ctx: TrialContext, sweep: SweepSpec, resources: Any) -> type:
@@ -70,7 +71,7 @@ def trial_trainable(ctx: TrialContext, sweep: SweepSpec, resources: Any) -> type
     from ray import tune
     from ray.tune.trainable import wrap_function
 
-    ctx = replace(ctx, sweep=sweep.name, proxy=sweep.scheduler.metric)
+    ctx = replace(ctx, sweep=sweep.name, proxy=sweep.scheduler.metric, told=tuple(tune_metrics(sweep)))
     # Ray takes the repr once: an actor Tune reuses keeps its first trial's, so it says so.
     reused = " (the first of this actor's trials, resources.reuse_actors)" if sweep.resources.reuse_actors else ""
     function = tune.with_resources(partial(run, ctx=ctx), resources)
@@ -125,7 +126,12 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
                 f"{describe(ctx.sweep, trial_id, config)} had already finished: its result is reported again",
                 flush=True,
             )
-            tune.report({**done, "epoch": spec.train.epochs - 1})
+            tune.report(_final(ctx, done, spec))
+            return
+        if restored is not None and {p.name for p in restored.iterdir()} == {META_FILE}:
+            # emptied once Tune had it finished (tune.pruning): its scheduler had stopped it
+            print(f"{describe(ctx.sweep, trial_id, config)} had been stopped by its scheduler", flush=True)
+            tune.report(meta["history"][-1])
             return
         opened = _open_run(ctx, spec, trial_id, config, meta)
         run_id = opened.run_id
@@ -149,8 +155,13 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         finally:
             behind.close()
         _publish(ctx.tracking_uri, opened, spec, result, Path(tmp))
-        tune.report({**result.metrics, "epoch": spec.train.epochs - 1})
+        tune.report(_final(ctx, result.metrics, spec))
         trial_runs.end_attempt(ctx.tracking_uri, run_id, raised=False)
+
+
+def _final(ctx: TrialContext, metrics: dict[str, float], spec: TrialSpec) -> dict:
+    """The final report as Tune gets it: what it reads of it (the whole of it is in MLflow)."""
+    return {k: v for k, v in metrics.items() if k in ctx.told} | {"epoch": spec.train.epochs - 1}
 
 
 def _settle(behind: tracking.LogBehind) -> None:

@@ -21,6 +21,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from satune import tracking
 from satune.seeds import derive_seed
 from satune.specs import SweepSpec
 from satune.sweep import trial_runs
@@ -30,6 +31,7 @@ from satune.sweep.stopping import Stops
 from satune.sweep.summary import SweepResult, TrialRow, best_configuration
 from satune.tune import cluster
 from satune.tune.progress import Progress, live_view
+from satune.tune.pruning import PruneFinished, prune
 from satune.tune.search import Cells, Replicates
 from satune.tune.space import cell_label, grid_space, optuna_space, sampler
 from satune.tune.trainable import TrialContext, resolve_trial, trial_trainable
@@ -71,10 +73,13 @@ def fit(
     # After an interrupt Tune marks the trials it stopped TERMINATED in memory, like finished ones;
     # the state it saved just before (what --resume restores) still has them RUNNING.
     saved = {t.trial_id: t.status for t in tune.ExperimentAnalysis(tune_dir, storage_filesystem=fs).trials}
-    rows = [_row(ctx, t, saved.get(t.trial_id)) for t in result_trials(grid)]
+    logged = {r.trial_id: r for r in tracking.child_runs(tracked.uri, tracked.experiment_id, tracked.parent)}
+    trials = result_trials(grid)
+    rows = [_row(ctx, t, saved.get(t.trial_id), logged.get(t.trial_id)) for t in trials]
     interrupted = len(rows) < sweep.search.trial_count or not all(r.finished for r in rows)
     if not interrupted:
         _settle_orphans(run_dir, tracked, {r.trial_id for r in rows})
+        prune(t for t in trials if saved.get(t.trial_id) == t.status == "TERMINATED")  # (those not yet)
     best, front = best_configuration(sweep, rows)
     return SweepResult(run_dir, rows, best, front, interrupted)
 
@@ -122,7 +127,9 @@ def _tuner(sweep: SweepSpec, run: RunDir, ctx: TrialContext, resume: bool, echo:
         return tuner, tune_dir, fs
     callbacks: list[tune.Callback] = [Progress(sweep, run_dir)]
     sync = tune.SyncConfig()
-    if fs is not None:  # an object store: our files go up whenever Tune saves its state, which goes up too
+    if fs is None:  # (in an object store, Tune's state goes up in the background: pruned at the end)
+        callbacks.append(PruneFinished())
+    else:  # an object store: our files go up whenever Tune saves its state, which goes up too
         callbacks.append(_Synced(run))
         # sync_timeout: how long Tune's loop may wait on an upload of its state (the default, 30
         # min, would hold a sweep stopped during an outage as long as its requests wait)
@@ -295,9 +302,13 @@ def _settle_orphans(run_dir: Path, tracked: Tracked, trial_ids: set[str]) -> Non
     trial_runs.discard_orphans(tracked.uri, tracked.experiment_id, tracked.parent, trial_ids)
 
 
-def _row(ctx: TrialContext, trial, saved_status: str | None) -> TrialRow:
+def _row(ctx: TrialContext, trial, saved_status: str | None, logged: tracking.RunRecord | None) -> TrialRow:
+    """A trial as Tune ran it; with its final report whole, from its MLflow run, once that holds it
+    (Tune was told only what it reads: summary.tune_metrics)."""
     last = trial.last_result or {}
     metrics = {k: v for k, v in last.items() if "/" in k and isinstance(v, (int, float))}
+    if logged is not None and tracking.INTEGRITY_TAG in logged.tags:
+        metrics = logged.metrics | metrics
     config = dict(trial.config or {})
     seed = resolve_trial(ctx, config).seed if config else None
     finished = saved_status in ("TERMINATED", "ERROR")  # ran to its end, stopped by the scheduler, or failed

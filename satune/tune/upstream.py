@@ -63,3 +63,21 @@ class FinalResultOptunaSearch(OptunaSearch):
         assert self._ot_study is not None  # (set up before any trial is suggested)
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         return {t.number for t in self._ot_study.get_trials(deepcopy=False, states=finished)}
+
+
+def checkpoint_entries(trial: Trial) -> tuple[Any, list[tuple[str, bool]]]:
+    """What Tune keeps of a trial's checkpoints: the entries (path, is a folder) inside the
+    `checkpoint_*` folders of its folder in storage, with that storage's pyarrow filesystem (a local
+    disk or an object store)."""
+    import pyarrow.fs
+
+    storage = trial.storage
+    assert storage is not None  # (every trial Tune ran has its storage)
+    fs = storage.storage_filesystem
+
+    def entries(folder: str) -> list:
+        return fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+
+    folders = [f.path for f in entries(storage.trial_fs_path) if f.type == pyarrow.fs.FileType.Directory]
+    inside = [e for f in folders if f.rsplit("/", 1)[-1].startswith("checkpoint_") for e in entries(f)]
+    return fs, [(e.path, e.type == pyarrow.fs.FileType.Directory) for e in inside]

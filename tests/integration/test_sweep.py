@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import re
@@ -57,6 +58,12 @@ def processes() -> list[tuple[int, list[str]]]:
         if argv:
             found.append((int(entry.name), [a.decode(errors="replace") for a in argv]))
     return found
+
+
+def emptied(trial_dir: Path) -> bool:
+    """Tune's checkpoints of a trial hold only the trainable's meta.json (tune.pruning)."""
+    held = {p.name for p in trial_dir.glob("checkpoint_*/*")}
+    return held == {"meta.json"}
 
 
 def epochs_logged(client, run) -> list[int]:
@@ -134,8 +141,21 @@ def test_reused_actors_run_trial_after_trial_as_if_each_were_alone(tmp_path, mlf
     for c in sorted(children, key=lambda c: c.info.start_time):
         by_actor.setdefault(c.data.tags["satune.actor"], []).append(c)
     assert len(by_actor) <= 2  # max_concurrent actors, not one per trial
-    study = study_of(run_dir_of(tmp_path, "reused"), "reused")
+    run_dir = run_dir_of(tmp_path, "reused")
+    study = study_of(run_dir, "reused")
     assert sorted(t.values[0] for t in study.trials) == sorted(c.data.metrics["proxy/pgd_acc"] for c in children)
+    # Tune was told what it reads of a final report; the sweep's rows hold all of it, from MLflow
+    (state,) = tune_dir_of(run_dir).glob("experiment_state-*.json")
+    told = [json.loads(runtime)["last_result"] for _, runtime in json.loads(state.read_text())["trial_data"]]
+    assert all("proxy/pgd_acc" in r and not any("/class_" in k for k in r) for r in told)
+    with (run_dir / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    by_trial = {c.data.tags[TRIAL_TAG]: c.data.metrics for c in children}
+    assert len(rows) == 4 and all(
+        float(r["eval/class_pgd_acc/0"]) == by_trial[r["trial_id"]]["eval/class_pgd_acc/0"] for r in rows
+    )
+    # and the finished trials' checkpoints are emptied (their weights are in MLflow)
+    assert all(emptied(folder) for folder in tune_dir_of(run_dir).iterdir() if folder.is_dir())
 
     (second, *_), *_ = [runs[1:] for runs in by_actor.values() if len(runs) > 1]
     sets = [a for k in ("method.w_A", "seed", "runtime.threads") for a in ("--set", f"{k}={second.data.params[k]}")]
@@ -196,6 +216,7 @@ def test_a_trial_that_fails_for_good(tmp_path, mlflow_server, ray_address):
     _, parents, children = runs_of(mlflow_server, "doomed")
     assert [c.info.status for c in children] == ["FAILED"]
     assert parents[0].data.tags["satune.errors"] == "1"
+    (kept,) = tune_dir_of(run_dir_of(tmp_path, "doomed")).glob("*/checkpoint_*/state.pt")  # for --resume to retry
     assert [t.state for t in study_of(run_dir_of(tmp_path, "doomed"), "doomed").trials] == [TrialState.FAIL]
 
 
@@ -440,15 +461,21 @@ def test_killed_driver_resumes_with_every_trial_done_once(tmp_path, reuse):
     )
     proc = start_satune("sweep", sweep)
 
-    def one_finished_and_the_next_running() -> bool:
+    def one_finished_and_emptied_and_the_next_running() -> bool:
         state = next(iter(tmp_path.glob("runs/killed/*/sweep.json")), None)
         uri = json.loads(state.read_text()).get("tracking_uri") if state else None
         if uri is None:
             return False
         _, _, children = runs_of(uri, "killed")
-        return sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2
+        finished = [c.data.tags[TRIAL_TAG] for c in children if c.info.status == "FINISHED"]
+        return len(children) >= 2 and any(emptied(tune_dir_of(state.parent) / t) for t in finished)
 
-    wait_until("one trial done and the next running", one_finished_and_the_next_running, proc)
+    # A finished trial's checkpoints are emptied while the sweep runs; the kill then finds one so.
+    wait_until(
+        "one trial done, its checkpoints emptied, and the next running",
+        one_finished_and_emptied_and_the_next_running,
+        proc,
+    )
     kill_session(proc)  # the driver, its Ray, its trials and its MLflow server: as if the machine went down
 
     resumed = satune("sweep", sweep, "--resume", cwd=tmp_path)
@@ -469,6 +496,7 @@ def test_killed_driver_resumes_with_every_trial_done_once(tmp_path, reuse):
     mlflow_values = sorted(round(float(c.data.params["method.w_A"]), 9) for c in children)
     assert sorted(round(t.params["method.w_A"], 9) for t in complete) == mlflow_values
     assert state_of(tmp_path, "killed")["status"] == "finished"
+    assert not list(tune_dir_of(run_dir_of(tmp_path, "killed")).glob("*/checkpoint_*/state.pt"))
     again = satune("sweep", sweep, "--resume", cwd=tmp_path)
     assert again.returncode == 2 and "nothing to resume" in again.stderr
 

@@ -6,7 +6,15 @@ from pathlib import Path
 
 from satune.specs import parse_sweep
 from satune.sweep.ending import END_ROWS, ending
-from satune.sweep.summary import TRIALS_CSV, SweepResult, TrialRow, best_configuration, ranked, write_csv
+from satune.sweep.summary import (
+    TRIALS_CSV,
+    SweepResult,
+    TrialRow,
+    best_configuration,
+    ranked,
+    tune_metrics,
+    write_csv,
+)
 
 
 def test_best_first_by_mode_missing_last_ties_by_the_tie_key_else_in_order():
@@ -45,3 +53,15 @@ def test_a_short_end_table_is_shown_whole(tmp_path):
     rows = [TrialRow(f"t{i}", "TERMINATED", {}, {"proxy/pgd_acc": i / 10}) for i in range(3)]
     (table, *_) = ending(spec, SweepResult(tmp_path, rows, rows[2]), Path("few.yaml")).tables
     assert len(table.rows) == 3 and "more trials" not in table.title
+
+
+def test_tune_is_told_what_it_reads_of_a_final_report_and_no_more():
+    """Tune keeps running statistics of every metric it is told, per trial: the per-class numbers go
+    to MLflow alone; the searched, shown, scheduler's and flag metrics, with their intervals, to Tune."""
+    search = {"num_samples": 2, "metric": ["proxy/pgd_acc", "proxy/clean_acc"], "mode": ["max", "max"]}
+    spec = parse_sweep({"name": "told", "trial": TRIAL, "search": search})
+    told = set(tune_metrics(spec))
+    assert {"proxy/pgd_acc", "proxy/pgd_n", "proxy/pgd_acc_lo", "proxy/pgd_acc_hi", "proxy/clean_acc"} <= told
+    assert {"eval/pgd_acc", "eval/pgd_acc_lo", "eval/clean_acc", spec.scheduler.metric} <= told
+    assert {"train/collapsed", "last/overfit"} <= told  # the end table's flags
+    assert not any("/class_" in m for m in told) and len(told) < 40

@@ -103,3 +103,20 @@ def test_a_local_server_whose_port_was_taken_meanwhile_moves_to_a_free_one(tmp_p
     finally:
         server.stop()
         squatter.close()
+
+
+def test_a_sweeps_trial_runs_are_read_page_by_page(tmp_path, monkeypatch):
+    """child_runs reads every trial run of a sweep, however many pages (a sweep may hold 100,000)."""
+    from mlflow.tracking import MlflowClient
+
+    from satune.tracking import PARENT_TAG, child_runs
+    from satune.tracking import runs as tracking_runs
+
+    with LocalServer(tmp_path) as server:
+        client = MlflowClient(server.uri)
+        experiment = client.create_experiment("paged")
+        parent = client.create_run(experiment).info.run_id
+        made = {client.create_run(experiment, tags={PARENT_TAG: parent}).info.run_id for _ in range(5)}
+        client.create_run(experiment, tags={PARENT_TAG: "another sweep"})
+        monkeypatch.setattr(tracking_runs, "PAGE", 2)
+        assert {r.run_id for r in child_runs(server.uri, experiment, parent)} == made
