@@ -120,18 +120,11 @@ def run(config: dict[str, Any], ctx: TrialContext) -> None:
         if checkpoint is not None:
             restored = Path(checkpoint.to_directory(str(Path(tmp) / "restored")))
             meta = json.loads((restored / META_FILE).read_text())
-        done = _finished_result(ctx.tracking_uri, meta.get("run_id"), Path(tmp)) if meta else None
-        if done is not None:  # it ended after Tune last saved its state (the driver died, or the store went away)
-            print(
-                f"{describe(ctx.sweep, trial_id, config)} had already finished: its result is reported again",
-                flush=True,
-            )
-            tune.report(_final(ctx, done, spec))
-            return
-        if restored is not None and {p.name for p in restored.iterdir()} == {META_FILE}:
-            # emptied once Tune had it finished (tune.pruning): its scheduler had stopped it
-            print(f"{describe(ctx.sweep, trial_id, config)} had been stopped by its scheduler", flush=True)
-            tune.report(meta["history"][-1])
+        ended = _ended(ctx, spec, meta, restored, Path(tmp))
+        if ended is not None:  # after Tune last saved its state (the driver died, or the store went away)
+            why, again = ended
+            print(f"{describe(ctx.sweep, trial_id, config)} {why}", flush=True)
+            tune.report(again)
             return
         opened = _open_run(ctx, spec, trial_id, config, meta)
         run_id = opened.run_id
@@ -271,6 +264,19 @@ def _publish(uri: str, opened: tracking.TrialRun, spec: TrialSpec, result: Trial
     weights = tmp / "model.pt"
     torch.save(result.model.state_dict(), weights)
     tracking.log_file(uri, run_id, weights, "model")
+
+
+def _ended(ctx: TrialContext, spec: TrialSpec, meta: dict, restored: Path | None, tmp: Path) -> tuple[str, dict] | None:
+    """A restored trial that had ended before Tune saved it so: why, and what it reports again. Its
+    final result, when its MLflow run finished; its last epoch, when its checkpoint was emptied
+    (tune.pruning: Tune had it finished, and its run did not finish, so its scheduler stopped it).
+    None: it trains on."""
+    done = _finished_result(ctx.tracking_uri, meta.get("run_id"), tmp) if meta else None
+    if done is not None:
+        return "had already finished: its result is reported again", _final(ctx, done, spec)
+    if restored is not None and {p.name for p in restored.iterdir()} == {META_FILE}:
+        return "had been stopped by its scheduler: its last epoch is reported again", meta["history"][-1]
+    return None
 
 
 def _finished_result(uri: str, run_id: str | None, into: Path) -> dict | None:

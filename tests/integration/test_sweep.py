@@ -693,7 +693,8 @@ def test_sigterm_ends_a_sweep_started_with_sigint_ignored(tmp_path, mlflow_serve
 def test_on_resume_only_a_trial_that_ran_to_its_end_is_not_run_again(tmp_path, mlflow_server):
     """What a restored trial asks its MLflow run before it trains (satune.tune.trainable)."""
     from satune import tracking
-    from satune.tune.trainable import _finished_result
+    from satune.specs import TrialSpec
+    from satune.tune.trainable import TrialContext, _ended, _finished_result
 
     experiment = tracking.ensure_experiment(mlflow_server, "finished-result")
     client = MlflowClient(mlflow_server)
@@ -712,6 +713,42 @@ def test_on_resume_only_a_trial_that_ran_to_its_end_is_not_run_again(tmp_path, m
     assert _finished_result(mlflow_server, stopped, tmp_path) is None
     assert _finished_result(mlflow_server, killed, tmp_path) is None
     assert _finished_result(mlflow_server, None, tmp_path) is None
+
+    # What it then reports again: the final result as Tune is told it; or, from a checkpoint emptied
+    # once Tune had it finished (tune.pruning), the last epoch of a trial its scheduler stopped.
+    ctx = TrialContext(
+        base={},
+        sweep_seed=0,
+        tracking_uri=mlflow_server,
+        experiment_id=experiment,
+        parent_run_id="",
+        threads=1,
+        told=("eval/pgd_acc",),
+    )
+    spec = TrialSpec.model_validate(
+        {
+            "data": {"dataset": "digits"},
+            "method": {"kind": "clean"},
+            "threat": {"norm": "linf", "eps": 0.1},
+            "train": {"epochs": 3},
+        }
+    )
+    last = {"epoch": 1, "select/pgd_acc": 0.4}
+
+    def restored(run_id: str, emptied: bool) -> tuple[dict, Path]:
+        folder = tmp_path / f"{run_id}-{emptied}"
+        folder.mkdir()
+        meta = {"run_id": run_id, "epoch": 1, "history": [last]}
+        (folder / "meta.json").write_text(json.dumps(meta))
+        if not emptied:
+            (folder / "state.pt").write_text("weights")
+        return meta, folder
+
+    assert _ended(ctx, spec, *restored(done, emptied=True), tmp_path)[1] == {"eval/pgd_acc": 0.5, "epoch": 2}
+    why, again = _ended(ctx, spec, *restored(stopped, emptied=True), tmp_path)
+    assert again == last and "stopped by its scheduler" in why
+    assert _ended(ctx, spec, *restored(stopped, emptied=False), tmp_path) is None  # it trains on
+    assert _ended(ctx, spec, {}, None, tmp_path) is None  # a fresh start
 
 
 def test_ctrl_c_while_the_local_mlflow_server_starts(tmp_path, ray_address):
