@@ -41,10 +41,11 @@ def end_interrupted(uri: str, experiment_id: str, parent: str) -> None:
             tracking.end_run(uri, r.run_id, "KILLED")
 
 
-def discard_orphans(uri: str, experiment_id: str, parent: str, trial_ids: set[str]) -> None:
-    """Every run whose trial is not among Tune's `trial_ids`: said why, ended KILLED, deleted (MLflow
-    keeps deleted runs, restorable), so that every trial Tune ran has exactly one run."""
-    for r in tracking.child_runs(uri, experiment_id, parent):
+def discard_orphans(uri: str, runs: list[tracking.RunRecord], trial_ids: set[str]) -> None:
+    """Every one of the sweep's `runs` whose trial is not among Tune's `trial_ids`: said why, ended
+    KILLED, deleted (MLflow keeps deleted runs, restorable), so that every trial Tune ran has exactly
+    one run."""
+    for r in runs:
         if r.trial_id not in trial_ids:
             if r.status == "RUNNING":
                 tracking.end_run(uri, r.run_id, "KILLED")

@@ -9,8 +9,8 @@ and epochs, a few KiB). A trial that failed for good keeps them: --resume retrie
 
 Tune copies its saved state from the driver's staging folder to storage in the background, so the
 state a --resume would read may lag a save behind. Should the driver die in that moment, the trial
-restarts from an emptied checkpoint and ends at once from its meta.json (trainable.run): its MLflow
-run finished, or its scheduler had stopped it.
+restarts from an emptied checkpoint and ends at once from its meta.json (trainable._ended): its
+MLflow run finished, or its scheduler had stopped it.
 """
 
 from __future__ import annotations

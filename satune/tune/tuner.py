@@ -73,12 +73,13 @@ def fit(
     # After an interrupt Tune marks the trials it stopped TERMINATED in memory, like finished ones;
     # the state it saved just before (what --resume restores) still has them RUNNING.
     saved = {t.trial_id: t.status for t in tune.ExperimentAnalysis(tune_dir, storage_filesystem=fs).trials}
-    logged = {r.trial_id: r for r in tracking.child_runs(tracked.uri, tracked.experiment_id, tracked.parent)}
+    runs = tracking.child_runs(tracked.uri, tracked.experiment_id, tracked.parent)
+    logged = {r.trial_id: r for r in runs}
     trials = result_trials(grid)
     rows = [_row(ctx, t, saved.get(t.trial_id), logged.get(t.trial_id)) for t in trials]
     interrupted = len(rows) < sweep.search.trial_count or not all(r.finished for r in rows)
     if not interrupted:
-        _settle_orphans(run_dir, tracked, {r.trial_id for r in rows})
+        _settle_orphans(run_dir, tracked.uri, runs, {r.trial_id for r in rows})
         prune(t for t in trials if saved.get(t.trial_id) == t.status == "TERMINATED")  # (those not yet)
     best, front = best_configuration(sweep, rows)
     return SweepResult(run_dir, rows, best, front, interrupted)
@@ -291,7 +292,7 @@ class _Synced(tune.Callback):
         return None
 
 
-def _settle_orphans(run_dir: Path, tracked: Tracked, trial_ids: set[str]) -> None:
+def _settle_orphans(run_dir: Path, uri: str, runs: list[tracking.RunRecord], trial_ids: set[str]) -> None:
     """Once Tune is done with every trial: a trial the driver started but died before Tune
     recorded (Tune saves its state every few seconds) was asked for again on --resume, as a new
     trial. Its Optuna trial, still RUNNING, is marked FAIL so that Optuna's history matches Tune's;
@@ -299,7 +300,7 @@ def _settle_orphans(run_dir: Path, tracked: Tracked, trial_ids: set[str]) -> Non
     journal = run_dir / JOURNAL_FILE
     if journal.exists():
         fail_running(journal)
-    trial_runs.discard_orphans(tracked.uri, tracked.experiment_id, tracked.parent, trial_ids)
+    trial_runs.discard_orphans(uri, runs, trial_ids)
 
 
 def _row(ctx: TrialContext, trial, saved_status: str | None, logged: tracking.RunRecord | None) -> TrialRow:
